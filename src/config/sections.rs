@@ -1,0 +1,531 @@
+//! Reads each section of the merged tree into the typed [`Config`], then checks the rules
+//! that span several keys.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ::config::{Value, ValueKind};
+
+use super::read::{self, Cx, Table};
+use super::*;
+use crate::kafka::properties::{check_properties, property_path};
+
+/// Reads and validates the whole tree, returning every issue found.
+pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
+    let mut cx = Cx::default();
+    let mut top = cx.table("", root).unwrap_or_else(|| Table::empty(""));
+
+    let app = app(&mut cx, &mut top);
+    let kafka = kafka(&mut cx, &mut top);
+    let group = group(&mut cx, &mut top);
+    let processing = processing(&mut cx, &mut top);
+    let state = state(&mut cx, &mut top);
+    let http = http(&mut cx, &mut top);
+    let pipelines = match top.get("pipeline") {
+        Some((path, value)) => pipelines(&mut cx, &path, value),
+        None => {
+            cx.missing("pipeline", "add at least one [[pipeline]] table");
+            Vec::new()
+        }
+    };
+    top.finish(&mut cx);
+
+    check_dlq_topic(&mut cx, &app, &processing, &pipelines);
+    let config = Config {
+        app,
+        kafka,
+        group,
+        processing,
+        state,
+        http,
+        pipelines: pipelines.into_iter().map(|(_, p)| p).collect(),
+    };
+    if cx.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.issues)
+    }
+}
+
+fn app(cx: &mut Cx, top: &mut Table<'_>) -> AppConfig {
+    let mut t = top.section(cx, "app");
+    let app = AppConfig {
+        id: t.req(cx, "id", read::name).unwrap_or_default(),
+        threads: t
+            .opt(cx, "threads", read::positive)
+            .unwrap_or(AppConfig::DEFAULT_THREADS),
+        instance_id: t.opt(cx, "instance_id", read::non_empty),
+    };
+    t.finish(cx);
+    app
+}
+
+fn kafka(cx: &mut Cx, top: &mut Table<'_>) -> KafkaConfig {
+    let mut t = top.section(cx, "kafka");
+    let bootstrap_servers = t
+        .req(cx, "bootstrap_servers", read::non_empty)
+        .unwrap_or_default();
+    let properties = t.opt_with(cx, "properties", properties).unwrap_or_default();
+    t.finish(cx);
+    cx.issues.extend(check_properties(&properties));
+    KafkaConfig {
+        bootstrap_servers,
+        properties,
+    }
+}
+
+/// `kafka.properties`: nested tables (from bare dotted keys or environment variables) are
+/// flattened back into dotted librdkafka names.
+fn properties(cx: &mut Cx, path: &str, value: &Value) -> Option<BTreeMap<String, String>> {
+    let entries = cx.table(path, value)?.into_entries();
+    let mut out = BTreeMap::new();
+    flatten_properties(cx, "", entries, &mut out);
+    Some(out)
+}
+
+fn flatten_properties(
+    cx: &mut Cx,
+    prefix: &str,
+    entries: BTreeMap<&str, &Value>,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (key, value) in entries {
+        let name = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match &value.kind {
+            ValueKind::Table(inner) => {
+                let inner = inner.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                flatten_properties(cx, &name, inner, out);
+            }
+            _ => {
+                if let Some(text) = cx.scalar(&property_path(&name), value, read::text) {
+                    out.insert(name, text);
+                }
+            }
+        }
+    }
+}
+
+fn group(cx: &mut Cx, top: &mut Table<'_>) -> GroupConfig {
+    let mut t = top.section(cx, "group");
+    let d = GroupConfig::default();
+    let group = GroupConfig {
+        assignment: t
+            .opt(cx, "assignment", read::choice)
+            .unwrap_or(d.assignment),
+        session_timeout_ms: t
+            .opt(cx, "session_timeout_ms", read::positive)
+            .unwrap_or(d.session_timeout_ms),
+    };
+    t.finish(cx);
+    group
+}
+
+fn processing(cx: &mut Cx, top: &mut Table<'_>) -> ProcessingConfig {
+    let mut t = top.section(cx, "processing");
+    let d = ProcessingConfig::default();
+    let processing = ProcessingConfig {
+        guarantee: t.opt(cx, "guarantee", read::choice).unwrap_or(d.guarantee),
+        commit_interval_ms: t
+            .opt(cx, "commit_interval_ms", read::positive)
+            .unwrap_or(d.commit_interval_ms),
+        on_error: t.opt(cx, "on_error", read::choice).unwrap_or(d.on_error),
+        dlq_topic: t.opt(cx, "dlq_topic", read::name),
+        max_buffered_records: t
+            .opt(cx, "max_buffered_records", read::positive)
+            .unwrap_or(d.max_buffered_records),
+    };
+    t.finish(cx);
+    processing
+}
+
+fn state(cx: &mut Cx, top: &mut Table<'_>) -> StateConfig {
+    let mut t = top.section(cx, "state");
+    let d = StateConfig::default();
+    let state = StateConfig {
+        dir: t.opt(cx, "dir", path).unwrap_or(d.dir),
+        standby_replicas: t
+            .opt(cx, "standby_replicas", read::non_negative)
+            .unwrap_or(d.standby_replicas),
+        cache_max_entries: t
+            .opt(cx, "cache_max_entries", read::positive)
+            .unwrap_or(d.cache_max_entries),
+    };
+    t.finish(cx);
+    state
+}
+
+fn http(cx: &mut Cx, top: &mut Table<'_>) -> HttpConfig {
+    let mut t = top.section(cx, "http");
+    let listen = t
+        .opt(cx, "listen", listen)
+        .unwrap_or(HttpConfig::default().listen);
+    t.finish(cx);
+    HttpConfig { listen }
+}
+
+/// `http.listen`: an IP address and port, or `"off"`/`""` for none.
+fn listen(value: &Value) -> Result<Option<std::net::SocketAddr>, String> {
+    let expected = "expected an address such as \"127.0.0.1:9464\", or \"off\"";
+    let s =
+        read::string(value).map_err(|_| format!("{expected}, found {}", read::describe(value)))?;
+    match s.trim() {
+        "" | "off" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{expected}, found {}", read::describe(value))),
+    }
+}
+
+/// A file system path.
+fn path(value: &Value) -> Result<PathBuf, String> {
+    read::non_empty(value).map(PathBuf::from)
+}
+
+/// A schema registry URL.
+fn url(value: &Value) -> Result<String, String> {
+    let s = read::non_empty(value)?;
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err(format!(
+            "expected an http:// or https:// URL, found {}",
+            read::describe(value)
+        ));
+    }
+    Ok(s)
+}
+
+/// The `[[pipeline]]` array, each pipeline with its index. Checks that names are unique.
+fn pipelines(cx: &mut Cx, path: &str, value: &Value) -> Vec<(usize, PipelineConfig)> {
+    let Some(items) = cx.array(path, value, "an array of tables ([[pipeline]])") else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        cx.issue(path, "add at least one [[pipeline]] table");
+    }
+    let pipelines: Vec<(usize, PipelineConfig)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, pipeline(cx, &format!("{path}[{i}]"), v)?)))
+        .collect();
+
+    let mut first_with_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, p) in &pipelines {
+        if let Some(first) = first_with_name.insert(&p.name, *i) {
+            cx.issue(
+                format!("{path}[{i}].name"),
+                format!(
+                    "duplicate pipeline name {:?} (also used by {path}[{first}])",
+                    p.name
+                ),
+            );
+            first_with_name.insert(&p.name, first);
+        }
+    }
+    pipelines
+}
+
+fn pipeline(cx: &mut Cx, path: &str, value: &Value) -> Option<PipelineConfig> {
+    let mut t = cx.table(path, value)?;
+    let name = t.req(cx, "name", read::name);
+    let source = t.req_with(cx, "source", source);
+    let sink = t.opt_with(cx, "sink", sink);
+    let steps = t.opt_with(cx, "steps", steps).unwrap_or_default();
+    t.finish(cx);
+
+    if let (Some(source), Some(sink)) = (&source, &sink) {
+        if source.topics.contains(&sink.topic) {
+            cx.issue(
+                format!("{path}.sink.topic"),
+                format!(
+                    "{:?} is also this pipeline's source topic; the pipeline would read its own \
+                     output",
+                    sink.topic
+                ),
+            );
+        }
+    }
+    Some(PipelineConfig {
+        name: name?,
+        source: source?,
+        sink,
+        steps,
+    })
+}
+
+fn source(cx: &mut Cx, path: &str, value: &Value) -> Option<SourceConfig> {
+    let mut t = cx.table(path, value)?;
+    let topics = t.req_with(cx, "topics", topics);
+    let format = t.opt(cx, "format", read::choice).unwrap_or_default();
+    let time = t.opt(cx, "time", read::non_empty);
+    let schema = t.opt(cx, "schema", self::path);
+    let registry_url = t.opt(cx, "registry_url", url);
+    check_avro(cx, &t, format, schema.is_some() || registry_url.is_some());
+    t.finish(cx);
+    Some(SourceConfig {
+        topics: topics?,
+        format,
+        time,
+        schema,
+        registry_url,
+    })
+}
+
+fn topics(cx: &mut Cx, path: &str, value: &Value) -> Option<Vec<String>> {
+    if let ValueKind::String(s) = &value.kind {
+        let message = format!("expected an array of topic names, found string {s:?}");
+        cx.issue(path, format!("{message} (write topics = [{s:?}])"));
+        return None;
+    }
+    let items = cx.array(path, value, "an array of topic names")?;
+    if items.is_empty() {
+        cx.issue(path, "must list at least one topic");
+        return None;
+    }
+    let topics: Vec<Option<String>> = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| cx.scalar(&format!("{path}[{i}]"), v, read::name))
+        .collect();
+    topics.into_iter().collect()
+}
+
+fn sink(cx: &mut Cx, path: &str, value: &Value) -> Option<SinkConfig> {
+    let mut t = cx.table(path, value)?;
+    let topic = t.req(cx, "topic", read::name);
+    let format = t.opt(cx, "format", read::choice).unwrap_or_default();
+    let partitioner = t
+        .opt(cx, "partitioner", partitioner)
+        .unwrap_or_else(|| SinkConfig::DEFAULT_PARTITIONER.to_string());
+    let schema = t.opt(cx, "schema", self::path);
+    let registry_url = t.opt(cx, "registry_url", url);
+    check_avro(cx, &t, format, schema.is_some() || registry_url.is_some());
+    t.finish(cx);
+    Some(SinkConfig {
+        topic: topic?,
+        format,
+        partitioner,
+        schema,
+        registry_url,
+    })
+}
+
+/// Avro needs a schema from a file or a registry.
+fn check_avro(cx: &mut Cx, t: &Table<'_>, format: Format, has_schema: bool) {
+    // A `schema` or `registry_url` that is present but invalid was reported already.
+    let has_schema = has_schema || t.has("schema") || t.has("registry_url");
+    if format == Format::Avro && !has_schema {
+        cx.issue(
+            t.key_path("format"),
+            "\"avro\" needs `schema` (a file) or `registry_url`",
+        );
+    }
+}
+
+/// `sink.partitioner`: `murmur2`, `round_robin`, `field:<name>` or `range:<b1,b2,...>`.
+fn partitioner(value: &Value) -> Result<String, String> {
+    let s = read::string(value)?;
+    match s.split_once(':') {
+        None if s == "murmur2" || s == "round_robin" => Ok(s),
+        Some(("field", field)) if !field.trim().is_empty() => Ok(s),
+        Some(("range", bounds)) => {
+            let bounds: Vec<&str> = bounds.split(',').collect();
+            if bounds.iter().any(|b| b.is_empty()) {
+                return Err(format!("range bounds must not be empty, found {s:?}"));
+            }
+            if let Some(w) = bounds.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "range bounds must be strictly increasing, found {:?} then {:?}",
+                    w[0], w[1]
+                ));
+            }
+            Ok(s)
+        }
+        _ => Err(format!(
+            "expected \"murmur2\", \"round_robin\", \"field:<name>\" or \"range:<b1,b2,...>\", \
+             found {}",
+            read::describe(value)
+        )),
+    }
+}
+
+fn steps(cx: &mut Cx, path: &str, value: &Value) -> Option<Vec<StepConfig>> {
+    let items = cx.array(path, value, "an array of step tables")?;
+    let steps: Vec<Option<StepConfig>> = items
+        .iter()
+        .enumerate()
+        .map(|(j, v)| step(cx, &format!("{path}[{j}]"), v))
+        .collect();
+    steps.into_iter().collect()
+}
+
+/// The keys that name a step; each step table has exactly one.
+const STEP_KINDS: [&str; 5] = ["filter", "map", "key_by", "aggregate", "dedup"];
+
+fn step(cx: &mut Cx, path: &str, value: &Value) -> Option<StepConfig> {
+    let mut t = cx.table(path, value)?;
+    let present: Vec<String> = STEP_KINDS
+        .iter()
+        .filter(|k| t.has(k))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    if present.len() != 1 {
+        let kinds: Vec<String> = STEP_KINDS.iter().map(|k| format!("`{k}`")).collect();
+        let found = if present.is_empty() {
+            "none".to_string()
+        } else {
+            present.join(" and ")
+        };
+        cx.issue(
+            path,
+            format!(
+                "expected exactly one of {}, found {found}",
+                kinds.join(", ")
+            ),
+        );
+    }
+    // Read every kind present so that problems inside each are reported too.
+    let steps = [
+        t.opt(cx, "filter", read::non_empty).map(StepConfig::Filter),
+        t.opt(cx, "map", read::non_empty).map(StepConfig::Map),
+        t.opt(cx, "key_by", read::non_empty).map(StepConfig::KeyBy),
+        t.opt_with(cx, "aggregate", aggregate)
+            .map(StepConfig::Aggregate),
+        t.opt_with(cx, "dedup", dedup).map(StepConfig::Dedup),
+    ];
+    t.finish(cx);
+    steps.into_iter().flatten().next()
+}
+
+fn aggregate(cx: &mut Cx, path: &str, value: &Value) -> Option<AggregateConfig> {
+    let mut t = cx.table(path, value)?;
+    let window = t.opt_with(cx, "window", window);
+    let windowed = t.has("window");
+    let fields = t.req_with(cx, "fields", |cx, path, value| {
+        fields(cx, path, value, windowed)
+    });
+    let emit = t.opt(cx, "emit", read::choice).unwrap_or_default();
+    t.finish(cx);
+    Some(AggregateConfig {
+        window,
+        fields: fields?,
+        emit,
+    })
+}
+
+/// `aggregate.fields`: output name → aggregate expression, at least one.
+fn fields(
+    cx: &mut Cx,
+    path: &str,
+    value: &Value,
+    windowed: bool,
+) -> Option<BTreeMap<String, String>> {
+    let entries = cx.table(path, value)?.into_entries();
+    if entries.is_empty() {
+        cx.issue(
+            path,
+            "must define at least one field, such as `count = \"count()\"`",
+        );
+        return None;
+    }
+    let mut fields = BTreeMap::new();
+    for (name, v) in entries {
+        let field_path = read::join(path, name);
+        if windowed && (name == "window_start" || name == "window_end") {
+            cx.issue(
+                &field_path,
+                "reserved: windowed output already has this field",
+            );
+        }
+        if let Some(expr) = cx.scalar(&field_path, v, read::non_empty) {
+            fields.insert(name.to_string(), expr);
+        }
+    }
+    Some(fields)
+}
+
+fn window(cx: &mut Cx, path: &str, value: &Value) -> Option<WindowConfig> {
+    let mut t = cx.table(path, value)?;
+    let kind = t.req(cx, "kind", read::choice::<WindowKind>);
+    let size = t.opt(cx, "size", read::positive_duration);
+    let advance = t.opt(cx, "advance", read::positive_duration);
+    let gap = t.opt(cx, "gap", read::positive_duration);
+    let grace = t.opt(cx, "grace", read::duration);
+
+    if let Some(kind) = kind {
+        let (needed, unused): (&[&str], &[&str]) = match kind {
+            WindowKind::Tumbling => (&["size"], &["advance", "gap"]),
+            WindowKind::Hopping => (&["size", "advance"], &["gap"]),
+            WindowKind::Session => (&["gap"], &["size", "advance"]),
+        };
+        for key in needed.iter().filter(|k| !t.has(k)) {
+            cx.missing(t.key_path(key), &format!("a {kind} window needs `{key}`"));
+        }
+        for key in unused.iter().filter(|k| t.has(k)) {
+            cx.issue(
+                t.key_path(key),
+                format!("not used by a {kind} window; remove it"),
+            );
+        }
+        if let (WindowKind::Hopping, Some(size), Some(advance)) = (kind, size, advance) {
+            if advance > size {
+                cx.issue(
+                    t.key_path("advance"),
+                    format!("must not exceed size ({advance:?} > {size:?})"),
+                );
+            }
+        }
+    }
+    t.finish(cx);
+    Some(WindowConfig {
+        kind: kind?,
+        size,
+        advance,
+        gap,
+        grace: grace.unwrap_or_default(),
+    })
+}
+
+fn dedup(cx: &mut Cx, path: &str, value: &Value) -> Option<DedupConfig> {
+    let mut t = cx.table(path, value)?;
+    let key = t.req(cx, "key", read::non_empty);
+    let within = t.req(cx, "within", read::positive_duration);
+    t.finish(cx);
+    Some(DedupConfig {
+        key: key?,
+        within: within?,
+    })
+}
+
+/// With `on_error = "dlq"`, the dead-letter topic must not be one of the source topics.
+fn check_dlq_topic(
+    cx: &mut Cx,
+    app: &AppConfig,
+    processing: &ProcessingConfig,
+    pipelines: &[(usize, PipelineConfig)],
+) {
+    if processing.on_error != OnError::Dlq || app.id.is_empty() {
+        return;
+    }
+    let dlq = processing.dlq_topic(&app.id);
+    let source = pipelines
+        .iter()
+        .find(|(_, p)| p.source.topics.contains(&dlq));
+    if let Some((i, p)) = source {
+        let what = if processing.dlq_topic.is_some() {
+            ""
+        } else {
+            " (the default, <app.id>-dlq)"
+        };
+        cx.issue(
+            "processing.dlq_topic",
+            format!(
+                "dead-letter topic {dlq:?}{what} is also a source topic of pipeline[{i}] ({:?})",
+                p.name
+            ),
+        );
+    }
+}

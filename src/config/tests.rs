@@ -1,0 +1,682 @@
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+/// The example from CONTRACT.md, verbatim.
+const CONTRACT_EXAMPLE: &str = r#"
+[app]
+id = "clicks"                 # consumer group id and prefix of internal topics (required)
+threads = 1                   # group members in this process; a worker with 2 gets ~2x the partitions
+# instance_id = "worker-a"    # static membership (group.instance.id); members get "-<n>" appended
+
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"   # "embedded" = in-process cluster, for trying things out
+[kafka.properties]                     # any librdkafka property, passed through verbatim
+# "security.protocol" = "sasl_ssl"
+
+[group]
+assignment = "cooperative-sticky"      # or "range", "roundrobin"
+session_timeout_ms = 10000
+
+[processing]
+guarantee = "at_least_once"            # or "exactly_once"
+commit_interval_ms = 1000
+on_error = "dlq"                       # "fail" | "skip" | "dlq": bad records and failing steps
+dlq_topic = "clicks-dlq"               # default "<app.id>-dlq"
+
+[state]
+dir = "/var/lib/tributary"             # RocksDB stores and checkpoint files live under here
+standby_replicas = 0
+
+[http]
+listen = "127.0.0.1:9464"              # /health /ready /metrics /state
+
+[[pipeline]]
+name = "clicks-per-user"
+source = { topics = ["clicks"], format = "json" }       # format: json | avro | string | bytes
+sink = { topic = "clicks-per-user", format = "json" }   # partitioner: murmur2 (default) | round_robin | field:<name> | range:<bounds>
+
+[[pipeline.steps]]
+filter = "amount > 50"                                  # CEL expression over the record
+
+[[pipeline.steps]]
+map = "{'user': user, 'amount': amount * 2}"            # CEL expression producing the new value
+
+[[pipeline.steps]]
+key_by = "user"                                         # re-key; repartitions through an internal topic
+
+[[pipeline.steps]]
+[pipeline.steps.aggregate]
+window = { kind = "tumbling", size = "1m", grace = "10s" }
+fields = { count = "count()", total = "sum(amount)", top = "max(amount)", mean = "avg(amount)" }
+emit = "update"                                         # "update" every change, "final" once the window closes
+"#;
+
+/// A minimal valid config.
+const MINIMAL: &str = r#"
+[app]
+id = "clicks"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+[[pipeline]]
+name = "p"
+source = { topics = ["in"] }
+"#;
+
+/// Writes `text` to a fresh file in the temp dir.
+fn file(text: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "tributary-config-test-{}-{n}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).expect("write temp config");
+    path
+}
+
+fn load_str(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+    load_with_env(&[file(text)], no_env())
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn rejected(text: &str) -> Vec<ConfigIssue> {
+    load_str(text).expect_err("config should be rejected")
+}
+
+/// Asserts that exactly one issue has `path` and that its message contains every `part`.
+#[track_caller]
+fn assert_issue(issues: &[ConfigIssue], path: &str, parts: &[&str]) {
+    let at: Vec<&ConfigIssue> = issues.iter().filter(|i| i.path == path).collect();
+    assert_eq!(at.len(), 1, "expected one issue at {path}, got {issues:#?}");
+    for part in parts {
+        assert!(
+            at[0].message.contains(part),
+            "{:?} lacks {part:?}",
+            at[0].message
+        );
+    }
+}
+
+fn paths(issues: &[ConfigIssue]) -> Vec<&str> {
+    issues.iter().map(|i| i.path.as_str()).collect()
+}
+
+/// The steps of the contract example, as both spellings must read them.
+fn example_steps() -> Vec<StepConfig> {
+    let fields = [
+        ("count", "count()"),
+        ("total", "sum(amount)"),
+        ("top", "max(amount)"),
+        ("mean", "avg(amount)"),
+    ];
+    vec![
+        StepConfig::Filter("amount > 50".into()),
+        StepConfig::Map("{'user': user, 'amount': amount * 2}".into()),
+        StepConfig::KeyBy("user".into()),
+        StepConfig::Aggregate(AggregateConfig {
+            window: Some(WindowConfig {
+                kind: WindowKind::Tumbling,
+                size: Some(Duration::from_secs(60)),
+                advance: None,
+                gap: None,
+                grace: Duration::from_secs(10),
+            }),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            emit: Emit::Update,
+        }),
+    ]
+}
+
+/// The full example of the contract loads, with every value as written.
+#[test]
+fn contract_example_loads() {
+    let config = load_str(CONTRACT_EXAMPLE).expect("example is valid");
+    assert_eq!(config.app.id, "clicks");
+    assert_eq!(config.app.threads, 1);
+    assert_eq!(config.app.instance_id, None);
+    assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
+    assert!(config.kafka.properties.is_empty());
+    assert_eq!(config.group.assignment, Assignment::CooperativeSticky);
+    assert_eq!(
+        config.group.assignment.librdkafka_name(),
+        "cooperative-sticky"
+    );
+    assert_eq!(config.group.session_timeout_ms, 10_000);
+    assert_eq!(config.processing.guarantee, Guarantee::AtLeastOnce);
+    assert_eq!(config.processing.commit_interval_ms, 1000);
+    assert_eq!(config.processing.on_error, OnError::Dlq);
+    assert_eq!(config.processing.dlq_topic("clicks"), "clicks-dlq");
+    assert_eq!(config.state.dir, PathBuf::from("/var/lib/tributary"));
+    assert_eq!(config.state.standby_replicas, 0);
+    assert_eq!(
+        config.http.listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+
+    assert_eq!(config.pipelines.len(), 1);
+    let p = &config.pipelines[0];
+    assert_eq!(p.name, "clicks-per-user");
+    assert_eq!(p.source.topics, vec!["clicks".to_string()]);
+    assert_eq!(p.source.format, Format::Json);
+    let sink = p.sink.as_ref().expect("sink");
+    assert_eq!(sink.topic, "clicks-per-user");
+    assert_eq!(sink.format, Format::Json);
+    assert_eq!(sink.partitioner, "murmur2");
+    assert_eq!(p.steps, example_steps());
+}
+
+/// Steps written as one-line inline tables read the same as `[[pipeline.steps]]` tables.
+#[test]
+fn one_line_steps_read_like_step_tables() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"steps = [
+  { filter = "amount > 50" },
+  { map = "{'user': user, 'amount': amount * 2}" },
+  { key_by = "user" },
+  { aggregate = { window = { kind = "tumbling", size = "1m", grace = "10s" }, fields = { count = "count()", total = "sum(amount)", top = "max(amount)", mean = "avg(amount)" }, emit = "update" } },
+]
+"#
+    );
+    let config = load_str(&text).expect("valid");
+    assert_eq!(config.pipelines[0].steps, example_steps());
+}
+
+/// Everything optional takes its documented default.
+#[test]
+fn defaults() {
+    let config = load_str(MINIMAL).expect("valid");
+    assert_eq!(config.app.threads, 1);
+    assert_eq!(config.app.instance_id, None);
+    assert!(config.kafka.properties.is_empty());
+    assert_eq!(config.group, GroupConfig::default());
+    assert_eq!(config.group.assignment, Assignment::CooperativeSticky);
+    assert_eq!(config.group.session_timeout_ms, 10_000);
+    assert_eq!(config.processing.guarantee, Guarantee::AtLeastOnce);
+    assert_eq!(config.processing.commit_interval_ms, 1000);
+    assert_eq!(config.processing.on_error, OnError::Fail);
+    assert_eq!(config.processing.dlq_topic, None);
+    assert_eq!(config.processing.dlq_topic("clicks"), "clicks-dlq");
+    assert_eq!(config.processing.max_buffered_records, 1000);
+    assert_eq!(config.state.dir, PathBuf::from("./tributary-state"));
+    assert_eq!(config.state.standby_replicas, 0);
+    assert_eq!(config.state.cache_max_entries, 100_000);
+    assert_eq!(
+        config.http.listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    let p = &config.pipelines[0];
+    assert_eq!(p.source.format, Format::Json);
+    assert_eq!(p.source.time, None);
+    assert_eq!(p.sink, None);
+    assert!(p.steps.is_empty());
+}
+
+/// Environment variables override files, for strings and numbers alike; variables that name
+/// no key are ignored.
+#[test]
+fn env_overrides_strings_and_numbers() {
+    let vars = env(&[
+        ("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", "broker:9092"),
+        ("TRIBUTARY_APP__THREADS", "2"),
+        ("TRIBUTARY_PROCESSING__ON_ERROR", "skip"),
+        ("TRIBUTARY_LOG", "debug"),
+        ("PATH", "/usr/bin"),
+    ]);
+    let config = load_with_env(&[file(MINIMAL)], vars).expect("valid");
+    assert_eq!(config.kafka.bootstrap_servers, "broker:9092");
+    assert_eq!(config.app.threads, 2);
+    assert_eq!(config.processing.on_error, OnError::Skip);
+    assert_eq!(config.app.id, "clicks");
+}
+
+/// A bad environment value is reported with the variable that set it.
+#[test]
+fn env_errors_name_the_variable() {
+    let vars = env(&[
+        ("TRIBUTARY_APP__THREADS", "two"),
+        ("TRIBUTARY_APP__THRAEDS", "2"),
+    ]);
+    let issues = load_with_env(&[file(MINIMAL)], vars).expect_err("invalid");
+    assert_issue(
+        &issues,
+        "app.threads",
+        &[
+            "expected a positive integer, found string \"two\"",
+            "TRIBUTARY_APP__THREADS",
+        ],
+    );
+    assert_issue(
+        &issues,
+        "app.thraeds",
+        &["unknown key", "`threads`", "TRIBUTARY_APP__THRAEDS"],
+    );
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+}
+
+/// In files, a number written as a string is a type error.
+#[test]
+fn file_numbers_are_not_strings() {
+    let issues =
+        rejected(&MINIMAL.replace("id = \"clicks\"", "id = \"clicks\"\nthreads = \"two\""));
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(
+        issues[0].to_string(),
+        "app.threads: expected a positive integer, found string \"two\""
+    );
+}
+
+/// A later file overrides an earlier one key by key.
+#[test]
+fn later_file_overrides_earlier() {
+    let base = file(MINIMAL);
+    let over = file("[app]\nthreads = 4\n[kafka]\nbootstrap_servers = \"other:9092\"\n");
+    let config = load_with_env(&[base.clone(), over.clone()], no_env()).expect("valid");
+    assert_eq!(config.app.id, "clicks", "kept from the first file");
+    assert_eq!(config.app.threads, 4);
+    assert_eq!(config.kafka.bootstrap_servers, "other:9092");
+
+    let config = load_with_env(&[over, base], no_env()).expect("valid");
+    assert_eq!(config.app.threads, 4, "not set by the later file");
+    assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
+}
+
+/// One load reports a typo, a wrong type, a key librdkafka rejects and a bad window together.
+#[test]
+fn reports_every_problem_at_once() {
+    let text = r#"
+[app]
+id = "clicks"
+thraeds = 2
+
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+[kafka.properties]
+"no.such.property" = "1"
+
+[processing]
+commit_interval_ms = "soon"
+
+[[pipeline]]
+name = "p"
+source = { topics = ["in"] }
+steps = [
+  { filter = "amount > 50" },
+  { key_by = "user" },
+  { aggregate = { window = { kind = "tumbling" }, fields = { n = "count()" } } },
+]
+"#;
+    let issues = rejected(text);
+    assert_eq!(
+        paths(&issues),
+        [
+            "app.thraeds",
+            "kafka.properties.\"no.such.property\"",
+            "processing.commit_interval_ms",
+            "pipeline[0].steps[2].aggregate.window.size",
+        ],
+        "{issues:#?}"
+    );
+    assert_issue(
+        &issues,
+        "app.thraeds",
+        &["unknown key (did you mean `threads`?)"],
+    );
+    assert_issue(
+        &issues,
+        "kafka.properties.\"no.such.property\"",
+        &["No such configuration property"],
+    );
+    assert_issue(
+        &issues,
+        "processing.commit_interval_ms",
+        &["expected a positive integer, found string \"soon\""],
+    );
+    assert_issue(
+        &issues,
+        "pipeline[0].steps[2].aggregate.window.size",
+        &["required key is missing", "tumbling"],
+    );
+}
+
+/// Properties the worker owns are rejected with the key to use instead.
+#[test]
+fn reserved_property_names_the_tributary_key() {
+    let text = MINIMAL.replace(
+        "[[pipeline]]",
+        "[kafka.properties]\n\"enable.auto.commit\" = true\n\"group.id\" = \"x\"\n[[pipeline]]",
+    );
+    let issues = rejected(&text);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert_issue(&issues, "kafka.properties.\"group.id\"", &["`app.id`"]);
+    assert_issue(
+        &issues,
+        "kafka.properties.\"enable.auto.commit\"",
+        &["`processing.commit_interval_ms`"],
+    );
+}
+
+/// Property values of any scalar type become strings; bare dotted keys read as one name.
+#[test]
+fn properties_are_stringified_and_flattened() {
+    let text = MINIMAL.replace(
+        "[[pipeline]]",
+        "[kafka.properties]\n\"fetch.min.bytes\" = 1\nsocket.keepalive.enable = true\n\
+         \"client.id\" = \"me\"\n[[pipeline]]",
+    );
+    let config = load_str(&text).expect("valid");
+    let props: Vec<(&str, &str)> = config
+        .kafka
+        .properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        props,
+        [
+            ("client.id", "me"),
+            ("fetch.min.bytes", "1"),
+            ("socket.keepalive.enable", "true")
+        ]
+    );
+}
+
+#[test]
+fn parses_durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    for bad in ["", "10", "s", "1.5s", "10x", "-1s", "1m30s"] {
+        let err = parse_duration(bad).expect_err(bad);
+        assert!(err.contains("ms, s, m, h, d"), "{err}");
+    }
+    assert!(parse_duration("99999999999999999d").is_err());
+}
+
+/// A missing file and a syntax error are both reported, by file name; the keys they would
+/// have held are not reported missing.
+#[test]
+fn file_problems() {
+    let missing = std::env::temp_dir().join("tributary-config-test-does-not-exist.toml");
+    let broken = file("[app]\nid = \"clicks\"\nthreads = = 2\n");
+    let issues = load_with_env(&[missing.clone(), broken.clone()], no_env()).expect_err("bad");
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert_eq!(
+        issues[0],
+        ConfigIssue::new(missing.display().to_string(), "file not found")
+    );
+    assert_eq!(issues[1].path, broken.display().to_string());
+    assert!(
+        issues[1].message.contains("line 3"),
+        "{}",
+        issues[1].message
+    );
+    assert!(!issues[1].message.contains('\n'), "{}", issues[1].message);
+}
+
+/// Without any file, the required keys are reported.
+#[test]
+fn required_keys() {
+    let issues = load_with_env(&[], no_env()).expect_err("empty");
+    assert_eq!(
+        paths(&issues),
+        ["app.id", "kafka.bootstrap_servers", "pipeline"]
+    );
+    assert!(issues
+        .iter()
+        .all(|i| i.message.starts_with("required key is missing")));
+}
+
+#[test]
+fn window_rules() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"steps = [
+  { aggregate = { window = { kind = "hopping", size = "1m", advance = "2m" }, fields = { n = "count()" } } },
+  { aggregate = { window = { kind = "session", gap = "0s", size = "1m" }, fields = { n = "count()" } } },
+  { aggregate = { window = { kind = "hopping", size = "1m", grace = "soon" }, fields = { n = "count()" } } },
+  { aggregate = { window = { kind = "sliding", size = "1m" }, fields = { n = "count()" } } },
+  { aggregate = { window = { kind = "session", gap = "5m", grace = "0s" }, fields = { n = "count()" } } },
+]
+"#
+    );
+    let issues = rejected(&text);
+    let w = |i: usize, key: &str| format!("pipeline[0].steps[{i}].aggregate.window.{key}");
+    assert_issue(&issues, &w(0, "advance"), &["must not exceed size"]);
+    assert_issue(&issues, &w(1, "gap"), &["must be greater than 0"]);
+    assert_issue(&issues, &w(1, "size"), &["not used by a session window"]);
+    assert_issue(
+        &issues,
+        &w(2, "advance"),
+        &["required key is missing", "hopping"],
+    );
+    assert_issue(&issues, &w(2, "grace"), &["invalid duration \"soon\""]);
+    assert_issue(
+        &issues,
+        &w(3, "kind"),
+        &["expected one of \"tumbling\", \"hopping\", \"session\""],
+    );
+    assert_eq!(issues.len(), 6, "{issues:#?}");
+}
+
+#[test]
+fn step_tables_need_exactly_one_kind() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"steps = [
+  { filter = "a", map = "b" },
+  { fliter = "a" },
+  { dedup = { key = "id", within = "10m" } },
+  { dedup = { key = "id" } },
+  { aggregate = { fields = {} } },
+]
+"#
+    );
+    let issues = rejected(&text);
+    assert_issue(
+        &issues,
+        "pipeline[0].steps[0]",
+        &["exactly one of", "found `filter` and `map`"],
+    );
+    assert_issue(&issues, "pipeline[0].steps[1]", &["found none"]);
+    assert_issue(
+        &issues,
+        "pipeline[0].steps[1].fliter",
+        &["did you mean `filter`?"],
+    );
+    assert_issue(
+        &issues,
+        "pipeline[0].steps[3].dedup.within",
+        &["required key is missing"],
+    );
+    assert_issue(
+        &issues,
+        "pipeline[0].steps[4].aggregate.fields",
+        &["at least one field"],
+    );
+    assert_eq!(issues.len(), 5, "{issues:#?}");
+
+    let ok = format!("{MINIMAL}steps = [ {{ dedup = {{ key = \"id\", within = \"10m\" }} }} ]\n");
+    let config = load_str(&ok).expect("valid");
+    let expected = DedupConfig {
+        key: "id".into(),
+        within: Duration::from_secs(600),
+    };
+    assert_eq!(config.pipelines[0].steps, [StepConfig::Dedup(expected)]);
+}
+
+#[test]
+fn partitioners() {
+    let with = |p: &str| format!("{MINIMAL}sink = {{ topic = \"out\", partitioner = {p:?} }}\n");
+    for good in [
+        "murmur2",
+        "round_robin",
+        "field:user",
+        "range:a,m,t",
+        "range:b",
+    ] {
+        let config = load_str(&with(good)).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        assert_eq!(
+            config.pipelines[0].sink.as_ref().expect("sink").partitioner,
+            good
+        );
+    }
+    for (bad, part) in [
+        ("hash", "expected \"murmur2\""),
+        ("field:", "expected \"murmur2\""),
+        ("range:", "must not be empty"),
+        ("range:a,,b", "must not be empty"),
+        ("range:b,a", "strictly increasing"),
+        ("range:a,a", "strictly increasing"),
+    ] {
+        let issues = rejected(&with(bad));
+        assert_issue(&issues, "pipeline[0].sink.partitioner", &[part]);
+        assert_eq!(issues.len(), 1, "{bad}: {issues:#?}");
+    }
+}
+
+#[test]
+fn topic_rules_across_keys() {
+    let text = r#"
+[app]
+id = "app"
+[kafka]
+bootstrap_servers = "k:9092"
+[processing]
+on_error = "dlq"
+[[pipeline]]
+name = "a"
+source = { topics = ["app-dlq"] }
+[[pipeline]]
+name = "b"
+source = { topics = ["x", "y"] }
+sink = { topic = "y" }
+[[pipeline]]
+name = "a"
+source = { topics = "z" }
+"#;
+    let issues = rejected(text);
+    assert_issue(
+        &issues,
+        "pipeline[1].sink.topic",
+        &["\"y\" is also this pipeline's source"],
+    );
+    assert_issue(
+        &issues,
+        "pipeline[2].source.topics",
+        &["expected an array", "topics = [\"z\"]"],
+    );
+    assert_issue(
+        &issues,
+        "processing.dlq_topic",
+        &["\"app-dlq\"", "pipeline[0]"],
+    );
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+
+    let dup = format!("{MINIMAL}\n[[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in2\"] }}\n");
+    let issues = rejected(&dup);
+    assert_issue(
+        &issues,
+        "pipeline[1].name",
+        &["duplicate pipeline name \"p\"", "pipeline[0]"],
+    );
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+}
+
+#[test]
+fn http_listen() {
+    let with = |v: &str| format!("{MINIMAL}[http]\nlisten = {v:?}\n");
+    assert_eq!(load_str(&with("off")).expect("valid").http.listen, None);
+    assert_eq!(load_str(&with("")).expect("valid").http.listen, None);
+    assert_eq!(
+        load_str(&with("0.0.0.0:8080")).expect("valid").http.listen,
+        Some("0.0.0.0:8080".parse().expect("addr"))
+    );
+    let issues = rejected(&with("localhost"));
+    assert_issue(
+        &issues,
+        "http.listen",
+        &["expected an address", "found string \"localhost\""],
+    );
+}
+
+#[test]
+fn types_enums_and_unknown_sections() {
+    let text = r#"
+[app]
+id = "has space"
+threads = 0
+[kafka]
+bootstrap_servers = 9092
+[group]
+assignment = "rnage"
+[state]
+standby_replicas = -1
+[http]
+listen = 9464
+[metrics]
+port = 1
+[[pipeline]]
+name = "p"
+source = { topics = ["in"], format = "xml" }
+sink = { topic = "out", format = "avro" }
+"#;
+    let issues = rejected(text);
+    assert_issue(
+        &issues,
+        "app.id",
+        &["letters, digits", "found string \"has space\""],
+    );
+    assert_issue(
+        &issues,
+        "app.threads",
+        &["expected a positive integer, found integer 0"],
+    );
+    assert_issue(
+        &issues,
+        "kafka.bootstrap_servers",
+        &["expected a string, found integer 9092"],
+    );
+    assert_issue(&issues, "group.assignment", &["did you mean \"range\"?"]);
+    assert_issue(
+        &issues,
+        "state.standby_replicas",
+        &["non-negative integer, found integer -1"],
+    );
+    assert_issue(&issues, "http.listen", &["found integer 9464"]);
+    assert_issue(
+        &issues,
+        "metrics",
+        &["unknown key (known keys: `app`, `kafka`"],
+    );
+    assert_issue(
+        &issues,
+        "pipeline[0].source.format",
+        &["\"json\", \"avro\""],
+    );
+    assert_issue(
+        &issues,
+        "pipeline[0].sink.format",
+        &["`schema`", "`registry_url`"],
+    );
+    assert_eq!(issues.len(), 9, "{issues:#?}");
+}

@@ -1,0 +1,127 @@
+//! librdkafka settings for the worker's clients: what the worker owns, what it defaults, and the
+//! user's `[kafka.properties]` on top.
+
+use rdkafka::ClientConfig;
+
+use crate::config::Config;
+
+/// Settings common to every client: brokers, then the user's passthrough properties.
+fn base(bootstrap: &str, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c.set("client.id", client_id);
+    c
+}
+
+fn with_user_properties(
+    mut c: ClientConfig,
+    cfg: &Config,
+    allowed: impl Fn(&str) -> bool,
+) -> ClientConfig {
+    for (k, v) in &cfg.kafka.properties {
+        if allowed(k) {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+/// Consumer-only properties, so the producer and admin clients are not handed them (librdkafka
+/// would warn on every start).
+fn is_consumer_property(key: &str) -> bool {
+    key.starts_with("fetch.")
+        || key.starts_with("queued.")
+        || key.starts_with("auto.offset")
+        || matches!(
+            key,
+            "max.poll.interval.ms"
+                | "heartbeat.interval.ms"
+                | "check.crcs"
+                | "max.partition.fetch.bytes"
+        )
+}
+
+/// Producer-only properties.
+fn is_producer_property(key: &str) -> bool {
+    key.starts_with("linger")
+        || key.starts_with("queue.buffering")
+        || key.starts_with("batch.")
+        || key.starts_with("compression")
+        || key.starts_with("message.timeout")
+        || matches!(
+            key,
+            "acks"
+                | "request.required.acks"
+                | "retries"
+                | "partitioner"
+                | "max.in.flight"
+                | "delivery.timeout.ms"
+        )
+}
+
+/// The group member's consumer. The worker owns group id, commits, offset storage and the
+/// assignor; fetch settings default to values that keep throughput high (DESIGN.md measured
+/// them) and can be overridden.
+pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+    let mut c = base(bootstrap, &format!("{}-{member}", cfg.app.id));
+    c.set("fetch.wait.max.ms", "10")
+        .set("queued.min.messages", "200000")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000");
+    let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
+    c.set("group.id", &cfg.app.id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "partition.assignment.strategy",
+            cfg.group.assignment.librdkafka_name(),
+        )
+        .set(
+            "session.timeout.ms",
+            cfg.group.session_timeout_ms.to_string(),
+        );
+    // librdkafka requires heartbeat.interval.ms < session.timeout.ms; its default (3 s) breaks
+    // short session timeouts.
+    if !cfg.kafka.properties.contains_key("heartbeat.interval.ms") {
+        let hb = (cfg.group.session_timeout_ms / 3).clamp(100, 3000);
+        c.set("heartbeat.interval.ms", hb.to_string());
+    }
+    if let Some(instance) = &cfg.app.instance_id {
+        c.set("group.instance.id", format!("{instance}-{member}"));
+    }
+    c
+}
+
+/// The changelog restore consumer: no group, reads assigned partitions only.
+pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+    let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
+    c.set("fetch.wait.max.ms", "10")
+        .set("queued.min.messages", "200000");
+    let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+/// The member's producer for sinks, changelogs and dead letters. Idempotent, so retries never
+/// reorder or duplicate within a partition; `murmur2_random` is the Java client's partitioner,
+/// so keyed records land where Kafka Streams and Java producers put them.
+pub fn producer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+    let mut c = base(bootstrap, &format!("{}-{member}-producer", cfg.app.id));
+    c.set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("partitioner", "murmur2_random");
+    let mut c = with_user_properties(c, cfg, |k| !is_consumer_property(k));
+    c.set("enable.idempotence", "true");
+    c
+}
+
+/// An admin client for metadata and topic creation.
+pub fn admin(cfg: &Config, bootstrap: &str) -> ClientConfig {
+    let c = base(bootstrap, &format!("{}-admin", cfg.app.id));
+    with_user_properties(c, cfg, |k| {
+        !is_consumer_property(k) && !is_producer_property(k)
+    })
+}

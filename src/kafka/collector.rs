@@ -1,0 +1,230 @@
+//! The record collector: the one producer a member's tasks send through (sinks, changelogs,
+//! dead letters), and the acknowledgement bookkeeping a commit needs (Kafka Streams'
+//! `RecordCollector`).
+//!
+//! Sends are asynchronous; [`Collector::flush`] waits until every record sent so far is
+//! acknowledged and reports the first delivery failure, and [`Collector::take_changelog_acks`]
+//! hands out the highest acknowledged offset of every changelog partition, which becomes the
+//! restore point written into RocksDB.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::metrics::Metrics;
+
+/// What a sent record is for; decides what its acknowledgement updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SendKind {
+    /// A sink or user output record.
+    Output = 0,
+    /// A state change: its acknowledged offset is the store's restore point.
+    Changelog = 1,
+    /// A record that failed and goes to the dead-letter topic.
+    DeadLetter = 2,
+}
+
+/// A record to send, borrowing its parts from the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Destination topic.
+    pub topic: &'a str,
+    /// Explicit partition, or `None` for the key's murmur2 partition.
+    pub partition: Option<i32>,
+    /// Key bytes.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes; `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// Headers.
+    pub headers: &'a [(String, Vec<u8>)],
+    /// Timestamp, epoch ms.
+    pub timestamp: Option<i64>,
+}
+
+/// Failures of the collector. Any of them means records may not have reached Kafka, so the
+/// member must not commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectorError {
+    /// The producer could not be created.
+    #[error("creating the producer: {0}")]
+    Create(#[source] KafkaError),
+    /// The producer refused a record outright.
+    #[error("sending to topic {topic}: {reason}")]
+    Send {
+        /// Destination topic.
+        topic: String,
+        /// librdkafka's reason.
+        reason: String,
+    },
+    /// A record was not acknowledged (after librdkafka's own retries).
+    #[error("delivery to {topic}/{partition} failed: {reason}")]
+    Delivery {
+        /// Destination topic.
+        topic: String,
+        /// Destination partition.
+        partition: i32,
+        /// librdkafka's reason.
+        reason: String,
+    },
+}
+
+struct CollectorContext {
+    metrics: Metrics,
+    changelog_acks: Mutex<HashMap<(String, i32), i64>>,
+    first_error: Mutex<Option<CollectorError>>,
+}
+
+impl ClientContext for CollectorContext {}
+
+impl ProducerContext for CollectorContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
+        match result {
+            Ok(m) => {
+                self.metrics
+                    .records_produced
+                    .with_label_values(&[m.topic()])
+                    .inc();
+                if kind == SendKind::Changelog as usize {
+                    let mut acks = self
+                        .changelog_acks
+                        .lock()
+                        .expect("invariant: no panics under this lock");
+                    let slot = acks
+                        .entry((m.topic().to_string(), m.partition()))
+                        .or_insert(m.offset());
+                    *slot = (*slot).max(m.offset());
+                }
+            }
+            Err((e, m)) => {
+                tracing::error!(topic = m.topic(), partition = m.partition(), error = %e, "record not delivered");
+                let mut first = self
+                    .first_error
+                    .lock()
+                    .expect("invariant: no panics under this lock");
+                if first.is_none() {
+                    *first = Some(CollectorError::Delivery {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The member's producer.
+pub struct Collector {
+    producer: ThreadedProducer<CollectorContext>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
+
+impl Collector {
+    /// Creates the producer from its librdkafka settings.
+    pub fn new(config: &ClientConfig, metrics: Metrics) -> Result<Self, CollectorError> {
+        let ctx = CollectorContext {
+            metrics,
+            changelog_acks: Mutex::default(),
+            first_error: Mutex::default(),
+        };
+        let producer = config
+            .create_with_context(ctx)
+            .map_err(CollectorError::Create)?;
+        Ok(Self { producer })
+    }
+
+    /// Queues one record; waits while librdkafka's queue is full.
+    pub fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        let mut record = BaseRecord::with_opaque_to(out.topic, kind as usize);
+        if let Some(k) = out.key {
+            record = record.key(k);
+        }
+        if let Some(v) = out.value {
+            record = record.payload(v);
+        }
+        if let Some(p) = out.partition {
+            record = record.partition(p);
+        }
+        if let Some(ts) = out.timestamp {
+            record = record.timestamp(ts);
+        }
+        if !out.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+            for (k, v) in out.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure from librdkafka: wait for acknowledgements to make room.
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return Err(CollectorError::Send {
+                        topic: out.topic.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits until every record sent so far is acknowledged; fails if any record sent since the
+    /// producer started was not.
+    pub fn flush(&self) -> Result<(), CollectorError> {
+        // No timeout of our own: librdkafka fails undeliverable records after message.timeout.ms.
+        let flushed = self.producer.flush(rdkafka::util::Timeout::Never);
+        if let Some(e) = self
+            .producer
+            .context()
+            .first_error
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .take()
+        {
+            return Err(e);
+        }
+        flushed.map_err(|e| CollectorError::Send {
+            topic: "*".into(),
+            reason: format!("flush: {e}"),
+        })
+    }
+
+    /// The highest acknowledged offset of every changelog partition written since the last call.
+    pub fn take_changelog_acks(&self) -> HashMap<(String, i32), i64> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .changelog_acks
+                .lock()
+                .expect("invariant: no panics under this lock"),
+        )
+    }
+
+    /// Records still waiting for acknowledgement.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}

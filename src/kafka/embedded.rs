@@ -1,0 +1,108 @@
+//! The embedded cluster: librdkafka's in-process mock cluster (`bootstrap_servers =
+//! "embedded"` and `tributary demo`). Its brokers listen on loopback, so other processes can
+//! connect while this one lives.
+//!
+//! The mock cluster handle is not `Send`, so it lives on a thread of its own that serves topic
+//! creation requests (the mock cluster does not implement the CreateTopics API).
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rdkafka::mocking::MockCluster;
+
+enum Command {
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+}
+
+/// A running in-process cluster; stops when dropped.
+pub struct EmbeddedCluster {
+    bootstrap: String,
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EmbeddedCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedCluster")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
+    }
+}
+
+impl EmbeddedCluster {
+    /// Starts a cluster of `brokers` brokers.
+    pub fn start(brokers: i32) -> Result<Self, String> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let mock = match MockCluster::new(brokers) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("starting the embedded cluster: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(mock.bootstrap_servers()));
+                while let Ok(cmd) = cmd_rx.recv() {
+                    match cmd {
+                        Command::CreateTopic {
+                            name,
+                            partitions,
+                            reply,
+                        } => {
+                            let result = mock.create_topic(&name, partitions, 1).map_err(|e| {
+                                format!("creating topic {name:?} on the embedded cluster: {e}")
+                            });
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("spawning the embedded cluster thread: {e}"))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| "the embedded cluster thread died".to_string())??;
+        Ok(Self {
+            bootstrap,
+            commands: Some(cmd_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The cluster's bootstrap servers (loopback addresses).
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic (replication factor 1).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+        let (reply, result) = mpsc::channel();
+        self.commands
+            .as_ref()
+            .expect("invariant: commands live until drop")
+            .send(Command::CreateTopic {
+                name: name.to_string(),
+                partitions,
+                reply,
+            })
+            .map_err(|_| "the embedded cluster is gone".to_string())?;
+        result
+            .recv()
+            .map_err(|_| "the embedded cluster is gone".to_string())?
+    }
+}
+
+impl Drop for EmbeddedCluster {
+    fn drop(&mut self) {
+        self.commands.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,900 @@
+//! One consumer-group member: its consumer, its tasks and the loop that drives them (Kafka
+//! Streams' `StreamThread`).
+//!
+//! The member runs on a thread of its own. Each turn of its loop:
+//!
+//! 1. polls a batch of records (rebalance callbacks run inside `poll`, on this thread);
+//! 2. routes each record to its task: processed at once when the task is running and has
+//!    nothing queued, queued otherwise; a queue at `processing.max_buffered_records` pauses its
+//!    partition, which resumes once the queue has drained to half;
+//! 3. drains queues, within a time budget so the loop keeps polling;
+//! 4. advances restores: changelog records go into the restoring tasks' RocksDB; a task whose
+//!    changelogs are all read to the end starts running and its partition resumes;
+//! 5. commits when `processing.commit_interval_ms` has passed or a cache is full.
+//!
+//! A commit (also on revoke and on shutdown) is: flush every task's cache into its changelog →
+//! wait for every produced record's acknowledgement → commit the input offsets → write each
+//! task's state batch with its acknowledged changelog offset. A crash between any two steps
+//! only causes reprocessing.
+//!
+//! The consumer context shares the member's state ([`Core`]) through a mutex that the loop
+//! releases while it polls, so the rebalance callbacks can commit and close revoked tasks
+//! before their partitions are given up, and open and pause newly assigned ones.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::collector::{Collector, CollectorError};
+use super::restore::RestoreConsumer;
+use super::{message_headers, own_message};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::processor::{changelog_topic, TaskInfo, Topology};
+use crate::status::{MemberStatus, StatusBoard, TaskStatus};
+use crate::task::{ErrorPolicy, Task, TaskError, TaskState};
+use crate::types::{Record, TaskId};
+
+/// Records taken from the consumer per loop turn.
+const POLL_BATCH: usize = 2000;
+/// Time a loop turn may spend processing before it goes back to polling.
+const PROCESS_BUDGET: Duration = Duration::from_millis(100);
+/// Changelog records applied per loop turn.
+const RESTORE_BATCH: usize = 10_000;
+/// How often the member republishes its status.
+const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Errors that stop a member (and with it the worker).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemberError {
+    /// A client could not be created or subscribed.
+    #[error("member {member}: {what}: {source}")]
+    Kafka {
+        /// Member index.
+        member: usize,
+        /// What was being done.
+        what: String,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The producer could not be created.
+    #[error("member {member}: {source}")]
+    Collector {
+        /// Member index.
+        member: usize,
+        /// The error.
+        #[source]
+        source: CollectorError,
+    },
+    /// A task failed; nothing after the last commit was committed.
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Everything a member needs to start.
+#[derive(Debug, Clone)]
+pub struct MemberSetup {
+    /// Member index within the worker (0..app.threads).
+    pub index: usize,
+    /// The worker's configuration.
+    pub config: Arc<Config>,
+    /// Resolved bootstrap servers.
+    pub bootstrap: String,
+    /// The topologies every task is built from.
+    pub topologies: Arc<Vec<Topology>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where status is published.
+    pub status: Arc<StatusBoard>,
+    /// Stops the member: it finishes the record at hand, commits and leaves the group.
+    pub shutdown: CancellationToken,
+}
+
+/// Where a source topic's records go.
+#[derive(Debug, Clone)]
+struct SourceRoute {
+    topology: usize,
+    topic: Arc<str>,
+}
+
+/// The member's state, shared between its loop and its consumer context.
+struct Core {
+    setup: MemberSetup,
+    state_dir: PathBuf,
+    routes: HashMap<String, SourceRoute>,
+    changelog_routes: HashMap<String, usize>,
+    tasks: BTreeMap<TaskId, Task>,
+    /// Source topics of each task that are currently assigned to this member.
+    assigned: BTreeMap<TaskId, BTreeSet<Arc<str>>>,
+    /// Tasks assigned whose directory is still locked by another member of this process.
+    pending_open: BTreeSet<TaskId>,
+    /// Task creation order, compared with the epoch a record was polled in.
+    task_epoch: HashMap<TaskId, u64>,
+    collector: Collector,
+    restore: RestoreConsumer,
+    paused: HashSet<(Arc<str>, i32)>,
+    policy: ErrorPolicy,
+    failed: Option<String>,
+    joined: bool,
+    last_commit: Instant,
+    last_status: Instant,
+    /// Incremented by every rebalance callback.
+    epoch: Arc<AtomicU64>,
+}
+
+/// The consumer context: rebalance callbacks act on the member's [`Core`].
+struct MemberContext {
+    core: Arc<Mutex<Core>>,
+    metrics: Metrics,
+    member: usize,
+    epoch: Arc<AtomicU64>,
+}
+
+type MemberConsumer = BaseConsumer<MemberContext>;
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    // A panic under this lock is a bug in the member; its thread is gone, and so is the worker.
+    core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ClientContext for MemberContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic, &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, consumer: &MemberConsumer, rebalance: &Rebalance<'_>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let lost = consumer.assignment_lost();
+                let kind = if lost { "lost" } else { "revoke" };
+                self.metrics
+                    .rebalances
+                    .with_label_values(&[&self.member.to_string(), kind])
+                    .inc();
+                let tps = list(tpl);
+                tracing::info!(member = self.member, partitions = ?tps, lost, "partitions revoked");
+                lock(&self.core).on_revoke(consumer, &tps, lost);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::error!(member = self.member, error = %e, "rebalance failed")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &MemberConsumer, rebalance: &Rebalance<'_>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.metrics
+                .rebalances
+                .with_label_values(&[&self.member.to_string(), "assign"])
+                .inc();
+            let tps = list(tpl);
+            tracing::info!(member = self.member, partitions = ?tps, "partitions assigned");
+            lock(&self.core).on_assign(consumer, &tps);
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(member = self.member, error = %e, "offset commit failed");
+        }
+    }
+}
+
+fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+fn single(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
+impl Core {
+    fn member(&self) -> usize {
+        self.setup.index
+    }
+
+    fn fail(&mut self, reason: String) {
+        tracing::error!(member = self.member(), %reason, "member failed; nothing more will be committed");
+        if self.failed.is_none() {
+            self.failed = Some(reason);
+        }
+    }
+
+    fn task_for(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        self.routes.get(topic).map(|r| TaskId {
+            topology: r.topology,
+            partition,
+        })
+    }
+
+    /// Source partitions of a task that are assigned to this member.
+    fn task_partitions(&self, id: TaskId) -> Vec<Arc<str>> {
+        self.assigned
+            .get(&id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn on_assign(&mut self, consumer: &MemberConsumer, tps: &[(String, i32)]) {
+        self.joined = true;
+        let mut new_tasks = BTreeSet::new();
+        for (topic, partition) in tps {
+            let Some(route) = self.routes.get(topic).cloned() else {
+                tracing::warn!(topic, "assigned a topic no topology reads; ignoring it");
+                continue;
+            };
+            let id = TaskId {
+                topology: route.topology,
+                partition: *partition,
+            };
+            self.assigned
+                .entry(id)
+                .or_default()
+                .insert(route.topic.clone());
+            if !self.tasks.contains_key(&id) {
+                new_tasks.insert(id);
+            }
+        }
+        for id in new_tasks {
+            self.pending_open.insert(id);
+        }
+        self.open_pending(consumer);
+        // Input of tasks that cannot run yet waits, paused, until they do.
+        for (topic, partition) in tps {
+            if let Some(id) = self.task_for(topic, *partition) {
+                let running = self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.state() == TaskState::Running);
+                if !running {
+                    self.pause(consumer, topic, *partition);
+                }
+            }
+        }
+        self.publish_status();
+    }
+
+    /// Opens the tasks waiting in `pending_open`; leaves those whose directory is still locked.
+    fn open_pending(&mut self, consumer: &MemberConsumer) {
+        let pending: Vec<TaskId> = self.pending_open.iter().copied().collect();
+        for id in pending {
+            match self.open_task(id) {
+                Ok(true) => {
+                    self.pending_open.remove(&id);
+                    if self
+                        .tasks
+                        .get(&id)
+                        .is_some_and(|t| t.state() == TaskState::Running)
+                    {
+                        self.resume_task(consumer, id);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.pending_open.remove(&id);
+                    self.fail(format!("opening task {id}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Opens a task and starts its restore. `Ok(false)`: its directory is locked, try again later.
+    fn open_task(&mut self, id: TaskId) -> Result<bool, String> {
+        let topology = &self.setup.topologies[id.topology];
+        let app_id = self.setup.config.app.id.clone();
+        let info = TaskInfo {
+            id,
+            topology: topology.name.clone(),
+            app_id: app_id.clone(),
+        };
+        let changelogs: Vec<Arc<str>> = topology
+            .stores
+            .iter()
+            .map(|s| Arc::from(changelog_topic(&app_id, s)))
+            .collect();
+        let dir = self.state_dir.join(id.to_string());
+        let processor = (topology.factory)(&info);
+        let task = match Task::open(
+            info,
+            &dir,
+            &topology.stores,
+            changelogs,
+            processor,
+            self.setup.config.state.cache_max_entries,
+            self.setup.metrics.clone(),
+        ) {
+            Ok(task) => task,
+            Err(crate::state::StateError::Locked { .. }) => {
+                tracing::debug!(task = %id, "state directory still locked; will retry");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut task = task;
+        self.setup.status.register_db(id, task.db().clone());
+        if !task.start_if_stateless() {
+            for (changelog, from) in task.restore_points().map_err(|e| e.to_string())? {
+                let remaining =
+                    self.restore
+                        .start(&changelog, id.partition, from)
+                        .map_err(|e| {
+                            format!("starting restore of {changelog}/{}: {e}", id.partition)
+                        })?;
+                tracing::info!(task = %id, changelog = %changelog, from = ?from, remaining, "restoring");
+            }
+        }
+        self.task_epoch
+            .insert(id, self.epoch.load(Ordering::SeqCst));
+        self.tasks.insert(id, task);
+        Ok(true)
+    }
+
+    fn on_revoke(&mut self, consumer: &MemberConsumer, tps: &[(String, i32)], lost: bool) {
+        if !lost && self.failed.is_none() {
+            if let Err(e) = self.commit(consumer) {
+                self.fail(e.to_string());
+            }
+        }
+        for (topic, partition) in tps {
+            self.setup
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[topic, &partition.to_string()])
+                .ok();
+            let Some(id) = self.task_for(topic, *partition) else {
+                continue;
+            };
+            self.paused
+                .retain(|(t, p)| !(**t == **topic && *p == *partition));
+            let now_empty = match self.assigned.get_mut(&id) {
+                Some(set) => {
+                    set.retain(|t| **t != **topic);
+                    set.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.assigned.remove(&id);
+                self.close_task(id, lost || self.failed.is_some());
+            }
+        }
+        self.publish_status();
+    }
+
+    /// Closes a task; `dirty`: drop its uncommitted work (the partition was lost or the member
+    /// failed), otherwise it was just committed.
+    fn close_task(&mut self, id: TaskId, dirty: bool) {
+        self.pending_open.remove(&id);
+        self.task_epoch.remove(&id);
+        let Some(mut task) = self.tasks.remove(&id) else {
+            return;
+        };
+        for (changelog, _) in task.restore_points().unwrap_or_default() {
+            self.restore.stop(&changelog, id.partition);
+        }
+        if dirty {
+            task.discard();
+        } else if let Err(e) = task.write_restore_batch() {
+            tracing::warn!(task = %id, error = %e, "writing the last restore batch failed");
+        }
+        self.setup.status.unregister_db(id);
+        tracing::info!(task = %id, dirty, "task closed");
+    }
+
+    fn pause(&mut self, consumer: &MemberConsumer, topic: &str, partition: i32) {
+        let Some(route) = self.routes.get(topic) else {
+            return;
+        };
+        if self.paused.insert((route.topic.clone(), partition)) {
+            if let Err(e) = consumer.pause(&single(topic, partition)) {
+                tracing::warn!(topic, partition, error = %e, "pausing failed");
+            }
+        }
+    }
+
+    fn resume(&mut self, consumer: &MemberConsumer, topic: &Arc<str>, partition: i32) {
+        if self.paused.remove(&(topic.clone(), partition)) {
+            if let Err(e) = consumer.resume(&single(topic, partition)) {
+                tracing::warn!(topic = %topic, partition, error = %e, "resuming failed");
+            }
+        }
+    }
+
+    fn resume_task(&mut self, consumer: &MemberConsumer, id: TaskId) {
+        for topic in self.task_partitions(id) {
+            self.resume(consumer, &topic, id.partition);
+        }
+    }
+
+    /// Routes one polled record; `deadline` passed: queue instead of processing.
+    fn route(
+        &mut self,
+        consumer: &MemberConsumer,
+        msg: &BorrowedMessage<'_>,
+        polled_epoch: u64,
+        over_budget: bool,
+    ) -> Result<(), TaskError> {
+        let Some(route) = self.routes.get(msg.topic()) else {
+            return Ok(());
+        };
+        let id = TaskId {
+            topology: route.topology,
+            partition: msg.partition(),
+        };
+        // A record polled before its task was (re)created belongs to an earlier assignment; the
+        // new one re-reads it from the committed offset.
+        if self.task_epoch.get(&id).is_none_or(|e| *e > polled_epoch) {
+            return Ok(());
+        }
+        let max_buffered = self.setup.config.processing.max_buffered_records;
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
+        if task.can_process_now() && !over_budget {
+            let headers = message_headers(msg);
+            let record = Record {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp: msg.timestamp().to_millis(),
+                key: msg.key(),
+                value: msg.payload(),
+                headers: &headers,
+            };
+            return task.process(&record, &self.collector, &self.policy);
+        }
+        task.enqueue(own_message(&route.topic, msg));
+        if task.queued() >= max_buffered {
+            let topic = route.topic.clone();
+            self.pause(consumer, &topic, id.partition);
+        }
+        Ok(())
+    }
+
+    /// Processes queued records of running tasks until `deadline`; resumes drained partitions.
+    fn drain_queues(
+        &mut self,
+        consumer: &MemberConsumer,
+        deadline: Instant,
+    ) -> Result<(), TaskError> {
+        let max_buffered = self.setup.config.processing.max_buffered_records;
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            let task = self
+                .tasks
+                .get_mut(&id)
+                .expect("invariant: id taken from the map");
+            while task.queued() > 0
+                && task.state() == TaskState::Running
+                && Instant::now() < deadline
+            {
+                task.drain(256, &self.collector, &self.policy)?;
+            }
+            let drained = task.state() == TaskState::Running && task.queued() <= max_buffered / 2;
+            if drained {
+                for topic in self.task_partitions(id) {
+                    if self.paused.contains(&(topic.clone(), id.partition)) {
+                        self.resume(consumer, &topic, id.partition);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies changelog records to restoring tasks; starts the tasks whose restore finished.
+    fn restore_step(&mut self, consumer: &MemberConsumer, wait: Duration) -> Result<(), String> {
+        if self.restore.is_idle() {
+            return Ok(());
+        }
+        let Core {
+            restore,
+            tasks,
+            changelog_routes,
+            ..
+        } = self;
+        let mut apply_err = None;
+        restore
+            .poll(RESTORE_BATCH, wait, |rec| {
+                let Some(topology) = changelog_routes.get(rec.topic) else {
+                    return;
+                };
+                let id = TaskId {
+                    topology: *topology,
+                    partition: rec.partition,
+                };
+                if let Some(task) = tasks.get_mut(&id) {
+                    if let Err(e) = task.apply_changelog(rec) {
+                        apply_err.get_or_insert(format!("task {id}: restoring: {e}"));
+                    }
+                }
+            })
+            .map_err(|e| format!("reading changelogs: {e}"))?;
+        if let Some(e) = apply_err {
+            return Err(e);
+        }
+        for (changelog, partition) in self.restore.take_finished() {
+            let Some(topology) = self.changelog_routes.get(&*changelog).copied() else {
+                continue;
+            };
+            let id = TaskId {
+                topology,
+                partition,
+            };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let running = task
+                .changelog_restored(&changelog)
+                .map_err(|e| format!("task {id}: {e}"))?;
+            self.setup
+                .metrics
+                .restore_remaining
+                .remove_label_values(&[id.to_string().as_str(), &*changelog])
+                .ok();
+            if running {
+                tracing::info!(task = %id, "restored; running");
+                self.resume_task(consumer, id);
+            }
+        }
+        for task in self
+            .tasks
+            .values()
+            .filter(|t| t.state() == TaskState::Restoring)
+        {
+            for (changelog, _) in task.restore_points().unwrap_or_default() {
+                let remaining = self.restore.remaining(&changelog, task.id().partition);
+                self.setup
+                    .metrics
+                    .restore_remaining
+                    .with_label_values(&[task.id().to_string().as_str(), &*changelog])
+                    .set(remaining);
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_due(&self) -> bool {
+        let interval = Duration::from_millis(self.setup.config.processing.commit_interval_ms);
+        self.last_commit.elapsed() >= interval || self.tasks.values().any(Task::wants_commit)
+    }
+
+    /// Commits every running task: flush caches → wait for acks → commit offsets → write state.
+    fn commit(&mut self, consumer: &MemberConsumer) -> Result<(), TaskError> {
+        let start = Instant::now();
+        self.last_commit = start;
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let mut batches = Vec::new();
+        for task in self
+            .tasks
+            .values_mut()
+            .filter(|t| t.state() == TaskState::Running)
+        {
+            batches.push((task.id(), task.prepare_commit(&self.collector)?));
+        }
+        self.collector.flush()?;
+        let acks = self.collector.take_changelog_acks();
+        let mut tpl = TopicPartitionList::new();
+        for task in self.tasks.values() {
+            for (topic, partition, offset) in task.offsets_to_commit() {
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                    .expect("invariant: offsets are valid");
+            }
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => self.tasks.values_mut().for_each(Task::offsets_committed),
+                Err(e) => {
+                    // Not fatal: the records will be processed again by whoever owns them next.
+                    self.setup.metrics.commit_failures.inc();
+                    tracing::warn!(member = self.member(), error = %e, "committing input offsets failed");
+                }
+            }
+        }
+        for (id, batch) in batches {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                task.finish_commit(batch, &acks)?;
+            }
+        }
+        self.setup
+            .metrics
+            .commit_latency
+            .with_label_values(&[&self.member().to_string()])
+            .observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        self.last_status = Instant::now();
+        let member = self.member();
+        let tasks: Vec<TaskStatus> = self
+            .tasks
+            .values()
+            .map(|t| TaskStatus {
+                id: t.id().to_string(),
+                topology: t.info().topology.clone(),
+                partition: t.id().partition,
+                state: t.state(),
+                positions: t
+                    .positions()
+                    .map(|(topic, p)| (topic.to_string(), p))
+                    .collect(),
+                queued: t.queued(),
+                restore_remaining: t
+                    .restore_points()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(c, _)| self.restore.remaining(c, t.id().partition))
+                    .sum(),
+                member,
+            })
+            .collect();
+        self.setup.status.publish(
+            member,
+            MemberStatus {
+                joined: self.joined,
+                tasks,
+                pending: self.pending_open.len(),
+                paused: self.paused.len(),
+            },
+        );
+    }
+
+    fn queued(&self) -> usize {
+        self.tasks.values().map(Task::queued).sum()
+    }
+}
+
+/// A running member: the consumer and the state it shares with its callbacks.
+pub struct Member {
+    consumer: MemberConsumer,
+    core: Arc<Mutex<Core>>,
+    epoch: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    index: usize,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl Member {
+    /// Creates the member's clients and subscribes to every source topic.
+    pub fn new(setup: MemberSetup) -> Result<Self, MemberError> {
+        let index = setup.index;
+        let cfg = setup.config.clone();
+        let kafka = |what: &str| {
+            let what = what.to_string();
+            move |source| MemberError::Kafka {
+                member: index,
+                what,
+                source,
+            }
+        };
+        let collector = Collector::new(
+            &super::client::producer(&cfg, &setup.bootstrap, index),
+            setup.metrics.clone(),
+        )
+        .map_err(|source| MemberError::Collector {
+            member: index,
+            source,
+        })?;
+        let restore = RestoreConsumer::new(&super::client::restore_consumer(
+            &cfg,
+            &setup.bootstrap,
+            index,
+        ))
+        .map_err(kafka("creating the restore consumer"))?;
+        let mut routes = HashMap::new();
+        let mut changelog_routes = HashMap::new();
+        for (i, t) in setup.topologies.iter().enumerate() {
+            for s in &t.sources {
+                routes.insert(
+                    s.clone(),
+                    SourceRoute {
+                        topology: i,
+                        topic: Arc::from(s.as_str()),
+                    },
+                );
+            }
+            for store in &t.stores {
+                changelog_routes.insert(changelog_topic(&cfg.app.id, store), i);
+            }
+        }
+        let epoch = Arc::new(AtomicU64::new(0));
+        let core = Arc::new(Mutex::new(Core {
+            state_dir: cfg.state.dir.join(&cfg.app.id),
+            routes,
+            changelog_routes,
+            tasks: BTreeMap::new(),
+            assigned: BTreeMap::new(),
+            pending_open: BTreeSet::new(),
+            task_epoch: HashMap::new(),
+            collector,
+            restore,
+            paused: HashSet::new(),
+            policy: ErrorPolicy {
+                on_error: cfg.processing.on_error,
+                dlq_topic: cfg.processing.dlq_topic(&cfg.app.id),
+            },
+            failed: None,
+            joined: false,
+            last_commit: Instant::now(),
+            last_status: Instant::now(),
+            epoch: epoch.clone(),
+            setup: setup.clone(),
+        }));
+        let ctx = MemberContext {
+            core: core.clone(),
+            metrics: setup.metrics.clone(),
+            member: index,
+            epoch: epoch.clone(),
+        };
+        let consumer: MemberConsumer = super::client::consumer(&cfg, &setup.bootstrap, index)
+            .create_with_context(ctx)
+            .map_err(kafka("creating the consumer"))?;
+        let topics: Vec<&str> = setup
+            .topologies
+            .iter()
+            .flat_map(|t| t.sources.iter().map(String::as_str))
+            .collect();
+        consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
+        Ok(Self {
+            consumer,
+            core,
+            epoch,
+            shutdown: setup.shutdown,
+            index,
+        })
+    }
+
+    /// Runs the member's loop on the calling thread until shutdown or a fatal error; then
+    /// commits (unless failed), leaves the group and closes every task.
+    pub fn run(self) -> Result<(), MemberError> {
+        let result = self.run_loop();
+        let failure = {
+            let mut core = lock(&self.core);
+            if result.is_ok() && core.failed.is_none() {
+                if let Err(e) = core.commit(&self.consumer) {
+                    core.fail(e.to_string());
+                }
+            }
+            core.failed.clone()
+        };
+        // Dropping the consumer leaves the group; the final revoke callback closes the tasks
+        // (committing nothing new, or nothing at all if the member failed).
+        let Member { consumer, core, .. } = self;
+        drop(consumer);
+        let mut core = lock(&core);
+        let ids: Vec<TaskId> = core.tasks.keys().copied().collect();
+        let dirty = core.failed.is_some();
+        for id in ids {
+            core.close_task(id, dirty);
+        }
+        core.publish_status();
+        tracing::info!(member = core.member(), "member stopped");
+        match (result, failure) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(reason)) => Err(MemberError::Task(reason)),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    fn run_loop(&self) -> Result<(), MemberError> {
+        let mut batch: Vec<(BorrowedMessage<'_>, u64)> = Vec::with_capacity(POLL_BATCH);
+        while !self.shutdown.is_cancelled() {
+            let busy = {
+                let core = lock(&self.core);
+                if let Some(reason) = &core.failed {
+                    return Err(MemberError::Task(reason.clone()));
+                }
+                core.queued() > 0 || !core.restore.is_idle()
+            };
+            // Block briefly only when there is nothing else to do.
+            let first_wait = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(50)
+            };
+            while batch.len() < POLL_BATCH {
+                let wait = if batch.is_empty() {
+                    first_wait
+                } else {
+                    Duration::ZERO
+                };
+                match self.consumer.poll(wait) {
+                    None => break,
+                    Some(Ok(m)) => batch.push((m, self.epoch.load(Ordering::SeqCst))),
+                    Some(Err(e)) => {
+                        tracing::warn!(member = self.index, error = %e, "consumer error");
+                        break;
+                    }
+                }
+            }
+            let polled = batch.len();
+            let mut core = lock(&self.core);
+            if let Err(e) = self.turn(&mut core, &mut batch, busy || polled > 0) {
+                core.fail(e.clone());
+                return Err(MemberError::Task(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// One loop turn after polling: route, drain, restore, open, commit, publish.
+    fn turn<'c>(
+        &'c self,
+        core: &mut Core,
+        batch: &mut Vec<(BorrowedMessage<'c>, u64)>,
+        busy: bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + PROCESS_BUDGET;
+        let mut over_budget = false;
+        for (i, (m, epoch)) in batch.drain(..).enumerate() {
+            // Checking the clock every record would cost more than a cheap record does.
+            if !over_budget && i % 64 == 63 {
+                over_budget = Instant::now() >= deadline;
+            }
+            core.route(&self.consumer, &m, epoch, over_budget)
+                .map_err(|e| e.to_string())?;
+        }
+        core.drain_queues(&self.consumer, deadline)
+            .map_err(|e| e.to_string())?;
+        let restore_wait = if busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(10)
+        };
+        core.restore_step(&self.consumer, restore_wait)?;
+        if !core.pending_open.is_empty() {
+            core.open_pending(&self.consumer);
+        }
+        if core.commit_due() {
+            core.commit(&self.consumer).map_err(|e| e.to_string())?;
+        }
+        if core.last_status.elapsed() >= STATUS_INTERVAL {
+            core.publish_status();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! # Tributary
+//!
+//! A stateful stream processor for Kafka. Workers join a consumer group, so topic partitions
+//! are the unit of distribution; each assigned partition becomes a *task* that processes its
+//! records with a local RocksDB state store backed by a changelog topic; input offsets are
+//! committed as checkpoints only once the state and output they imply are durable in Kafka;
+//! and when members join, leave or die, the group rebalances and tasks move, restoring their
+//! state from the changelog.
+//!
+//! ## Using it as a library
+//!
+//! Write a [`Processor`], declare its stores on a [`Topology`], and run a [`Worker`] until a
+//! shutdown token fires:
+//!
+//! ```no_run
+//! use tributary::{Context, ProcessError, Processor, Record, Topology, Worker};
+//! use tributary::types::OutputRecord;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! /// Counts records per key and writes the running count to `counts`.
+//! struct CountPerKey;
+//!
+//! impl Processor for CountPerKey {
+//!     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!         let key = record.key.ok_or_else(|| ProcessError::record("count", "record has no key"))?;
+//!         let mut store = ctx.store::<u64>("counts")?;
+//!         let count = store.get(key)?.unwrap_or(0) + 1;
+//!         store.put(key, &count)?;
+//!         ctx.send(OutputRecord::new("counts", Some(key.to_vec()), Some(count.to_string().into_bytes())));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = tributary::config::load(&["app.toml".into()]).map_err(|issues| format!("{issues:?}"))?;
+//! let worker = Worker::builder(config)
+//!     .topology(Topology::new("count", ["clicks"], |_task| CountPerKey).store("counts").sink("counts"))
+//!     .build()?;
+//! let shutdown = CancellationToken::new();
+//! // Cancel `shutdown` (on SIGTERM, say) to finish in-flight records, commit and leave the group.
+//! worker.run(shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/count_per_key.rs` is a runnable version.
+//!
+//! ## Layout
+//!
+//! Data flows one way: member → task → processor → collector → commit.
+//!
+//! - [`config`]: the TOML configuration, loaded in layers and validated with key paths.
+//! - [`worker`]: prepares topics, serves HTTP, runs `app.threads` members.
+//! - [`kafka`]: everything that speaks to Kafka; [`kafka::member`] is a group member's loop
+//!   and rebalance handling, [`kafka::collector`] the producer with acknowledgement tracking,
+//!   [`kafka::restore`] the changelog reader.
+//! - [`task`]: one partition's processor, stores, queue and offsets.
+//! - [`state`]: RocksDB per task, the write-back cache and typed stores; no Kafka types.
+//! - [`processor`]: the library API ([`Processor`], [`Context`], [`Topology`]).
+//! - [`aggregate`]: the built-in running aggregate that `[[pipeline]]` configs compile to.
+//! - [`http`], [`metrics`], [`status`]: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
+//! - [`generate`], [`demo`]: the data generator and the embedded-cluster demo.
+//!
+//! ## Guarantees (at least once)
+//!
+//! A commit runs every `processing.commit_interval_ms`, when a cache is full, on revoke and
+//! on shutdown: flush the caches into the changelogs, wait until every produced record (output
+//! and changelog) is acknowledged, commit the input offsets, then write the state batch with
+//! the acknowledged changelog offsets into RocksDB. A crash at any point loses nothing; records
+//! after the last commit are processed again.
+
+pub mod aggregate;
+pub mod config;
+pub mod demo;
+pub mod generate;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod processor;
+pub mod state;
+pub mod status;
+pub mod task;
+pub mod types;
+pub mod worker;
+
+pub use processor::{Context, ProcessError, Processor, TaskInfo, Topology};
+pub use types::Record;
+pub use worker::{Worker, WorkerBuilder, WorkerError};

@@ -1,0 +1,227 @@
+//! The `tributary` command line: `run`, `validate`, `generate`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tributary::config::{self, ConfigIssue};
+use tributary::generate::{GenerateOptions, KeyDistribution};
+use tributary::{Worker, WorkerError};
+
+/// Exit code for configuration problems (CONTRACT.md).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "A stateful stream processor for Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a worker until SIGINT/SIGTERM.
+    Run {
+        /// Config file; repeat to layer files (later ones override earlier ones).
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// Check a config without touching Kafka.
+    Validate {
+        /// Config file; repeat to layer files.
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// Write synthetic JSON records {"user","amount","ts"} keyed by user.
+    Generate {
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// Topic to write to.
+        #[arg(long)]
+        topic: String,
+        /// Number of records.
+        #[arg(long)]
+        records: u64,
+        /// Records per second (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Number of distinct keys.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Create the topic with this many partitions if it is missing.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Key choice: `uniform` or `zipf:<exponent>` (e.g. zipf:1.1).
+        #[arg(long, default_value = "uniform")]
+        distribution: String,
+        /// Random seed (same seed, same records).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the whole system on an embedded Kafka cluster, kill a member mid-way, check totals.
+    Demo {
+        /// Records to generate.
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Loads and fully checks a config: every problem, with its key path.
+fn load_checked(files: &[PathBuf]) -> Result<config::Config, Vec<ConfigIssue>> {
+    let cfg = config::load(files)?;
+    match Worker::builder(cfg.clone()).pipelines_from_config() {
+        Ok(_) => Ok(cfg),
+        Err(WorkerError::Config(issues)) => Err(issues),
+        Err(other) => Err(vec![ConfigIssue {
+            path: "pipeline".into(),
+            message: other.to_string(),
+        }]),
+    }
+}
+
+fn report_issues(issues: &[ConfigIssue]) -> ExitCode {
+    for issue in issues {
+        eprintln!("{issue}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = match load_checked(&files) {
+        Ok(cfg) => cfg,
+        Err(issues) => return Ok(report_issues(&issues)),
+    };
+    let worker = match Worker::builder(cfg)
+        .pipelines_from_config()
+        .and_then(|b| b.build())
+    {
+        Ok(w) => w,
+        Err(WorkerError::Config(issues)) => return Ok(report_issues(&issues)),
+        Err(e) => return Err(e.into()),
+    };
+    let shutdown = shutdown_on_signals()?;
+    match worker.run(shutdown).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(WorkerError::Config(issues)) => Ok(report_issues(&issues)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_distribution(s: &str) -> anyhow::Result<KeyDistribution> {
+    s.parse::<KeyDistribution>()
+        .map_err(|e| anyhow::anyhow!("--distribution: {e}"))
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => run(config).await,
+        Command::Validate { config } => match load_checked(&config) {
+            Ok(_) => {
+                println!("ok");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(issues) => Ok(report_issues(&issues)),
+        },
+        Command::Generate {
+            brokers,
+            topic,
+            records,
+            rate,
+            keys,
+            partitions,
+            distribution,
+            seed,
+            quiet,
+        } => {
+            let opts = GenerateOptions {
+                brokers,
+                topic,
+                records,
+                rate,
+                keys,
+                partitions,
+                distribution: parse_distribution(&distribution)?,
+                seed,
+                progress: !quiet,
+                producer_properties: Vec::new(),
+            };
+            let shutdown = shutdown_on_signals()?;
+            let report = tributary::generate::generate(opts, shutdown).await?;
+            eprintln!(
+                "wrote {} records in {:.1}s ({:.0} records/s)",
+                report.records,
+                report.elapsed.as_secs_f64(),
+                report.records as f64 / report.elapsed.as_secs_f64().max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { records, keys } => {
+            let ok = tributary::demo::run(tributary::demo::DemoOptions { records, keys }).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

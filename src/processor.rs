@@ -1,0 +1,197 @@
+//! The library API for processing: a [`Processor`] is called once per record with a
+//! [`Context`] that gives the task's stores and a way to send records.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::state::{StateError, Store, TaskStores};
+use crate::types::{OutputRecord, Record, TaskId};
+
+/// What a task tells its processor about itself.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    /// The task id (`<topology>_<partition>`).
+    pub id: TaskId,
+    /// The topology's name.
+    pub topology: String,
+    /// The application id (`app.id`).
+    pub app_id: String,
+}
+
+/// Why a record could not be processed.
+///
+/// A [`ProcessError::Record`] is the record's fault (it does not decode, a field is missing):
+/// the worker applies `processing.on_error` to it (fail, skip or dead-letter). A
+/// [`ProcessError::Fatal`] is not (the state store failed): the worker stops without committing,
+/// whatever `on_error` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The record is bad.
+    Record {
+        /// Which step of the processor failed (goes to the `tributary.step` DLQ header).
+        step: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Processing cannot go on.
+    Fatal(String),
+}
+
+impl ProcessError {
+    /// A bad-record error raised by `step`.
+    pub fn record(step: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Record {
+            step: step.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Record { step, reason } => write!(f, "{step}: {reason}"),
+            Self::Fatal(reason) => write!(f, "fatal: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+impl From<StateError> for ProcessError {
+    fn from(e: StateError) -> Self {
+        match e {
+            // A value that does not decode is bad data; anything else is the store failing.
+            StateError::Codec { .. } => Self::record("state", e.to_string()),
+            other => Self::Fatal(other.to_string()),
+        }
+    }
+}
+
+/// Processes records of one task. One instance per task, created by the topology's factory, so
+/// it may keep task-local fields; durable state belongs in the stores.
+///
+/// Called on the member's thread, one record at a time, in offset order per partition.
+pub trait Processor: Send {
+    /// Handles one record. State changes and sent records take effect when this returns `Ok`;
+    /// on `Err` the sent records are dropped (state writes made before the error stay, so
+    /// validate first, then write).
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+}
+
+/// Builds a processor for each task.
+pub type ProcessorFactory = Arc<dyn Fn(&TaskInfo) -> Box<dyn Processor> + Send + Sync>;
+
+/// What a processor can reach while handling a record.
+pub struct Context<'a> {
+    pub(crate) task: &'a TaskInfo,
+    pub(crate) stores: &'a mut TaskStores,
+    pub(crate) outputs: &'a mut Vec<OutputRecord>,
+}
+
+impl<'a> Context<'a> {
+    /// Builds a context (used by the task, and by test kits driving a processor directly).
+    pub fn new(
+        task: &'a TaskInfo,
+        stores: &'a mut TaskStores,
+        outputs: &'a mut Vec<OutputRecord>,
+    ) -> Self {
+        Self {
+            task,
+            stores,
+            outputs,
+        }
+    }
+
+    /// The task being processed.
+    pub fn task(&self) -> &TaskInfo {
+        self.task
+    }
+
+    /// The store called `name`, with values of type `T` (JSON-encoded).
+    pub fn store<T>(&mut self, name: &str) -> Result<Store<'_, T>, ProcessError> {
+        self.stores
+            .store(name)
+            .map_err(|e| ProcessError::Fatal(e.to_string()))
+    }
+
+    /// Sends a record; it is produced once `process` returns `Ok`.
+    pub fn send(&mut self, record: OutputRecord) {
+        self.outputs.push(record);
+    }
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").field("task", &self.task).finish()
+    }
+}
+
+/// A unit of processing: co-partitioned source topics, the stores each task gets, and the
+/// processor factory (Kafka Streams calls this a sub-topology).
+#[derive(Clone)]
+pub struct Topology {
+    /// Name; used in logs and the `tributary.pipeline` DLQ header.
+    pub name: String,
+    /// Source topics; they must have the same partition count (co-partitioned): task `n` reads
+    /// partition `n` of each.
+    pub sources: Vec<String>,
+    /// Store names; each gets a column family and the changelog `<app.id>-<store>-changelog`.
+    pub stores: Vec<String>,
+    /// Topics the processor writes to, created by the worker if missing.
+    pub sinks: Vec<String>,
+    /// Creates the processor of each task.
+    pub factory: ProcessorFactory,
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Topology")
+            .field("name", &self.name)
+            .field("sources", &self.sources)
+            .field("stores", &self.stores)
+            .field("sinks", &self.sinks)
+            .finish()
+    }
+}
+
+impl Topology {
+    /// A topology called `name` reading `sources` with `processor`, created per task.
+    pub fn new<P, F>(
+        name: impl Into<String>,
+        sources: impl IntoIterator<Item = impl Into<String>>,
+        processor: F,
+    ) -> Self
+    where
+        P: Processor + 'static,
+        F: Fn(&TaskInfo) -> P + Send + Sync + 'static,
+    {
+        Self {
+            name: name.into(),
+            sources: sources.into_iter().map(Into::into).collect(),
+            stores: Vec::new(),
+            sinks: Vec::new(),
+            factory: Arc::new(move |info: &TaskInfo| {
+                Box::new(processor(info)) as Box<dyn Processor>
+            }),
+        }
+    }
+
+    /// Declares a store.
+    pub fn store(mut self, name: impl Into<String>) -> Self {
+        self.stores.push(name.into());
+        self
+    }
+
+    /// Declares an output topic (created if missing, with as many partitions as the input).
+    pub fn sink(mut self, topic: impl Into<String>) -> Self {
+        self.sinks.push(topic.into());
+        self
+    }
+}
+
+/// The changelog topic of a store.
+pub fn changelog_topic(app_id: &str, store: &str) -> String {
+    format!("{app_id}-{store}-changelog")
+}

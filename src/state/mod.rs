@@ -1,0 +1,479 @@
+//! Task state: named key-value stores kept in the task's RocksDB database and fronted by a
+//! write-back cache.
+//!
+//! Processors see [`Store`], a typed view (values encoded as JSON through serde, which is also
+//! what `/state` serves). Between commits every change lives in the cache only, so repeated
+//! updates of a key cost one RocksDB write and one changelog record per commit. At commit the
+//! task calls [`TaskStores::flush`]: every dirty entry is sent to the store's changelog and put
+//! in one [`Batch`]; after the changelog is acknowledged the batch is written together with the
+//! changelog offset (see `task.rs`).
+//!
+//! Nothing here knows about Kafka or tokio; the changelog is reached through
+//! [`ChangelogSink`].
+
+pub mod rocks;
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use rocks::{Batch, TaskDb};
+
+/// Errors of the state layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Another handle holds the database (a task still closing elsewhere in this process).
+    #[error("state directory {path} is locked by another handle")]
+    Locked {
+        /// The task directory.
+        path: PathBuf,
+    },
+    /// The database could not be opened or created.
+    #[error("cannot open state directory {path}: {reason}")]
+    Open {
+        /// The task directory.
+        path: PathBuf,
+        /// What RocksDB or the file system said.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("state I/O in {path}: {reason}")]
+    Io {
+        /// The task directory.
+        path: PathBuf,
+        /// What RocksDB said.
+        reason: String,
+    },
+    /// A stored value does not decode as the type asked for, or a value does not encode.
+    #[error("store {store}: value of key {key:?} does not (de)serialize: {reason}")]
+    Codec {
+        /// The store name.
+        store: String,
+        /// The key, lossily as UTF-8.
+        key: String,
+        /// What serde said.
+        reason: String,
+    },
+    /// The processor asked for a store the topology did not declare.
+    #[error("unknown store {0:?} (declare it on the topology)")]
+    UnknownStore(String),
+}
+
+/// Where flushed changes go besides RocksDB: the store's changelog topic.
+pub trait ChangelogSink {
+    /// Sends one change of store number `store`; `value = None` is a deletion (tombstone).
+    fn send(&mut self, store: usize, key: &[u8], value: Option<&[u8]>) -> Result<(), String>;
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+/// The write-back cache of one store. Keys are ordered so range scans can merge it with
+/// RocksDB.
+#[derive(Debug, Default)]
+struct StoreCache {
+    entries: BTreeMap<Vec<u8>, Entry>,
+    dirty: usize,
+}
+
+impl StoreCache {
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                if !entry.dirty {
+                    self.dirty += 1;
+                }
+                entry.value = value;
+                entry.dirty = true;
+            }
+            None => {
+                self.dirty += 1;
+                self.entries
+                    .insert(key.to_vec(), Entry { value, dirty: true });
+            }
+        }
+    }
+}
+
+/// All stores of one task: its database and a cache per store.
+#[derive(Debug)]
+pub struct TaskStores {
+    db: Arc<TaskDb>,
+    caches: Vec<StoreCache>,
+    max_entries: usize,
+}
+
+impl TaskStores {
+    /// Wraps an open database; `max_entries` bounds each cache (dirty entries beyond it ask for
+    /// an early commit, clean ones are dropped after a flush).
+    pub fn new(db: Arc<TaskDb>, max_entries: usize) -> Self {
+        let caches = db.stores().iter().map(|_| StoreCache::default()).collect();
+        Self {
+            db,
+            caches,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// The underlying database.
+    pub fn db(&self) -> &Arc<TaskDb> {
+        &self.db
+    }
+
+    /// A typed view of the store called `name`.
+    pub fn store<T>(&mut self, name: &str) -> Result<Store<'_, T>, StateError> {
+        let index = self
+            .db
+            .store_index(name)
+            .ok_or_else(|| StateError::UnknownStore(name.to_string()))?;
+        Ok(Store {
+            stores: self,
+            index,
+            _value: PhantomData,
+        })
+    }
+
+    /// Raw read through the cache.
+    pub fn get_raw(&mut self, store: usize, key: &[u8]) -> Result<Option<&[u8]>, StateError> {
+        let cache = &mut self.caches[store];
+        if !cache.entries.contains_key(key) {
+            let value = self.db.get(store, key)?;
+            if cache.entries.len() >= self.max_entries {
+                // Full: drop the clean entries (dirty ones must stay until the next flush, which
+                // `wants_flush` asks for once they alone fill the cache).
+                cache.entries.retain(|_, e| e.dirty);
+            }
+            cache.entries.insert(
+                key.to_vec(),
+                Entry {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.caches[store]
+            .entries
+            .get(key)
+            .and_then(|e| e.value.as_deref()))
+    }
+
+    /// Raw write into the cache; `None` deletes.
+    pub fn put_raw(&mut self, store: usize, key: &[u8], value: Option<Vec<u8>>) {
+        self.caches[store].write(key, value);
+    }
+
+    /// Entries with `from <= key < to` (`to = None`: to the end), merging the cache over RocksDB.
+    pub fn scan_raw(
+        &mut self,
+        store: usize,
+        from: &[u8],
+        to: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .db
+            .scan(store, from, to)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        let upper = match to {
+            Some(to) => Bound::Excluded(to),
+            None => Bound::Unbounded,
+        };
+        for (k, e) in self.caches[store]
+            .entries
+            .range::<[u8], _>((Bound::Included(from), upper))
+        {
+            merged.insert(k.clone(), e.value.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// True when some cache holds more dirty entries than it may: the task should commit now.
+    pub fn wants_flush(&self) -> bool {
+        self.caches.iter().any(|c| c.dirty >= self.max_entries)
+    }
+
+    /// Number of dirty entries over all stores.
+    pub fn dirty(&self) -> usize {
+        self.caches.iter().map(|c| c.dirty).sum()
+    }
+
+    /// Sends every dirty entry to `changelog` and returns the batch that writes them to RocksDB,
+    /// plus, per store, whether it had changes. The entries become clean; clean entries are
+    /// dropped if the cache is over its bound.
+    pub fn flush(
+        &mut self,
+        changelog: &mut dyn ChangelogSink,
+    ) -> Result<(Batch, Vec<bool>), StateError> {
+        let mut batch = self.db.batch();
+        let mut changed = vec![false; self.caches.len()];
+        for (store, cache) in self.caches.iter_mut().enumerate() {
+            if cache.dirty == 0 {
+                continue;
+            }
+            changed[store] = true;
+            for (key, entry) in cache.entries.iter_mut().filter(|(_, e)| e.dirty) {
+                changelog
+                    .send(store, key, entry.value.as_deref())
+                    .map_err(|reason| StateError::Io {
+                        path: self.db.path().to_path_buf(),
+                        reason: format!(
+                            "sending to the changelog of store {}: {reason}",
+                            self.db.stores()[store]
+                        ),
+                    })?;
+                match &entry.value {
+                    Some(v) => self.db.batch_put(&mut batch, store, key, v),
+                    None => self.db.batch_delete(&mut batch, store, key),
+                }
+                entry.dirty = false;
+            }
+            cache.dirty = 0;
+            if cache.entries.len() > self.max_entries {
+                cache.entries.clear();
+            }
+        }
+        Ok((batch, changed))
+    }
+
+    /// Forgets every cached entry, dirty or not (used when a task is closed without commit).
+    pub fn discard(&mut self) {
+        for cache in &mut self.caches {
+            cache.entries.clear();
+            cache.dirty = 0;
+        }
+    }
+}
+
+/// A typed view of one store, handed to processors through the context.
+///
+/// Values are encoded as JSON. Reads see the task's own uncommitted writes.
+pub struct Store<'a, T> {
+    stores: &'a mut TaskStores,
+    index: usize,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Store<'_, T> {
+    fn codec_err(&self, key: &[u8], e: serde_json::Error) -> StateError {
+        StateError::Codec {
+            store: self.stores.db.stores()[self.index].clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The value stored under `key`, if any.
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<T>, StateError> {
+        let key = key.as_ref();
+        let index = self.index;
+        match self.stores.get_raw(index, key)? {
+            None => Ok(None),
+            Some(bytes) => match serde_json::from_slice(bytes) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => Err(self.codec_err(key, e)),
+            },
+        }
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: &T) -> Result<(), StateError> {
+        let key = key.as_ref();
+        let bytes = serde_json::to_vec(value).map_err(|e| self.codec_err(key, e))?;
+        self.stores.put_raw(self.index, key, Some(bytes));
+        Ok(())
+    }
+
+    /// Removes `key` (a tombstone in the changelog).
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.stores.put_raw(self.index, key.as_ref(), None);
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn prefix(&mut self, prefix: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        let prefix = prefix.as_ref();
+        let end = prefix_end(prefix);
+        self.range(prefix, end.as_deref())
+    }
+
+    /// Every entry with `from <= key < to` (`to = None`: to the end), in key order.
+    pub fn range(
+        &mut self,
+        from: impl AsRef<[u8]>,
+        to: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        let raw = self.stores.scan_raw(self.index, from.as_ref(), to)?;
+        raw.into_iter()
+            .map(|(k, v)| match serde_json::from_slice(&v) {
+                Ok(t) => Ok((k, t)),
+                Err(e) => Err(self.codec_err(&k, e)),
+            })
+            .collect()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`: no such key).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Vec<(usize, Vec<u8>, Option<Vec<u8>>)>);
+    impl ChangelogSink for Recorder {
+        fn send(&mut self, store: usize, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+            self.0
+                .push((store, key.to_vec(), value.map(<[u8]>::to_vec)));
+            Ok(())
+        }
+    }
+
+    fn open(dir: &std::path::Path, max: usize) -> TaskStores {
+        let db = TaskDb::open(dir, &["counts".to_string()]).unwrap();
+        TaskStores::new(Arc::new(db), max)
+    }
+
+    #[test]
+    fn cache_absorbs_repeated_updates_until_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        for i in 0..10u64 {
+            stores.store::<u64>("counts").unwrap().put("k", &i).unwrap();
+        }
+        stores
+            .store::<u64>("counts")
+            .unwrap()
+            .put("gone", &1)
+            .unwrap();
+        stores.store::<u64>("counts").unwrap().delete("gone");
+        assert_eq!(
+            stores.store::<u64>("counts").unwrap().get("k").unwrap(),
+            Some(9)
+        );
+        assert_eq!(
+            stores.db().get(0, b"k").unwrap(),
+            None,
+            "not in RocksDB before flush"
+        );
+
+        let mut log = Recorder::default();
+        let (mut batch, changed) = stores.flush(&mut log).unwrap();
+        assert_eq!(changed, vec![true]);
+        assert_eq!(
+            log.0,
+            vec![
+                (0, b"gone".to_vec(), None),
+                (0, b"k".to_vec(), Some(b"9".to_vec()))
+            ],
+            "one changelog record per dirty key, tombstone for the deleted one"
+        );
+        stores.db().batch_changelog_offset(&mut batch, 0, 2);
+        stores.db().write(batch).unwrap();
+        assert_eq!(
+            stores.db().get(0, b"k").unwrap().as_deref(),
+            Some(&b"9"[..])
+        );
+        assert_eq!(stores.db().changelog_offset("counts").unwrap(), Some(2));
+
+        let mut log = Recorder::default();
+        let (batch, changed) = stores.flush(&mut log).unwrap();
+        assert!(
+            batch.is_empty() && log.0.is_empty() && changed == vec![false],
+            "nothing dirty after a flush"
+        );
+    }
+
+    #[test]
+    fn scans_merge_cache_over_rocksdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        {
+            let mut s = stores.store::<u64>("counts").unwrap();
+            s.put("a/1", &1).unwrap();
+            s.put("a/2", &2).unwrap();
+            s.put("b/1", &3).unwrap();
+        }
+        let (batch, _) = stores.flush(&mut Recorder::default()).unwrap();
+        stores.db().write(batch).unwrap();
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.put("a/3", &30).unwrap();
+        s.delete("a/1");
+        s.put("a/2", &20).unwrap();
+        let got = s.prefix("a/").unwrap();
+        assert_eq!(got, vec![(b"a/2".to_vec(), 20), (b"a/3".to_vec(), 30)]);
+        assert_eq!(s.range("", None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn full_cache_asks_for_flush_and_keeps_dirty_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 3);
+        let mut s = stores.store::<u64>("counts").unwrap();
+        for i in 0..3u64 {
+            s.put(format!("k{i}"), &i).unwrap();
+        }
+        assert!(stores.wants_flush());
+        let mut log = Recorder::default();
+        let (batch, _) = stores.flush(&mut log).unwrap();
+        assert_eq!(log.0.len(), 3);
+        stores.db().write(batch).unwrap();
+        assert!(!stores.wants_flush());
+        let mut s = stores.store::<u64>("counts").unwrap();
+        for i in 0..3u64 {
+            assert_eq!(
+                s.get(format!("k{i}")).unwrap(),
+                Some(i),
+                "reads fall through to RocksDB"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_a_codec_error_naming_store_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 10);
+        stores
+            .store::<String>("counts")
+            .unwrap()
+            .put("k", &"text".to_string())
+            .unwrap();
+        let err = stores.store::<u64>("counts").unwrap().get("k").unwrap_err();
+        assert!(
+            err.to_string().contains("store counts") && err.to_string().contains("\"k\""),
+            "{err}"
+        );
+        assert!(matches!(
+            stores.store::<u64>("nope"),
+            Err(StateError::UnknownStore(_))
+        ));
+    }
+
+    #[test]
+    fn prefix_end_handles_max_bytes() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_end(&[255, 255]), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! What the worker's members publish about themselves for the HTTP endpoints: membership,
+//! tasks and their states, and handles to task databases for `/state` reads.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::state::TaskDb;
+use crate::task::TaskState;
+use crate::types::TaskId;
+
+/// A task as `/tasks` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskStatus {
+    /// Task id, `<topology>_<partition>`.
+    pub id: String,
+    /// Topology (pipeline) name.
+    pub topology: String,
+    /// Input partition.
+    pub partition: i32,
+    /// `restoring` or `running`.
+    pub state: TaskState,
+    /// Next offset to process, per source topic.
+    pub positions: BTreeMap<String, i64>,
+    /// Records waiting in the task's queue.
+    pub queued: usize,
+    /// Changelog records left to restore (estimate; 0 once running).
+    pub restore_remaining: i64,
+    /// Member (thread) that owns it.
+    pub member: usize,
+}
+
+/// One member's published state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemberStatus {
+    /// True once the member has received its first assignment.
+    pub joined: bool,
+    /// Its tasks.
+    pub tasks: Vec<TaskStatus>,
+    /// Tasks assigned but not yet opened (their state directory is still locked).
+    pub pending: usize,
+    /// Partitions paused because their task's queue is full (or the task is not running yet).
+    pub paused: usize,
+}
+
+/// The status of every member of this worker, plus open task databases.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    members: Mutex<Vec<MemberStatus>>,
+    dbs: Mutex<BTreeMap<TaskId, Arc<TaskDb>>>,
+}
+
+/// Why the worker is not ready, or `None` when it is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotReady {
+    /// Human-readable reason, e.g. "member 0 has not joined the group yet".
+    pub reason: String,
+}
+
+impl StatusBoard {
+    /// A board for `members` members.
+    pub fn new(members: usize) -> Self {
+        Self {
+            members: Mutex::new(vec![MemberStatus::default(); members]),
+            dbs: Mutex::default(),
+        }
+    }
+
+    /// Replaces member `index`'s status.
+    pub fn publish(&self, index: usize, status: MemberStatus) {
+        let mut members = self
+            .members
+            .lock()
+            .expect("invariant: no panics under this lock");
+        if let Some(slot) = members.get_mut(index) {
+            *slot = status;
+        }
+    }
+
+    /// Every task of every member.
+    pub fn tasks(&self) -> Vec<TaskStatus> {
+        let members = self
+            .members
+            .lock()
+            .expect("invariant: no panics under this lock");
+        members
+            .iter()
+            .flat_map(|m| m.tasks.iter().cloned())
+            .collect()
+    }
+
+    /// Partitions paused across all members.
+    pub fn paused(&self) -> usize {
+        self.members
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .iter()
+            .map(|m| m.paused)
+            .sum()
+    }
+
+    /// `None` when every member has joined and every task runs; the reason otherwise.
+    pub fn not_ready(&self) -> Option<NotReady> {
+        let members = self
+            .members
+            .lock()
+            .expect("invariant: no panics under this lock");
+        for (i, m) in members.iter().enumerate() {
+            if !m.joined {
+                return Some(NotReady {
+                    reason: format!("member {i} has not joined the group yet"),
+                });
+            }
+            if m.pending > 0 {
+                return Some(NotReady {
+                    reason: format!("member {i} is opening {} task(s)", m.pending),
+                });
+            }
+            let restoring: Vec<&str> = m
+                .tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Restoring)
+                .map(|t| t.id.as_str())
+                .collect();
+            if !restoring.is_empty() {
+                return Some(NotReady {
+                    reason: format!("restoring task(s) {}", restoring.join(", ")),
+                });
+            }
+        }
+        None
+    }
+
+    /// Registers an open task database for `/state` reads.
+    pub fn register_db(&self, id: TaskId, db: Arc<TaskDb>) {
+        self.dbs
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .insert(id, db);
+    }
+
+    /// Forgets a closed task's database.
+    pub fn unregister_db(&self, id: TaskId) {
+        self.dbs
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .remove(&id);
+    }
+
+    /// The committed value of `key` in `store`, from whichever local task holds it.
+    pub fn lookup(
+        &self,
+        store: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::state::StateError> {
+        let dbs: Vec<Arc<TaskDb>> = self
+            .dbs
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .values()
+            .cloned()
+            .collect();
+        for db in dbs {
+            if let Some(index) = db.store_index(store) {
+                if let Some(v) = db.get(index, key)? {
+                    return Ok(Some(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// True if any local task has a store called `store`.
+    pub fn has_store(&self, store: &str) -> bool {
+        self.dbs
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .values()
+            .any(|db| db.store_index(store).is_some())
+    }
+}

@@ -1,0 +1,124 @@
+//! Plain data shared by every layer: partitions, task ids and records.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A topic and one of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Builds a topic-partition pair.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Identifies a task: one partition number of one topology (a group of co-partitioned source
+/// topics). Written `<topology>_<partition>`, as Kafka Streams does, and used as the name of the
+/// task's state directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// Index of the topology in the worker's list.
+    pub topology: usize,
+    /// The input partition number the task owns in every source topic of its topology.
+    pub partition: i32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.topology, self.partition)
+    }
+}
+
+/// One input record as a processor sees it; borrows the consumer's buffers, so it costs no copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Topic the record was read from.
+    pub topic: &'a str,
+    /// Partition the record was read from.
+    pub partition: i32,
+    /// Offset of the record in its partition.
+    pub offset: i64,
+    /// Record timestamp in epoch milliseconds, when the broker gave one.
+    pub timestamp: Option<i64>,
+    /// Key bytes, if any.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes, if any (`None` is a tombstone).
+    pub value: Option<&'a [u8]>,
+    /// Headers, in order.
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// An input record copied out of the consumer, for records that wait in a task's queue.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedRecord {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Box<[u8]>>,
+    pub value: Option<Box<[u8]>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OwnedRecord {
+    /// Borrows the record in the form processors take.
+    pub fn as_record(&self) -> Record<'_> {
+        Record {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: &self.headers,
+        }
+    }
+}
+
+/// A record a processor sends to an output topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Explicit partition; `None` lets the producer's partitioner (murmur2, Java-compatible) pick
+    /// one from the key.
+    pub partition: Option<i32>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes; `None` writes a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Timestamp in epoch milliseconds; `None` lets the producer stamp it.
+    pub timestamp: Option<i64>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutputRecord {
+    /// A keyed record for `topic` with no explicit partition, timestamp or headers.
+    pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition: None,
+            key,
+            value,
+            timestamp: None,
+            headers: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The worker: prepares topics, serves HTTP, and runs `app.threads` group members until the
+//! shutdown token fires or one of them fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::RunningAggregate;
+use crate::config::{Config, ConfigIssue, OnError};
+use crate::kafka::admin::{Admin, AdminError, TopicSpec};
+use crate::kafka::embedded::EmbeddedCluster;
+use crate::kafka::member::{Member, MemberError, MemberSetup};
+use crate::metrics::Metrics;
+use crate::processor::{changelog_topic, Topology};
+use crate::status::StatusBoard;
+
+/// Partitions of source topics the embedded cluster creates when they are missing.
+pub const EMBEDDED_PARTITIONS: i32 = 6;
+
+/// Why a worker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The configuration or topologies are invalid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigIssue>),
+    /// Topic checks or creation failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The embedded cluster failed.
+    #[error("{0}")]
+    Embedded(String),
+    /// The HTTP listener could not be bound.
+    #[error("http.listen {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A member failed.
+    #[error(transparent)]
+    Member(#[from] MemberError),
+}
+
+/// Builds a [`Worker`] from a configuration and the topologies it runs.
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    config: Config,
+    topologies: Vec<Topology>,
+}
+
+impl WorkerBuilder {
+    /// Adds a topology (a processor over co-partitioned source topics).
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topologies.push(topology);
+        self
+    }
+
+    /// Adds a topology for every `[[pipeline]]` of the configuration (the built-in running
+    /// aggregate).
+    pub fn pipelines_from_config(mut self) -> Result<Self, WorkerError> {
+        let mut issues = Vec::new();
+        let pipelines = self.config.pipelines.clone();
+        for (i, p) in pipelines.iter().enumerate() {
+            match RunningAggregate::compile(i, p) {
+                Ok(agg) => self.topologies.push(agg.topology(p)),
+                Err(mut e) => issues.append(&mut e),
+            }
+        }
+        if issues.is_empty() {
+            Ok(self)
+        } else {
+            Err(WorkerError::Config(issues))
+        }
+    }
+
+    /// Checks the topologies and builds the worker.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        let mut issues = Vec::new();
+        let issue = |path: &str, message: String| ConfigIssue {
+            path: path.to_string(),
+            message,
+        };
+        if self.topologies.is_empty() {
+            issues.push(issue(
+                "pipeline",
+                "nothing to run: define a [[pipeline]] or add a topology".into(),
+            ));
+        }
+        let mut stores = BTreeSet::new();
+        let mut sources = BTreeMap::new();
+        for t in &self.topologies {
+            if t.sources.is_empty() {
+                issues.push(issue(
+                    &format!("topology {}", t.name),
+                    "has no source topic".into(),
+                ));
+            }
+            for s in &t.stores {
+                if !stores.insert(s.clone()) {
+                    issues.push(issue(
+                        &format!("topology {}", t.name),
+                        format!("store {s:?} is declared twice"),
+                    ));
+                }
+            }
+            for s in &t.sources {
+                if let Some(other) = sources.insert(s.clone(), t.name.clone()) {
+                    issues.push(issue(
+                        &format!("topology {}", t.name),
+                        format!("source topic {s:?} is also read by {other:?}; a topic feeds one topology"),
+                    ));
+                }
+            }
+        }
+        if !issues.is_empty() {
+            return Err(WorkerError::Config(issues));
+        }
+        let threads = self.config.app.threads;
+        Ok(Worker {
+            config: Arc::new(self.config),
+            topologies: Arc::new(self.topologies),
+            metrics: Metrics::new(),
+            status: Arc::new(StatusBoard::new(threads)),
+        })
+    }
+}
+
+/// A worker process's engine: one or more group members sharing its topologies, state
+/// directory and HTTP endpoints.
+#[derive(Debug)]
+pub struct Worker {
+    config: Arc<Config>,
+    topologies: Arc<Vec<Topology>>,
+    metrics: Metrics,
+    status: Arc<StatusBoard>,
+}
+
+impl Worker {
+    /// Starts building a worker for `config`.
+    pub fn builder(config: Config) -> WorkerBuilder {
+        WorkerBuilder {
+            config,
+            topologies: Vec::new(),
+        }
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The worker's status board (tasks, readiness).
+    pub fn status(&self) -> Arc<StatusBoard> {
+        self.status.clone()
+    }
+
+    /// The topics the worker needs besides its sources: changelogs (compacted), sinks and the
+    /// dead-letter topic, each with as many partitions as the topology's input.
+    fn topic_specs(&self, partitions: &[i32]) -> Vec<TopicSpec> {
+        let cfg = &self.config;
+        let mut specs = Vec::new();
+        for (t, &n) in self.topologies.iter().zip(partitions) {
+            for store in &t.stores {
+                specs.push(TopicSpec {
+                    name: changelog_topic(&cfg.app.id, store),
+                    partitions: n,
+                    configs: BTreeMap::from([(
+                        "cleanup.policy".to_string(),
+                        "compact".to_string(),
+                    )]),
+                });
+            }
+            for sink in &t.sinks {
+                specs.push(TopicSpec {
+                    name: sink.clone(),
+                    partitions: n,
+                    configs: BTreeMap::new(),
+                });
+            }
+        }
+        if cfg.processing.on_error == OnError::Dlq {
+            let n = partitions.iter().copied().max().unwrap_or(1);
+            specs.push(TopicSpec {
+                name: cfg.processing.dlq_topic(&cfg.app.id),
+                partitions: n,
+                configs: BTreeMap::new(),
+            });
+        }
+        specs
+    }
+
+    /// Partition counts of each topology's sources, which must agree (co-partitioning).
+    fn source_partitions(
+        &self,
+        partitions_of: impl Fn(&str) -> Result<i32, AdminError>,
+    ) -> Result<Vec<i32>, WorkerError> {
+        let mut out = Vec::new();
+        for t in self.topologies.iter() {
+            let mut counts = BTreeMap::new();
+            for s in &t.sources {
+                counts.insert(s.clone(), partitions_of(s)?);
+            }
+            let distinct: BTreeSet<i32> = counts.values().copied().collect();
+            if distinct.len() > 1 {
+                return Err(WorkerError::Config(vec![ConfigIssue {
+                    path: format!("topology {}", t.name),
+                    message: format!("source topics must have the same partition count (co-partitioned), found {counts:?}"),
+                }]));
+            }
+            out.push(distinct.into_iter().next().unwrap_or(1));
+        }
+        Ok(out)
+    }
+
+    /// Creates or checks every topic; returns the bootstrap servers to use (and keeps the
+    /// embedded cluster, if any, alive in `embedded`).
+    async fn prepare(&self, embedded: &mut Option<EmbeddedCluster>) -> Result<String, WorkerError> {
+        let cfg = &self.config;
+        if cfg.kafka.bootstrap_servers == "embedded" {
+            let cluster = EmbeddedCluster::start(1).map_err(WorkerError::Embedded)?;
+            let bootstrap = cluster.bootstrap().to_string();
+            tracing::info!(%bootstrap, "started the embedded cluster");
+            for t in self.topologies.iter() {
+                for s in &t.sources {
+                    cluster
+                        .create_topic(s, EMBEDDED_PARTITIONS)
+                        .map_err(WorkerError::Embedded)?;
+                }
+            }
+            let partitions = vec![EMBEDDED_PARTITIONS; self.topologies.len()];
+            for spec in self.topic_specs(&partitions) {
+                cluster
+                    .create_topic(&spec.name, spec.partitions)
+                    .map_err(WorkerError::Embedded)?;
+            }
+            *embedded = Some(cluster);
+            return Ok(bootstrap);
+        }
+        let bootstrap = cfg.kafka.bootstrap_servers.clone();
+        let admin = Admin::new(&crate::kafka::client::admin(cfg, &bootstrap))?;
+        let partitions = self.source_partitions(|s| admin.source_partitions(s))?;
+        admin.ensure(&self.topic_specs(&partitions)).await?;
+        Ok(bootstrap)
+    }
+
+    /// Runs until `shutdown` fires (then every member finishes its record, commits and leaves
+    /// the group) or a member fails (then the others stop too and the error is returned).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let mut embedded = None;
+        let bootstrap = self.prepare(&mut embedded).await?;
+        let stop = shutdown.child_token();
+        let http_stop = CancellationToken::new();
+        let http = match self.config.http.listen {
+            Some(addr) => Some(
+                crate::http::serve(
+                    addr,
+                    self.status.clone(),
+                    self.metrics.clone(),
+                    http_stop.clone(),
+                )
+                .await
+                .map_err(|source| WorkerError::Http { addr, source })?,
+            ),
+            None => None,
+        };
+        let mut members = tokio::task::JoinSet::new();
+        for index in 0..self.config.app.threads {
+            let setup = MemberSetup {
+                index,
+                config: self.config.clone(),
+                bootstrap: bootstrap.clone(),
+                topologies: self.topologies.clone(),
+                metrics: self.metrics.clone(),
+                status: self.status.clone(),
+                shutdown: stop.clone(),
+            };
+            let member = match Member::new(setup) {
+                Ok(m) => m,
+                Err(e) => {
+                    stop.cancel();
+                    while members.join_next().await.is_some() {}
+                    return Err(e.into());
+                }
+            };
+            tracing::info!(member = index, app = %self.config.app.id, "member starting");
+            members.spawn_blocking(move || member.run());
+        }
+        let mut first_error = None;
+        while let Some(joined) = members.join_next().await {
+            let result = joined
+                .unwrap_or_else(|e| Err(MemberError::Task(format!("member thread panicked: {e}"))));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "member failed; stopping the worker");
+                stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        http_stop.cancel();
+        if let Some((_, handle)) = http {
+            let _ = handle.await;
+        }
+        drop(embedded);
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
