@@ -75,11 +75,14 @@ impl Admin {
     }
 
     /// Partition count of `topic`, or `None` if it does not exist.
+    ///
+    /// Asks for the metadata of every topic: a request naming the topic would let a broker
+    /// with automatic topic creation create it, with its default partition count.
     pub fn partitions(&self, topic: &str) -> Result<Option<i32>, AdminError> {
         let md = self
             .client
             .inner()
-            .fetch_metadata(Some(topic), TIMEOUT)
+            .fetch_metadata(None, TIMEOUT)
             .map_err(|source| AdminError::Kafka {
                 what: format!("reading metadata of topic {topic:?}"),
                 source,

@@ -99,7 +99,10 @@ pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientC
     c.set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "200000");
     let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
-    c.set("enable.auto.commit", "false")
+    // librdkafka only assigns partitions with a group id; this consumer never subscribes or
+    // commits, so it never joins that group.
+    c.set("group.id", format!("{}.restore", cfg.app.id))
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
     c

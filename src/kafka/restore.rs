@@ -84,9 +84,6 @@ impl RestoreConsumer {
             .consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
         let position = from.unwrap_or(low).max(low);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(position))?;
-        self.consumer.incremental_assign(&tpl)?;
         self.parts.insert(
             (topic.clone(), partition),
             Progress {
@@ -95,15 +92,24 @@ impl RestoreConsumer {
                 last_activity: Instant::now(),
             },
         );
+        self.reassign()?;
         Ok((high - position).max(0))
+    }
+
+    /// Assigns every tracked partition at its position. A consumer outside a group cannot use
+    /// incremental assignment, so each change re-assigns the whole set.
+    fn reassign(&mut self) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), p) in &self.parts {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(p.position))?;
+        }
+        self.consumer.assign(&tpl)
     }
 
     /// Stops reading a partition (its task closed or finished).
     pub fn stop(&mut self, topic: &Arc<str>, partition: i32) {
         if self.parts.remove(&(topic.clone(), partition)).is_some() {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+            if let Err(e) = self.reassign() {
                 tracing::warn!(topic = %topic, partition, error = %e, "unassigning a changelog partition failed");
             }
         }

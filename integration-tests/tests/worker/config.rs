@@ -1,0 +1,133 @@
+//! `tributary validate` and `run` on bad configs: exit 2, one line per problem naming its key.
+//! Needs no broker (validation must not touch Kafka).
+
+use std::path::Path;
+use std::time::Duration;
+
+use integration_tests::{run_cli, run_cli_timeout, TotalsConfig};
+
+fn good_config(dir: &Path) -> TotalsConfig {
+    // Nothing listens on port 9 (discard); validate must not need a broker anyway.
+    TotalsConfig::new(
+        "app-config-test",
+        "127.0.0.1:9",
+        "config-in",
+        "config-out",
+        &dir.join("state"),
+    )
+}
+
+fn replace_once(s: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        s.matches(from).count(),
+        1,
+        "config template has exactly one {from:?}"
+    );
+    s.replace(from, to)
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn config_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = good_config(dir.path()).to_toml();
+
+    let good_path = dir.path().join("good.toml");
+    std::fs::write(&good_path, &good).unwrap();
+    let out = run_cli(&["validate", "-c", good_path.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "good config validates:\n{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "ok"),
+        "validate prints ok:\n{}",
+        text(&out)
+    );
+
+    // Three problems at once: an unknown key, a wrong type, an unknown librdkafka property.
+    let bad = replace_once(&good, "threads = 1\n", "thraeds = 1\n");
+    let bad = replace_once(
+        &bad,
+        "session_timeout_ms = 6000\n",
+        "session_timeout_ms = \"ten\"\n",
+    );
+    let bad = replace_once(
+        &bad,
+        "bootstrap_servers = \"127.0.0.1:9\"\n",
+        "bootstrap_servers = \"127.0.0.1:9\"\n\n[kafka.properties]\n\"no.such.property\" = \"1\"\n",
+    );
+    let bad_path = dir.path().join("bad.toml");
+    std::fs::write(&bad_path, &bad).unwrap();
+
+    let out = run_cli(&["validate", "-c", bad_path.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "validate of a bad config exits 2:\n{all}\nconfig:\n{bad}"
+    );
+    for key in [
+        "app.thraeds",
+        "group.session_timeout_ms",
+        "no.such.property",
+    ] {
+        assert!(all.contains(key), "validate names {key}:\n{all}");
+    }
+    let property_line = all
+        .lines()
+        .find(|l| l.contains("no.such.property"))
+        .unwrap();
+    assert!(
+        property_line.contains("kafka.properties"),
+        "the property's key path starts kafka.properties: {property_line}"
+    );
+    // One line per problem: no line names two of them.
+    let keys = [
+        "app.thraeds",
+        "group.session_timeout_ms",
+        "no.such.property",
+    ];
+    for line in all.lines() {
+        assert!(
+            keys.iter().filter(|k| line.contains(*k)).count() <= 1,
+            "one problem per line: {line}"
+        );
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "ok"),
+        "no ok on failure:\n{all}"
+    );
+
+    // `run` refuses the same config, before touching Kafka, with the same exit code.
+    let out = run_cli_timeout(
+        &["run", "-c", bad_path.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "run with a bad config exits 2:\n{all}"
+    );
+    for key in [
+        "app.thraeds",
+        "group.session_timeout_ms",
+        "no.such.property",
+    ] {
+        assert!(all.contains(key), "run names {key}:\n{all}");
+    }
+}

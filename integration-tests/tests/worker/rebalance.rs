@@ -1,0 +1,208 @@
+//! Membership changes: graceful joins and leaves are exact; a kill -9 is at least once.
+
+use std::time::Duration;
+
+use integration_tests::{
+    check_at_least, check_exact, expected_totals, serial, unique_name, wait_until, Broker,
+    ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
+};
+
+use crate::{running, state_dir, wait_for_totals, CONSUMED, LONG, READY, RESTORED, RUNNING};
+
+const PARTITIONS: i32 = 6;
+const REBALANCES: &str = "tributary_rebalances_total";
+
+fn describe(ws: &[&WorkerProcess]) -> String {
+    ws.iter()
+        .map(|w| {
+            format!(
+                "{}: running {:?} consumed {:?}",
+                w.name(),
+                w.metric(RUNNING),
+                w.metric(CONSUMED)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Waits until each worker reports running tasks > 0 and, together, all partitions.
+fn wait_all_running(ws: &[&WorkerProcess], what: &str) {
+    let ok = wait_until(READY, Duration::from_millis(500), || {
+        let r: Vec<f64> = ws.iter().map(|w| running(w)).collect();
+        r.iter().all(|&n| n > 0.0) && r.iter().sum::<f64>() == PARTITIONS as f64
+    });
+    assert!(
+        ok,
+        "{what}: workers did not share the {PARTITIONS} partitions: {}",
+        describe(ws)
+    );
+}
+
+/// Waits until the producer has acknowledged `more` records beyond what it had now.
+fn let_records_flow(p: &ContinuousProducer, more: usize) {
+    let target = p.produced() + more;
+    assert!(
+        wait_until(LONG, Duration::from_millis(100), || p.produced() >= target
+            || p.is_finished()),
+        "producer stalled at {}",
+        p.produced()
+    );
+}
+
+#[test]
+fn rebalance_join_and_leave() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("rebal-in");
+    let output = unique_name("rebal-out");
+    broker.create_topic(&input, PARTITIONS);
+    broker.create_topic(&output, PARTITIONS);
+    let app = unique_name("app-rebal");
+
+    let producer = ContinuousProducer::start(
+        &broker.bootstrap(),
+        &input,
+        150,
+        0x5eed_0002,
+        200,
+        Duration::from_millis(100),
+        400_000,
+    );
+
+    let (s1, s2, s3) = (state_dir(), state_dir(), state_dir());
+    let c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, s1.path());
+    let c2 = c1.for_another_worker(s2.path());
+    let c3 = c1.for_another_worker(s3.path());
+
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w1.wait_ready(READY);
+    w2.wait_ready(READY);
+    wait_all_running(&[&w1, &w2], "two workers");
+    let_records_flow(&producer, 2_000);
+
+    // A third member joins while records keep arriving.
+    let rebalances = |ws: &[&WorkerProcess]| {
+        ws.iter()
+            .map(|w| w.metric(REBALANCES).unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let before = rebalances(&[&w1, &w2]);
+    let mut w3 = WorkerProcess::spawn_named("w3", &c3.to_toml());
+    w3.wait_ready(READY);
+    wait_all_running(&[&w1, &w2, &w3], "three workers");
+    // w1 and w2 each gave up partitions to w3.
+    assert!(
+        rebalances(&[&w1, &w2]) > before,
+        "rebalances counted by w1 and w2: {before} before w3 joined"
+    );
+    let_records_flow(&producer, 2_000);
+
+    // One member leaves gracefully.
+    let status = w1.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "w1 clean exit after SIGTERM: {status}"
+    );
+    wait_all_running(&[&w2, &w3], "after w1 left");
+    let_records_flow(&producer, 2_000);
+
+    let records = producer.stop();
+    let expected = expected_totals(&records);
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2, &mut w3]);
+    std::thread::sleep(Duration::from_secs(2));
+    view.refresh().unwrap();
+    if let Err(e) = check_exact(&expected, &view.map) {
+        panic!("after {} records, graceful rebalances: {e}", records.len());
+    }
+
+    for w in [&mut w2, &mut w3] {
+        let status = w.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+    }
+}
+
+#[test]
+fn kill9_under_load() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("kill-in");
+    let output = unique_name("kill-out");
+    broker.create_topic(&input, PARTITIONS);
+    broker.create_topic(&output, PARTITIONS);
+    let app = unique_name("app-kill");
+
+    let producer = ContinuousProducer::start(
+        &broker.bootstrap(),
+        &input,
+        150,
+        0x5eed_0003,
+        200,
+        Duration::from_millis(100),
+        400_000,
+    );
+
+    let dirs = [state_dir(), state_dir(), state_dir()];
+    let c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dirs[0].path());
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c1.for_another_worker(dirs[1].path()).to_toml());
+    let mut w3 = WorkerProcess::spawn_named("w3", &c1.for_another_worker(dirs[2].path()).to_toml());
+    for w in [&mut w1, &mut w2, &mut w3] {
+        w.wait_ready(READY);
+    }
+    wait_all_running(&[&w1, &w2, &w3], "three workers");
+
+    // The victim has processed (and so has state and changelog records) before it dies.
+    assert!(
+        wait_until(LONG, Duration::from_millis(500), || w2
+            .metric(CONSUMED)
+            .unwrap_or(0.0)
+            >= 1_000.0),
+        "w2 did not consume: {}",
+        describe(&[&w1, &w2, &w3])
+    );
+    let_records_flow(&producer, 1_000);
+    w2.kill9();
+
+    // Survivors notice through the session timeout, take over and restore.
+    let_records_flow(&producer, 2_000);
+    wait_all_running(&[&w1, &w3], "after w2 was killed");
+    let_records_flow(&producer, 2_000);
+
+    let records = producer.stop();
+    let expected = expected_totals(&records);
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w3]);
+    std::thread::sleep(Duration::from_secs(2));
+    view.refresh().unwrap();
+    if let Err(e) = check_at_least(&expected, &view.map) {
+        panic!(
+            "after {} records and a kill -9 (at least once): {e}",
+            records.len()
+        );
+    }
+
+    let restored = w1.metric(RESTORED).unwrap_or(0.0) + w3.metric(RESTORED).unwrap_or(0.0);
+    assert!(
+        restored > 0.0,
+        "survivors restored the victim's state from its changelog: {restored}"
+    );
+
+    for w in [&mut w1, &mut w3] {
+        let status = w.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+    }
+}
