@@ -136,7 +136,8 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
 }
 
 fn config_text(bootstrap: &str) -> String {
@@ -160,6 +161,16 @@ sink = {{ topic = "{OUTPUT}", format = "json" }}
 steps = [ {{ aggregate = {{ fields = {{ count = "count()", total = "sum(amount)" }} }} }} ]
 "#
     )
+}
+
+/// Prints an event above the progress bars, or as a plain line when they are hidden (no
+/// terminal).
+fn event(multi: &MultiProgress, line: String) {
+    if multi.is_hidden() {
+        println!("{line}");
+    } else {
+        multi.println(line).ok();
+    }
 }
 
 /// The outcome of comparing the sink's final totals with the generated ones.
@@ -273,6 +284,7 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
     let watermarks = WatermarkReader::new(&bootstrap)?;
     let start = Instant::now();
     let mut killed = false;
+    let mut last_line = Instant::now();
     let generator_done = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let produced = watermarks.input_end();
@@ -288,13 +300,14 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
                 Some((running, restoring)) => {
                     let total = running + restoring;
                     if w.last_tasks.is_some_and(|n| n != total) {
-                        multi
-                            .println(format!(
+                        event(
+                            &multi,
+                            format!(
                                 "rebalance: {} now owns {total} partition(s) (was {})",
                                 w.name,
                                 w.last_tasks.unwrap_or(0)
-                            ))
-                            .ok();
+                            ),
+                        );
                     }
                     w.last_tasks = Some(total);
                     line.set_message(format!("{running} task(s) running, {restoring} restoring"));
@@ -302,19 +315,32 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
                 None => line.set_message("starting"),
             }
         }
+        if multi.is_hidden() && last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = Instant::now();
+            let workers_line: Vec<String> = workers
+                .iter()
+                .zip(&lines)
+                .map(|(w, l)| format!("{}: {}", w.name, l.message()))
+                .collect();
+            println!(
+                "generated {produced}, processed {processed} | {}",
+                workers_line.join(" | ")
+            );
+        }
         if !killed && produced >= opts.records / 2 {
             let victim = &mut workers[1];
             let _ = victim.child.kill();
             let _ = victim.child.wait();
             victim.alive = false;
             killed = true;
-            multi
-                .println(format!(
+            event(
+                &multi,
+                format!(
                     "killed {} with SIGKILL after {produced} records; the others take over after the {} s session timeout",
                     victim.name,
                     SESSION_TIMEOUT_MS / 1000
-                ))
-                .ok();
+                ),
+            );
         }
         if generator.is_finished() {
             break generator.await.map_err(setup("generator task"))?;
@@ -325,13 +351,14 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
     };
     let report = generator_done?;
     produced_bar.finish();
-    multi
-        .println(format!(
+    event(
+        &multi,
+        format!(
             "generated {} records over {} keys",
             report.records,
             report.totals.len()
-        ))
-        .ok();
+        ),
+    );
 
     // Wait until the survivors have processed everything (their committed offsets reach the end
     // of the input), then stop them cleanly.
@@ -363,8 +390,8 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
     let verdict = compare(&report.totals, &values);
     println!();
     println!(
-        "{:<12} {:>8} {:>12} {:>8} {:>12}",
-        "key", "count", "total", "expected", ""
+        "{:<12} {:>8} {:>12} {:>16} {:>16}",
+        "key", "count", "total", "expected count", "expected total"
     );
     for (key, want) in report.totals.iter().take(8) {
         let got: serde_json::Value = values
@@ -372,8 +399,11 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
             .and_then(|v| serde_json::from_slice(v).ok())
             .unwrap_or_default();
         println!(
-            "{key:<12} {:>8} {:>12} {:>8} {:>12}",
-            got["count"], got["total"], want.count, want.sum
+            "{key:<12} {:>8} {:>12} {:>16} {:>16}",
+            got["count"].to_string(),
+            got["total"].to_string(),
+            want.count,
+            want.sum
         );
     }
     println!("...");

@@ -22,6 +22,8 @@ pub fn last_values(
 ) -> Result<HashMap<Vec<u8>, Vec<u8>>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        // librdkafka assigns partitions only with a group id; this reader never joins or commits.
+        .set("group.id", "tributary-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
