@@ -91,7 +91,10 @@ fn init_tracing() {
 /// Loads and fully checks a config: every problem, with its key path.
 fn load_checked(files: &[PathBuf]) -> Result<config::Config, Vec<ConfigIssue>> {
     let cfg = config::load(files)?;
-    match Worker::builder(cfg.clone()).pipelines_from_config() {
+    match Worker::builder(cfg.clone())
+        .pipelines_from_config()
+        .and_then(|b| b.build())
+    {
         Ok(_) => Ok(cfg),
         Err(WorkerError::Config(issues)) => Err(issues),
         Err(other) => Err(vec![ConfigIssue {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::RunningAggregate;
-use crate::config::{Config, ConfigIssue, OnError};
+use crate::config::{Config, ConfigIssue, Guarantee, OnError};
 use crate::kafka::admin::{Admin, AdminError, TopicSpec};
 use crate::kafka::embedded::EmbeddedCluster;
 use crate::kafka::member::{Member, MemberError, MemberSetup};
@@ -85,6 +85,20 @@ impl WorkerBuilder {
             path: path.to_string(),
             message,
         };
+        // Accepted by the config schema (CONTRACT.md) but not built yet: refuse rather than run
+        // with a weaker guarantee than the one asked for.
+        if self.config.processing.guarantee == Guarantee::ExactlyOnce {
+            issues.push(issue(
+                "processing.guarantee",
+                "exactly_once is not available in this version; use at_least_once".into(),
+            ));
+        }
+        if self.config.state.standby_replicas > 0 {
+            issues.push(issue(
+                "state.standby_replicas",
+                "standby replicas are not available in this version; use 0".into(),
+            ));
+        }
         if self.topologies.is_empty() {
             issues.push(issue(
                 "pipeline",
@@ -309,5 +323,112 @@ impl Worker {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = format!(
+            "[app]\nid = \"t\"\n[kafka]\nbootstrap_servers = \"embedded\"\n{extra}\n[[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\nsteps = [ {{ aggregate = {{ fields = {{ c = \"count()\" }} }} }} ]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        crate::config::load_with_env(&[path], []).unwrap()
+    }
+
+    fn issues(err: WorkerError) -> Vec<String> {
+        match err {
+            WorkerError::Config(issues) => issues.iter().map(ToString::to_string).collect(),
+            other => panic!("expected config issues, got {other}"),
+        }
+    }
+
+    #[test]
+    fn refuses_guarantees_it_cannot_give() {
+        let cfg =
+            config("[processing]\nguarantee = \"exactly_once\"\n[state]\nstandby_replicas = 2");
+        let err = Worker::builder(cfg)
+            .pipelines_from_config()
+            .unwrap()
+            .build()
+            .unwrap_err();
+        let issues = issues(err);
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert!(issues[0].starts_with("processing.guarantee: exactly_once is not available"));
+        assert!(issues[1].starts_with("state.standby_replicas: "));
+    }
+
+    #[test]
+    fn stores_and_sources_are_unique_across_topologies() {
+        let cfg = config("");
+        struct Nothing;
+        impl crate::Processor for Nothing {
+            fn process(
+                &mut self,
+                _: &crate::Record<'_>,
+                _: &mut crate::Context<'_>,
+            ) -> Result<(), crate::ProcessError> {
+                Ok(())
+            }
+        }
+        let dup = Topology::new("other", ["in"], |_: &crate::TaskInfo| Nothing).store("p");
+        let err = Worker::builder(cfg)
+            .pipelines_from_config()
+            .unwrap()
+            .topology(dup)
+            .build()
+            .unwrap_err();
+        let issues = issues(err);
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.contains("store \"p\" is declared twice")),
+            "{issues:?}"
+        );
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.contains("source topic \"in\" is also read by \"p\"")),
+            "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn window_and_other_steps_are_reported_with_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+[app]
+id = "t"
+[kafka]
+bootstrap_servers = "embedded"
+[[pipeline]]
+name = "p"
+source = { topics = ["in"] }
+steps = [ { filter = "amount > 1" }, { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { c = "count()", s = "sum(a + b)" } } } ]
+"#,
+        )
+        .unwrap();
+        let cfg = crate::config::load_with_env(&[path], []).unwrap();
+        let issues = issues(Worker::builder(cfg).pipelines_from_config().unwrap_err());
+        assert_eq!(issues.len(), 3, "{issues:?}");
+        assert!(
+            issues[0].starts_with("pipeline[0].steps[0]: "),
+            "{issues:?}"
+        );
+        assert!(
+            issues[1].starts_with("pipeline[0].steps[1].aggregate.window: "),
+            "{issues:?}"
+        );
+        assert!(
+            issues[2].starts_with("pipeline[0].steps[1].aggregate.fields.s: "),
+            "{issues:?}"
+        );
     }
 }
