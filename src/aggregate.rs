@@ -170,31 +170,39 @@ impl RunningAggregate {
         t
     }
 
-    fn update(
-        &self,
-        state: &mut AggState,
-        value: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), String> {
-        // Read every field first so a bad record changes nothing.
-        let mut inputs = Vec::with_capacity(self.fields.len());
-        for (_, f) in &self.fields {
-            inputs.push(match f.field() {
-                None => 0.0,
-                Some(name) => match value.get(name) {
-                    Some(serde_json::Value::Number(n)) => n
-                        .as_f64()
-                        .ok_or_else(|| format!("field {name:?} is not a finite number"))?,
-                    Some(other) => return Err(format!("field {name:?} is not a number: {other}")),
-                    None => return Err(format!("field {name:?} is missing")),
-                },
-            });
-        }
+    /// Reads the numeric input of every field from a JSON object, parsing only the fields it
+    /// needs: the rest of the value is skipped, not built.
+    fn inputs(&self, value: &[u8]) -> Result<Vec<f64>, String> {
+        let names: Vec<&str> = self.fields.iter().filter_map(|(_, f)| f.field()).collect();
+        let mut found: Vec<Option<f64>> = vec![None; names.len()];
+        let mut de = serde_json::Deserializer::from_slice(value);
+        let pick = Pick {
+            names: &names,
+            found: &mut found,
+        };
+        serde::de::DeserializeSeed::deserialize(pick, &mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| format!("value is not a JSON object with numeric fields: {e}"))?;
+        let mut found = found.into_iter();
+        self.fields
+            .iter()
+            .map(|(_, f)| match f.field() {
+                None => Ok(0.0),
+                Some(name) => found
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| format!("field {name:?} is missing")),
+            })
+            .collect()
+    }
+
+    fn update(&self, state: &mut AggState, inputs: &[f64]) {
         if state.acc.len() != self.fields.len() {
             state.acc = vec![0.0; self.fields.len()];
         }
         let first = state.n == 0;
         state.n += 1;
-        for ((_, f), (acc, x)) in self.fields.iter().zip(state.acc.iter_mut().zip(inputs)) {
+        for ((_, f), (acc, &x)) in self.fields.iter().zip(state.acc.iter_mut().zip(inputs)) {
             match f {
                 AggFn::Count => {}
                 AggFn::Sum(_) | AggFn::Avg(_) => *acc += x,
@@ -202,7 +210,6 @@ impl RunningAggregate {
                 AggFn::Max(_) => *acc = if first { x } else { acc.max(x) },
             }
         }
-        Ok(())
     }
 
     /// The output object of a key's state.
@@ -222,6 +229,50 @@ impl RunningAggregate {
     }
 }
 
+/// A serde visitor that takes the numbers of the named top-level fields of a JSON object and
+/// skips everything else without building it.
+struct Pick<'a> {
+    names: &'a [&'a str],
+    found: &'a mut [Option<f64>],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Pick<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Pick<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !self.names.contains(&&*key) {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let v: serde_json::Value = map.next_value()?;
+            let x = v
+                .as_f64()
+                .ok_or_else(|| A::Error::custom(format!("field {key:?} is not a number: {v}")))?;
+            // A field named by several aggregates fills each of their slots.
+            for (slot, name) in self.found.iter_mut().zip(self.names) {
+                if *name == key {
+                    *slot = Some(x);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Processor for RunningAggregate {
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         const STEP: &str = "steps[0].aggregate";
@@ -231,14 +282,13 @@ impl Processor for RunningAggregate {
         let value = record
             .value
             .ok_or_else(|| ProcessError::record("source", "record has no value"))?;
-        let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(value)
-            .map_err(|e| {
-                ProcessError::record("source", format!("value is not a JSON object: {e}"))
-            })?;
+        // Read every input first, so a bad record changes nothing.
+        let inputs = self
+            .inputs(value)
+            .map_err(|e| ProcessError::record(STEP, e))?;
         let mut store = ctx.store::<AggState>(&self.store)?;
         let mut state = store.get(key)?.unwrap_or_default();
-        self.update(&mut state, &value)
-            .map_err(|e| ProcessError::record(STEP, e))?;
+        self.update(&mut state, &inputs);
         store.put(key, &state)?;
         if let Some(sink) = &self.sink {
             let out = serde_json::to_vec(&self.render(&state))
@@ -292,25 +342,27 @@ mod tests {
         };
         let mut st = AggState::default();
         for a in [10, 40, 25] {
-            let v = serde_json::json!({ "amount": a });
-            agg.update(&mut st, v.as_object().unwrap()).unwrap();
+            let value = format!(r#"{{"user":"u","amount":{a},"ts":1}}"#);
+            let inputs = agg.inputs(value.as_bytes()).unwrap();
+            agg.update(&mut st, &inputs);
         }
         let out = serde_json::to_value(agg.render(&st)).unwrap();
         assert_eq!(
             out,
             serde_json::json!({"count": 3, "total": 75.0, "low": 10.0, "high": 40.0, "mean": 25.0})
         );
-        let bad = serde_json::json!({ "amount": "x" });
-        let before = st.clone();
         assert!(agg
-            .update(&mut st, bad.as_object().unwrap())
+            .inputs(br#"{"amount":"x"}"#)
             .unwrap_err()
             .contains("not a number"));
-        assert_eq!(st, before, "a bad record changes nothing");
-        let missing = serde_json::json!({});
         assert!(agg
-            .update(&mut st, missing.as_object().unwrap())
+            .inputs(br#"{"other":1}"#)
             .unwrap_err()
-            .contains("missing"));
+            .contains("\"amount\" is missing"));
+        assert!(agg.inputs(b"[1,2]").unwrap_err().contains("JSON object"));
+        assert!(agg.inputs(b"not json").is_err());
+        assert!(agg.inputs(br#"{"amount":1} trailing"#).is_err());
+        let escaped = agg.inputs(br#"{"a\u006dount":7,"x":{"y":[1,2]}}"#).unwrap();
+        assert_eq!(escaped[1], 7.0, "escaped keys read, nested values skipped");
     }
 }
