@@ -187,6 +187,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 producer_properties: Vec::new(),
             };
             let shutdown = shutdown_on_signals()?;
+            let wanted = opts.records;
             let report = tributary::generate::generate(opts, shutdown).await?;
             eprintln!(
                 "wrote {} records in {:.1}s ({:.0} records/s)",
@@ -194,6 +195,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.elapsed.as_secs_f64(),
                 report.records as f64 / report.elapsed.as_secs_f64().max(1e-9)
             );
+            if report.records < wanted {
+                eprintln!("interrupted: {} of {wanted} records acknowledged", report.records);
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { records, keys } => {
