@@ -196,7 +196,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.records as f64 / report.elapsed.as_secs_f64().max(1e-9)
             );
             if report.records < wanted {
-                eprintln!("interrupted: {} of {wanted} records acknowledged", report.records);
+                eprintln!(
+                    "interrupted: {} of {wanted} records acknowledged",
+                    report.records
+                );
                 return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)

@@ -121,6 +121,8 @@ struct Core {
     pending_open: BTreeSet<TaskId>,
     /// Task creation order, compared with the epoch a record was polled in.
     task_epoch: HashMap<TaskId, u64>,
+    /// First offset dropped per partition while its task waited to open.
+    rewind: HashMap<(Arc<str>, i32), i64>,
     collector: Collector,
     restore: RestoreConsumer,
     paused: HashSet<(Arc<str>, i32)>,
@@ -295,6 +297,7 @@ impl Core {
             match self.open_task(id) {
                 Ok(true) => {
                     self.pending_open.remove(&id);
+                    self.rewind_task(consumer, id);
                     if self
                         .tasks
                         .get(&id)
@@ -307,6 +310,26 @@ impl Core {
                 Err(e) => {
                     self.pending_open.remove(&id);
                     self.fail(format!("opening task {id}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Seeks a newly opened task's partitions back to the first record dropped while it waited.
+    fn rewind_task(&mut self, consumer: &MemberConsumer, id: TaskId) {
+        for topic in self.task_partitions(id) {
+            if let Some(offset) = self.rewind.remove(&(topic.clone(), id.partition)) {
+                let result = consumer.seek(
+                    &topic,
+                    id.partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(10),
+                );
+                if let Err(e) = result {
+                    self.fail(format!(
+                        "seeking {topic}/{} back to {offset}: {e}",
+                        id.partition
+                    ));
                 }
             }
         }
@@ -399,6 +422,9 @@ impl Core {
     /// failed), otherwise it was just committed.
     fn close_task(&mut self, id: TaskId, dirty: bool) {
         self.pending_open.remove(&id);
+        let sources = &self.setup.topologies[id.topology].sources;
+        self.rewind
+            .retain(|(t, p), _| *p != id.partition || !sources.iter().any(|s| **s == **t));
         self.task_epoch.remove(&id);
         let Some(mut task) = self.tasks.remove(&id) else {
             return;
@@ -455,6 +481,16 @@ impl Core {
             topology: route.topology,
             partition: msg.partition(),
         };
+        if self.pending_open.contains(&id) {
+            // Assigned, but the task cannot open yet: drop the record and read it again once it
+            // does (the fetch position has moved past it).
+            let first = self
+                .rewind
+                .entry((route.topic.clone(), id.partition))
+                .or_insert(msg.offset());
+            *first = (*first).min(msg.offset());
+            return Ok(());
+        }
         // A record polled before its task was (re)created belongs to an earlier assignment; the
         // new one re-reads it from the committed offset.
         if self.task_epoch.get(&id).is_none_or(|e| *e > polled_epoch) {
@@ -750,6 +786,7 @@ impl Member {
             assigned: BTreeMap::new(),
             pending_open: BTreeSet::new(),
             task_epoch: HashMap::new(),
+            rewind: HashMap::new(),
             collector,
             restore,
             paused: HashSet::new(),
