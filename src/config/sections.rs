@@ -23,10 +23,9 @@ pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
     let http = http(&mut cx, &mut top);
     let pipelines = match top.get("pipeline") {
         Some((path, value)) => pipelines(&mut cx, &path, value),
-        None => {
-            cx.missing("pipeline", "add at least one [[pipeline]] table");
-            Vec::new()
-        }
+        // Optional here: a library user brings topologies of their own. `tributary run` and
+        // `validate` refuse a config with nothing to run (WorkerBuilder::build).
+        None => Vec::new(),
     };
     top.finish(&mut cx);
 

@@ -121,7 +121,8 @@ struct Core {
     pending_open: BTreeSet<TaskId>,
     /// Task creation order, compared with the epoch a record was polled in.
     task_epoch: HashMap<TaskId, u64>,
-    /// First offset dropped per partition while its task waited to open.
+    /// First record per partition that was left in Kafka (its task was not open yet, or its
+    /// queue was full); the partition is paused and seeks back here when it resumes.
     rewind: HashMap<(Arc<str>, i32), i64>,
     collector: Collector,
     restore: RestoreConsumer,
@@ -297,7 +298,6 @@ impl Core {
             match self.open_task(id) {
                 Ok(true) => {
                     self.pending_open.remove(&id);
-                    self.rewind_task(consumer, id);
                     if self
                         .tasks
                         .get(&id)
@@ -310,26 +310,6 @@ impl Core {
                 Err(e) => {
                     self.pending_open.remove(&id);
                     self.fail(format!("opening task {id}: {e}"));
-                }
-            }
-        }
-    }
-
-    /// Seeks a newly opened task's partitions back to the first record dropped while it waited.
-    fn rewind_task(&mut self, consumer: &MemberConsumer, id: TaskId) {
-        for topic in self.task_partitions(id) {
-            if let Some(offset) = self.rewind.remove(&(topic.clone(), id.partition)) {
-                let result = consumer.seek(
-                    &topic,
-                    id.partition,
-                    Offset::Offset(offset),
-                    Duration::from_secs(10),
-                );
-                if let Err(e) = result {
-                    self.fail(format!(
-                        "seeking {topic}/{} back to {offset}: {e}",
-                        id.partition
-                    ));
                 }
             }
         }
@@ -452,7 +432,25 @@ impl Core {
         }
     }
 
+    /// Notes that the record at `offset` was not taken: the partition must be re-read from the
+    /// earliest such offset before it resumes.
+    fn leave_in_kafka(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        let first = self
+            .rewind
+            .entry((topic.clone(), partition))
+            .or_insert(offset);
+        *first = (*first).min(offset);
+    }
+
+    /// Resumes a paused partition, first seeking back to any record left in Kafka.
     fn resume(&mut self, consumer: &MemberConsumer, topic: &Arc<str>, partition: i32) {
+        if let Some(offset) = self.rewind.remove(&(topic.clone(), partition)) {
+            let to = Offset::Offset(offset);
+            if let Err(e) = consumer.seek(topic, partition, to, Duration::from_secs(10)) {
+                self.fail(format!("seeking {topic}/{partition} back to {offset}: {e}"));
+                return;
+            }
+        }
         if self.paused.remove(&(topic.clone(), partition)) {
             if let Err(e) = consumer.resume(&single(topic, partition)) {
                 tracing::warn!(topic = %topic, partition, error = %e, "resuming failed");
@@ -482,13 +480,10 @@ impl Core {
             partition: msg.partition(),
         };
         if self.pending_open.contains(&id) {
-            // Assigned, but the task cannot open yet: drop the record and read it again once it
-            // does (the fetch position has moved past it).
-            let first = self
-                .rewind
-                .entry((route.topic.clone(), id.partition))
-                .or_insert(msg.offset());
-            *first = (*first).min(msg.offset());
+            // Assigned, but the task cannot open yet (its partition is paused): leave the record
+            // in Kafka and read it again once the task runs.
+            let topic = route.topic.clone();
+            self.leave_in_kafka(&topic, id.partition, msg.offset());
             return Ok(());
         }
         // A record polled before its task was (re)created belongs to an earlier assignment; the
@@ -500,6 +495,19 @@ impl Core {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
+        let rewinding = !self.rewind.is_empty()
+            && self
+                .rewind
+                .contains_key(&(route.topic.clone(), id.partition));
+        if rewinding || task.queued() >= max_buffered {
+            // The queue is full (or an earlier record of this partition was already left in
+            // Kafka): keep the queue bounded by leaving this one in Kafka too; the partition is
+            // paused and re-read from the first such record when it resumes.
+            let topic = route.topic.clone();
+            self.leave_in_kafka(&topic, id.partition, msg.offset());
+            self.pause(consumer, &topic, id.partition);
+            return Ok(());
+        }
         if task.can_process_now() && !over_budget {
             let headers = message_headers(msg);
             let record = Record {
