@@ -44,7 +44,7 @@ pub enum DemoError {
     Setup(String),
     /// The generator failed.
     #[error(transparent)]
-    Generate(#[from] crate::generate::GenerateError),
+    Generate(#[from] Box<crate::generate::GenerateError>),
     /// Reading the results failed.
     #[error("reading {OUTPUT}: {0}")]
     Read(#[from] rdkafka::error::KafkaError),
@@ -349,7 +349,7 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
             cancel.cancel();
         }
     };
-    let report = generator_done?;
+    let report = generator_done.map_err(Box::new)?;
     produced_bar.finish();
     event(
         &multi,

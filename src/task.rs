@@ -87,6 +87,9 @@ pub struct ErrorPolicy {
     pub dlq_topic: String,
 }
 
+/// A store's changelog topic and the offset its restore starts from (`None`: the beginning).
+pub type RestorePoint = (Arc<str>, Option<i64>);
+
 /// Per-store restore bookkeeping.
 #[derive(Debug)]
 struct StoreRestore {
@@ -213,7 +216,7 @@ impl Task {
     }
 
     /// Store names with their changelog topics, and where restore starts for each.
-    pub fn restore_points(&self) -> Result<Vec<(Arc<str>, Option<i64>)>, StateError> {
+    pub fn restore_points(&self) -> Result<Vec<RestorePoint>, StateError> {
         self.stores
             .db()
             .stores()

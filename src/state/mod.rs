@@ -24,6 +24,9 @@ use serde::Serialize;
 
 pub use rocks::{Batch, TaskDb};
 
+/// Key-value pairs read from a store, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Errors of the state layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -177,7 +180,7 @@ impl TaskStores {
         store: usize,
         from: &[u8],
         to: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    ) -> Result<Entries, StateError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
             .db
             .scan(store, from, to)?

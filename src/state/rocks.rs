@@ -163,7 +163,7 @@ impl TaskDb {
         store: usize,
         from: &[u8],
         to: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    ) -> Result<super::Entries, StateError> {
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.store_cf(store),
