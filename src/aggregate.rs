@@ -90,6 +90,11 @@ pub struct RunningAggregate {
     store: String,
     fields: Vec<(String, AggFn)>,
     sink: Option<String>,
+    /// The input field of each field that has one, in field order.
+    names: Vec<String>,
+    /// Per-record scratch space, kept to avoid allocating for every record.
+    found: Vec<Option<f64>>,
+    inputs: Vec<f64>,
 }
 
 impl RunningAggregate {
@@ -149,11 +154,26 @@ impl RunningAggregate {
         if !issues.is_empty() {
             return Err(issues);
         }
-        Ok(Self {
-            store: p.name.clone(),
+        Ok(Self::new(
+            p.name.clone(),
             fields,
-            sink: p.sink.as_ref().map(|s| s.topic.clone()),
-        })
+            p.sink.as_ref().map(|s| s.topic.clone()),
+        ))
+    }
+
+    fn new(store: String, fields: Vec<(String, AggFn)>, sink: Option<String>) -> Self {
+        let names = fields
+            .iter()
+            .filter_map(|(_, f)| f.field().map(str::to_string))
+            .collect();
+        Self {
+            store,
+            fields,
+            sink,
+            names,
+            found: Vec::new(),
+            inputs: Vec::new(),
+        }
     }
 
     /// The topology that runs this aggregate over the pipeline's source topics.
@@ -172,28 +192,30 @@ impl RunningAggregate {
 
     /// Reads the numeric input of every field from a JSON object, parsing only the fields it
     /// needs: the rest of the value is skipped, not built.
-    fn inputs(&self, value: &[u8]) -> Result<Vec<f64>, String> {
-        let names: Vec<&str> = self.fields.iter().filter_map(|(_, f)| f.field()).collect();
-        let mut found: Vec<Option<f64>> = vec![None; names.len()];
+    fn inputs(&mut self, value: &[u8]) -> Result<(), String> {
+        self.found.clear();
+        self.found.resize(self.names.len(), None);
         let mut de = serde_json::Deserializer::from_slice(value);
         let pick = Pick {
-            names: &names,
-            found: &mut found,
+            names: &self.names,
+            found: &mut self.found,
         };
         serde::de::DeserializeSeed::deserialize(pick, &mut de)
             .and_then(|()| de.end())
             .map_err(|e| format!("value is not a JSON object with numeric fields: {e}"))?;
-        let mut found = found.into_iter();
-        self.fields
-            .iter()
-            .map(|(_, f)| match f.field() {
-                None => Ok(0.0),
-                Some(name) => found
-                    .next()
-                    .flatten()
-                    .ok_or_else(|| format!("field {name:?} is missing")),
-            })
-            .collect()
+        self.inputs.clear();
+        let mut found = self.found.iter();
+        for (_, f) in &self.fields {
+            match f.field() {
+                None => self.inputs.push(0.0),
+                Some(name) => {
+                    let x = found.next().copied().flatten();
+                    self.inputs
+                        .push(x.ok_or_else(|| format!("field {name:?} is missing"))?);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn update(&self, state: &mut AggState, inputs: &[f64]) {
@@ -232,7 +254,7 @@ impl RunningAggregate {
 /// A serde visitor that takes the numbers of the named top-level fields of a JSON object and
 /// skips everything else without building it.
 struct Pick<'a> {
-    names: &'a [&'a str],
+    names: &'a [String],
     found: &'a mut [Option<f64>],
 }
 
@@ -254,7 +276,7 @@ impl<'de> serde::de::Visitor<'de> for Pick<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !self.names.contains(&&*key) {
+            if !self.names.iter().any(|n| *n == key) {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             }
@@ -283,12 +305,11 @@ impl Processor for RunningAggregate {
             .value
             .ok_or_else(|| ProcessError::record("source", "record has no value"))?;
         // Read every input first, so a bad record changes nothing.
-        let inputs = self
-            .inputs(value)
+        self.inputs(value)
             .map_err(|e| ProcessError::record(STEP, e))?;
         let mut store = ctx.store::<AggState>(&self.store)?;
         let mut state = store.get(key)?.unwrap_or_default();
-        self.update(&mut state, &inputs);
+        self.update(&mut state, &self.inputs);
         store.put(key, &state)?;
         if let Some(sink) = &self.sink {
             let out = serde_json::to_vec(&self.render(&state))
@@ -329,22 +350,22 @@ mod tests {
 
     #[test]
     fn accumulates_and_renders() {
-        let agg = RunningAggregate {
-            store: "s".into(),
-            sink: None,
-            fields: vec![
+        let mut agg = RunningAggregate::new(
+            "s".into(),
+            vec![
                 ("count".into(), AggFn::Count),
                 ("total".into(), AggFn::Sum("amount".into())),
                 ("low".into(), AggFn::Min("amount".into())),
                 ("high".into(), AggFn::Max("amount".into())),
                 ("mean".into(), AggFn::Avg("amount".into())),
             ],
-        };
+            None,
+        );
         let mut st = AggState::default();
         for a in [10, 40, 25] {
             let value = format!(r#"{{"user":"u","amount":{a},"ts":1}}"#);
-            let inputs = agg.inputs(value.as_bytes()).unwrap();
-            agg.update(&mut st, &inputs);
+            agg.inputs(value.as_bytes()).unwrap();
+            agg.update(&mut st, &agg.inputs);
         }
         let out = serde_json::to_value(agg.render(&st)).unwrap();
         assert_eq!(
@@ -362,7 +383,10 @@ mod tests {
         assert!(agg.inputs(b"[1,2]").unwrap_err().contains("JSON object"));
         assert!(agg.inputs(b"not json").is_err());
         assert!(agg.inputs(br#"{"amount":1} trailing"#).is_err());
-        let escaped = agg.inputs(br#"{"a\u006dount":7,"x":{"y":[1,2]}}"#).unwrap();
-        assert_eq!(escaped[1], 7.0, "escaped keys read, nested values skipped");
+        agg.inputs(br#"{"a\u006dount":7,"x":{"y":[1,2]}}"#).unwrap();
+        assert_eq!(
+            agg.inputs[1], 7.0,
+            "escaped keys read, nested values skipped"
+        );
     }
 }

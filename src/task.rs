@@ -104,16 +104,25 @@ pub struct Task {
     stores: TaskStores,
     processor: Box<dyn Processor>,
     queue: VecDeque<OwnedRecord>,
-    /// Next offset to commit per source topic (last processed + 1).
-    positions: HashMap<Arc<str>, i64>,
-    /// Offsets last committed, to commit only what moved.
-    committed: HashMap<Arc<str>, i64>,
+    /// Progress per source topic (a task reads one partition of a few co-partitioned topics,
+    /// so a short list beats hashing the topic name for every record).
+    inputs: Vec<InputProgress>,
     changelogs: Vec<StoreRestore>,
     restore_batch: Option<Batch>,
     restore_batch_len: usize,
     outputs: Vec<OutputRecord>,
-    consumed: HashMap<Arc<str>, IntCounter>,
     metrics: Metrics,
+}
+
+/// Where a task is in one of its source partitions.
+#[derive(Debug)]
+struct InputProgress {
+    topic: Arc<str>,
+    /// Next offset to commit (last processed + 1).
+    position: i64,
+    /// Offset last committed, to commit only what moved.
+    committed: Option<i64>,
+    consumed: IntCounter,
 }
 
 impl std::fmt::Debug for Task {
@@ -178,8 +187,7 @@ impl Task {
             stores: TaskStores::new(Arc::new(db), cache_max_entries),
             processor,
             queue: VecDeque::new(),
-            positions: HashMap::new(),
-            committed: HashMap::new(),
+            inputs: Vec::new(),
             changelogs: changelogs
                 .into_iter()
                 .map(|changelog| StoreRestore {
@@ -190,7 +198,6 @@ impl Task {
             restore_batch: None,
             restore_batch_len: 0,
             outputs: Vec::new(),
-            consumed: HashMap::new(),
             metrics,
         })
     }
@@ -369,23 +376,22 @@ impl Task {
     }
 
     fn advance(&mut self, rec: &Record<'_>) {
-        match self.positions.get_mut(rec.topic) {
-            Some(p) => *p = rec.offset + 1,
-            None => {
-                self.positions.insert(Arc::from(rec.topic), rec.offset + 1);
-            }
+        if let Some(input) = self.inputs.iter_mut().find(|i| *i.topic == *rec.topic) {
+            input.position = rec.offset + 1;
+            input.consumed.inc();
+            return;
         }
-        match self.consumed.get(rec.topic) {
-            Some(c) => c.inc(),
-            None => {
-                let c = self
-                    .metrics
-                    .records_consumed
-                    .with_label_values(&[rec.topic, &rec.partition.to_string()]);
-                c.inc();
-                self.consumed.insert(Arc::from(rec.topic), c);
-            }
-        }
+        let consumed = self
+            .metrics
+            .records_consumed
+            .with_label_values(&[rec.topic, &rec.partition.to_string()]);
+        consumed.inc();
+        self.inputs.push(InputProgress {
+            topic: Arc::from(rec.topic),
+            position: rec.offset + 1,
+            committed: None,
+            consumed,
+        });
     }
 
     fn bad_record(
@@ -483,21 +489,23 @@ impl Task {
 
     /// Input offsets that moved since the last commit: (topic, partition, next offset).
     pub fn offsets_to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
-        self.positions
+        self.inputs
             .iter()
-            .filter(|(t, p)| self.committed.get(*t) != Some(p))
-            .map(|(t, p)| (t.clone(), self.info.id.partition, *p))
+            .filter(|i| i.committed != Some(i.position))
+            .map(|i| (i.topic.clone(), self.info.id.partition, i.position))
             .collect()
     }
 
     /// Every input position (topic, next offset), committed or not.
     pub fn positions(&self) -> impl Iterator<Item = (&Arc<str>, i64)> {
-        self.positions.iter().map(|(t, p)| (t, *p))
+        self.inputs.iter().map(|i| (&i.topic, i.position))
     }
 
     /// Notes that the input offsets were committed.
     pub fn offsets_committed(&mut self) {
-        self.committed.clone_from(&self.positions);
+        for i in &mut self.inputs {
+            i.committed = Some(i.position);
+        }
     }
 
     /// Second half of a commit: writes the state batch together with the acknowledged changelog

@@ -145,28 +145,33 @@ impl TaskStores {
         })
     }
 
-    /// Raw read through the cache.
-    pub fn get_raw(&mut self, store: usize, key: &[u8]) -> Result<Option<&[u8]>, StateError> {
+    /// Raw read through the cache: calls `f` with the value of `key` (one cache lookup on a
+    /// hit; a miss reads RocksDB and caches the result).
+    pub fn read_raw<R>(
+        &mut self,
+        store: usize,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StateError> {
         let cache = &mut self.caches[store];
-        if !cache.entries.contains_key(key) {
-            let value = self.db.get(store, key)?;
-            if cache.entries.len() >= self.max_entries {
-                // Full: drop the clean entries (dirty ones must stay until the next flush, which
-                // `wants_flush` asks for once they alone fill the cache).
-                cache.entries.retain(|_, e| e.dirty);
-            }
-            cache.entries.insert(
-                key.to_vec(),
-                Entry {
-                    value,
-                    dirty: false,
-                },
-            );
+        if let Some(entry) = cache.entries.get(key) {
+            return Ok(f(entry.value.as_deref()));
         }
-        Ok(self.caches[store]
-            .entries
-            .get(key)
-            .and_then(|e| e.value.as_deref()))
+        let value = self.db.get(store, key)?;
+        let result = f(value.as_deref());
+        if cache.entries.len() >= self.max_entries {
+            // Full: drop the clean entries (dirty ones must stay until the next flush, which
+            // `wants_flush` asks for once they alone fill the cache).
+            cache.entries.retain(|_, e| e.dirty);
+        }
+        cache.entries.insert(
+            key.to_vec(),
+            Entry {
+                value,
+                dirty: false,
+            },
+        );
+        Ok(result)
     }
 
     /// Raw write into the cache; `None` deletes.
@@ -282,13 +287,10 @@ impl<T: Serialize + DeserializeOwned> Store<'_, T> {
     pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<T>, StateError> {
         let key = key.as_ref();
         let index = self.index;
-        match self.stores.get_raw(index, key)? {
-            None => Ok(None),
-            Some(bytes) => match serde_json::from_slice(bytes) {
-                Ok(v) => Ok(Some(v)),
-                Err(e) => Err(self.codec_err(key, e)),
-            },
-        }
+        let decoded = self
+            .stores
+            .read_raw(index, key, |bytes| bytes.map(serde_json::from_slice::<T>))?;
+        decoded.transpose().map_err(|e| self.codec_err(key, e))
     }
 
     /// Stores `value` under `key`.
