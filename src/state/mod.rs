@@ -13,6 +13,8 @@
 
 pub mod rocks;
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::Bound;
@@ -74,9 +76,73 @@ pub trait ChangelogSink {
     fn send(&mut self, store: usize, key: &[u8], value: Option<&[u8]>) -> Result<(), String>;
 }
 
+/// A value a processor wrote, kept decoded until the next flush.
+trait TypedValue: Send {
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Serialize + Send + 'static> TypedValue for T {
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A cached value: absent (deleted or never written), as stored (bytes), or as the processor
+/// last wrote it (decoded). Decoded values are encoded only at flush, so a key updated many
+/// times between commits costs one serialization, not one per update.
+enum Cached {
+    Absent,
+    Bytes(Vec<u8>),
+    Typed(Box<dyn TypedValue>),
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Absent => f.write_str("Absent"),
+            Self::Bytes(b) => write!(f, "Bytes({})", String::from_utf8_lossy(b)),
+            Self::Typed(_) => f.write_str("Typed"),
+        }
+    }
+}
+
+impl Cached {
+    fn from_bytes(value: Option<Vec<u8>>) -> Self {
+        value.map_or(Self::Absent, Self::Bytes)
+    }
+
+    /// The stored form: bytes, encoding a decoded value.
+    fn bytes(&self) -> Result<Option<Cow<'_, [u8]>>, serde_json::Error> {
+        Ok(match self {
+            Self::Absent => None,
+            Self::Bytes(b) => Some(Cow::Borrowed(b)),
+            Self::Typed(t) => Some(Cow::Owned(t.encode()?)),
+        })
+    }
+
+    /// The value as a `T`: cloned when it is a decoded `T`, decoded otherwise.
+    fn decode<T: DeserializeOwned + Clone + 'static>(
+        &self,
+    ) -> Result<Option<T>, serde_json::Error> {
+        match self {
+            Self::Absent => Ok(None),
+            Self::Bytes(b) => serde_json::from_slice(b).map(Some),
+            Self::Typed(t) => match t.as_any().downcast_ref::<T>() {
+                Some(v) => Ok(Some(v.clone())),
+                None => serde_json::from_slice(&t.encode()?).map(Some),
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    value: Option<Vec<u8>>,
+    value: Cached,
     dirty: bool,
 }
 
@@ -89,7 +155,7 @@ struct StoreCache {
 }
 
 impl StoreCache {
-    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+    fn write(&mut self, key: &[u8], value: Cached) {
         match self.entries.get_mut(key) {
             Some(entry) => {
                 if !entry.dirty {
@@ -145,20 +211,19 @@ impl TaskStores {
         })
     }
 
-    /// Raw read through the cache: calls `f` with the value of `key` (one cache lookup on a
-    /// hit; a miss reads RocksDB and caches the result).
-    pub fn read_raw<R>(
+    /// Reads `key` through the cache as a `T` (one cache lookup on a hit; a miss reads
+    /// RocksDB and caches the bytes). The inner error is a value that does not decode.
+    fn read<T: DeserializeOwned + Clone + 'static>(
         &mut self,
         store: usize,
         key: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> R,
-    ) -> Result<R, StateError> {
+    ) -> Result<Result<Option<T>, serde_json::Error>, StateError> {
         let cache = &mut self.caches[store];
         if let Some(entry) = cache.entries.get(key) {
-            return Ok(f(entry.value.as_deref()));
+            return Ok(entry.value.decode());
         }
-        let value = self.db.get(store, key)?;
-        let result = f(value.as_deref());
+        let value = Cached::from_bytes(self.db.get(store, key)?);
+        let result = value.decode();
         if cache.entries.len() >= self.max_entries {
             // Full: drop the clean entries (dirty ones must stay until the next flush, which
             // `wants_flush` asks for once they alone fill the cache).
@@ -176,7 +241,15 @@ impl TaskStores {
 
     /// Raw write into the cache; `None` deletes.
     pub fn put_raw(&mut self, store: usize, key: &[u8], value: Option<Vec<u8>>) {
-        self.caches[store].write(key, value);
+        self.caches[store].write(key, Cached::from_bytes(value));
+    }
+
+    fn codec_err(&self, store: usize, key: &[u8], e: serde_json::Error) -> StateError {
+        StateError::Codec {
+            store: self.db.stores()[store].clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }
     }
 
     /// Entries with `from <= key < to` (`to = None`: to the end), merging the cache over RocksDB.
@@ -200,7 +273,11 @@ impl TaskStores {
             .entries
             .range::<[u8], _>((Bound::Included(from), upper))
         {
-            merged.insert(k.clone(), e.value.clone());
+            let bytes = e
+                .value
+                .bytes()
+                .map_err(|err| self.codec_err(store, k, err))?;
+            merged.insert(k.clone(), bytes.map(Cow::into_owned));
         }
         Ok(merged
             .into_iter()
@@ -233,8 +310,13 @@ impl TaskStores {
             }
             changed[store] = true;
             for (key, entry) in cache.entries.iter_mut().filter(|(_, e)| e.dirty) {
+                let bytes = entry.value.bytes().map_err(|e| StateError::Codec {
+                    store: self.db.stores()[store].clone(),
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: e.to_string(),
+                })?;
                 changelog
-                    .send(store, key, entry.value.as_deref())
+                    .send(store, key, bytes.as_deref())
                     .map_err(|reason| StateError::Io {
                         path: self.db.path().to_path_buf(),
                         reason: format!(
@@ -242,7 +324,7 @@ impl TaskStores {
                             self.db.stores()[store]
                         ),
                     })?;
-                match &entry.value {
+                match &bytes {
                     Some(v) => self.db.batch_put(&mut batch, store, key, v),
                     None => self.db.batch_delete(&mut batch, store, key),
                 }
@@ -267,37 +349,30 @@ impl TaskStores {
 
 /// A typed view of one store, handed to processors through the context.
 ///
-/// Values are encoded as JSON. Reads see the task's own uncommitted writes.
+/// Values are encoded as JSON (in RocksDB and the changelog; the cache keeps what the processor
+/// wrote, decoded, until the next commit). Reads see the task's own uncommitted writes.
 pub struct Store<'a, T> {
     stores: &'a mut TaskStores,
     index: usize,
     _value: PhantomData<fn() -> T>,
 }
 
-impl<T: Serialize + DeserializeOwned> Store<'_, T> {
+impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Store<'_, T> {
     fn codec_err(&self, key: &[u8], e: serde_json::Error) -> StateError {
-        StateError::Codec {
-            store: self.stores.db.stores()[self.index].clone(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: e.to_string(),
-        }
+        self.stores.codec_err(self.index, key, e)
     }
 
     /// The value stored under `key`, if any.
     pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<T>, StateError> {
         let key = key.as_ref();
         let index = self.index;
-        let decoded = self
-            .stores
-            .read_raw(index, key, |bytes| bytes.map(serde_json::from_slice::<T>))?;
-        decoded.transpose().map_err(|e| self.codec_err(key, e))
+        let decoded = self.stores.read::<T>(index, key)?;
+        decoded.map_err(|e| self.codec_err(key, e))
     }
 
-    /// Stores `value` under `key`.
+    /// Stores `value` under `key` (kept decoded in the cache; serialized at the next commit).
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: &T) -> Result<(), StateError> {
-        let key = key.as_ref();
-        let bytes = serde_json::to_vec(value).map_err(|e| self.codec_err(key, e))?;
-        self.stores.put_raw(self.index, key, Some(bytes));
+        self.stores.caches[self.index].write(key.as_ref(), Cached::Typed(Box::new(value.clone())));
         Ok(())
     }
 
@@ -473,6 +548,49 @@ mod tests {
             stores.store::<u64>("nope"),
             Err(StateError::UnknownStore(_))
         ));
+    }
+
+    #[test]
+    fn typed_values_are_serialized_at_flush_and_read_back_by_any_type() {
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Totals {
+            n: u64,
+            sum: f64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        let mut s = stores.store::<Totals>("counts").unwrap();
+        for n in 1..=3 {
+            s.put(
+                "k",
+                &Totals {
+                    n,
+                    sum: n as f64 * 1.5,
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(s.get("k").unwrap(), Some(Totals { n: 3, sum: 4.5 }));
+        let mut log = Recorder::default();
+        let (batch, _) = stores.flush(&mut log).unwrap();
+        stores.db().write(batch).unwrap();
+        let json = br#"{"n":3,"sum":4.5}"#.to_vec();
+        assert_eq!(
+            log.0,
+            vec![(0, b"k".to_vec(), Some(json.clone()))],
+            "encoded once, at flush"
+        );
+        assert_eq!(stores.db().get(0, b"k").unwrap(), Some(json));
+        let as_json = stores
+            .store::<serde_json::Value>("counts")
+            .unwrap()
+            .get("k")
+            .unwrap();
+        assert_eq!(
+            as_json,
+            Some(serde_json::json!({"n": 3, "sum": 4.5})),
+            "another type decodes the stored form"
+        );
     }
 
     #[test]
