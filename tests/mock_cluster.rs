@@ -659,6 +659,45 @@ fields = {{ count = "count()", total = "sum(amount)" }}
 }
 
 /// Topics of an aggregate test with app id `app`: input, sink, changelog, DLQ (2 partitions).
+/// A built-in aggregate worker for the `on_error` tests, on its own cluster and directories
+/// (kept alive by the returned guards).
+struct AggregateSetup {
+    cluster: EmbeddedCluster,
+    bootstrap: String,
+    worker: Worker,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn aggregate_setup(app: &str, on_error: &str) -> AggregateSetup {
+    let cluster = aggregate_cluster(app);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline = aggregate_pipeline();
+    let processing = format!("on_error = \"{on_error}\"");
+    let config = load_config(
+        dir.path(),
+        &bootstrap,
+        state.path(),
+        &Settings {
+            app,
+            threads: 1,
+            processing: &processing,
+            pipeline: &pipeline,
+        },
+    );
+    let worker = Worker::builder(config)
+        .pipelines_from_config()
+        .and_then(|b| b.build())
+        .expect("worker builds");
+    AggregateSetup {
+        cluster,
+        bootstrap,
+        worker,
+        _dirs: (dir, state),
+    }
+}
+
 fn aggregate_cluster(app: &str) -> EmbeddedCluster {
     cluster(&[
         (AGG_INPUT, 2),
@@ -807,26 +846,12 @@ fn assert_aggregate_output(sink: &Reader, expected: &BTreeMap<String, Value>) {
 async fn built_in_aggregate_with_dead_letters() {
     init_tracing();
     const APP: &str = "agg-dlq";
-    let cluster = aggregate_cluster(APP);
-    let bootstrap = cluster.bootstrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let pipeline = aggregate_pipeline();
-    let config = load_config(
-        dir.path(),
-        &bootstrap,
-        state.path(),
-        &Settings {
-            app: APP,
-            threads: 1,
-            processing: "on_error = \"dlq\"",
-            pipeline: &pipeline,
-        },
-    );
-    let worker = Worker::builder(config)
-        .pipelines_from_config()
-        .and_then(|b| b.build())
-        .expect("worker builds");
+    let AggregateSetup {
+        cluster: _cluster,
+        bootstrap,
+        worker,
+        _dirs,
+    } = aggregate_setup(APP, "dlq");
     let metrics = worker.metrics().clone();
     let dead_before = metric_sum(&metrics, "tributary_records_dead_lettered_total");
     assert_eq!(dead_before, 0.0);
@@ -930,26 +955,12 @@ async fn built_in_aggregate_with_dead_letters() {
 async fn on_error_fail_stops_with_topic_partition_offset() {
     init_tracing();
     const APP: &str = "agg-fail";
-    let cluster = aggregate_cluster(APP);
-    let bootstrap = cluster.bootstrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let pipeline = aggregate_pipeline();
-    let config = load_config(
-        dir.path(),
-        &bootstrap,
-        state.path(),
-        &Settings {
-            app: APP,
-            threads: 1,
-            processing: "on_error = \"fail\"",
-            pipeline: &pipeline,
-        },
-    );
-    let worker = Worker::builder(config)
-        .pipelines_from_config()
-        .and_then(|b| b.build())
-        .expect("worker builds");
+    let AggregateSetup {
+        cluster: _cluster,
+        bootstrap,
+        worker,
+        _dirs,
+    } = aggregate_setup(APP, "fail");
 
     // Good records on both partitions (even users on 0, odd ones on 1); bad ones only on
     // partition 1, so the first bad record the worker meets is unambiguous.
@@ -1016,26 +1027,12 @@ async fn on_error_fail_stops_with_topic_partition_offset() {
 async fn on_error_skip_counts() {
     init_tracing();
     const APP: &str = "agg-skip";
-    let cluster = aggregate_cluster(APP);
-    let bootstrap = cluster.bootstrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let pipeline = aggregate_pipeline();
-    let config = load_config(
-        dir.path(),
-        &bootstrap,
-        state.path(),
-        &Settings {
-            app: APP,
-            threads: 1,
-            processing: "on_error = \"skip\"",
-            pipeline: &pipeline,
-        },
-    );
-    let worker = Worker::builder(config)
-        .pipelines_from_config()
-        .and_then(|b| b.build())
-        .expect("worker builds");
+    let AggregateSetup {
+        cluster: _cluster,
+        bootstrap,
+        worker,
+        _dirs,
+    } = aggregate_setup(APP, "skip");
     let metrics = worker.metrics().clone();
 
     let (records, bad) = mixed_input();
