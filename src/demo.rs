@@ -217,7 +217,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let dir = std::env::temp_dir().join(format!("tributary-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(setup("creating the demo directory"))?;
     let result = run_in(&dir, &opts).await;
-    if result.is_ok() {
+    if matches!(result, Ok(true)) {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         eprintln!("worker logs kept in {}", dir.display());

@@ -107,6 +107,10 @@ pub struct Task {
     /// Progress per source topic (a task reads one partition of a few co-partitioned topics,
     /// so a short list beats hashing the topic name for every record).
     inputs: Vec<InputProgress>,
+    /// Next offset expected per source topic. A record below it was already taken (processed or
+    /// queued): librdkafka delivers it again when it re-fetches after a pause, resume or seek,
+    /// and processing it twice would count it twice.
+    taken: Vec<(Arc<str>, i64)>,
     changelogs: Vec<StoreRestore>,
     restore_batch: Option<Batch>,
     restore_batch_len: usize,
@@ -188,6 +192,7 @@ impl Task {
             processor,
             queue: VecDeque::new(),
             inputs: Vec::new(),
+            taken: Vec::new(),
             changelogs: changelogs
                 .into_iter()
                 .map(|changelog| StoreRestore {
@@ -297,6 +302,22 @@ impl Task {
             self.state = TaskState::Running;
         }
         self.state == TaskState::Running
+    }
+
+    /// Takes the record at `offset` of `topic` unless it was taken before (a re-delivery):
+    /// returns false for a record to drop.
+    pub fn take(&mut self, topic: &str, offset: i64) -> bool {
+        match self.taken.iter_mut().find(|(t, _)| **t == *topic) {
+            Some((_, next)) if offset < *next => false,
+            Some((_, next)) => {
+                *next = offset + 1;
+                true
+            }
+            None => {
+                self.taken.push((Arc::from(topic), offset + 1));
+                true
+            }
+        }
     }
 
     /// Records waiting in the queue.

@@ -108,6 +108,17 @@ struct SourceRoute {
     topic: Arc<str>,
 }
 
+/// A partition whose records were left in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewind {
+    /// Paused; the first record left behind is at this offset.
+    Left(i64),
+    /// Resumed after a seek back to this offset. Records of the partition that librdkafka had
+    /// already queued before the seek can still arrive (later offsets); they are dropped until
+    /// the record at this offset comes again, so nothing is processed twice.
+    Seeking(i64),
+}
+
 /// The member's state, shared between its loop and its consumer context.
 struct Core {
     setup: MemberSetup,
@@ -121,9 +132,9 @@ struct Core {
     pending_open: BTreeSet<TaskId>,
     /// Task creation order, compared with the epoch a record was polled in.
     task_epoch: HashMap<TaskId, u64>,
-    /// First record per partition that was left in Kafka (its task was not open yet, or its
-    /// queue was full); the partition is paused and seeks back here when it resumes.
-    rewind: HashMap<(Arc<str>, i32), i64>,
+    /// Partitions with records left in Kafka because their task could not open yet (its state
+    /// directory was locked): paused, and re-read from the first such record on resume.
+    rewind: HashMap<(Arc<str>, i32), Rewind>,
     collector: Collector,
     restore: RestoreConsumer,
     paused: HashSet<(Arc<str>, i32)>,
@@ -435,21 +446,25 @@ impl Core {
     /// Notes that the record at `offset` was not taken: the partition must be re-read from the
     /// earliest such offset before it resumes.
     fn leave_in_kafka(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        let first = self
+        let entry = self
             .rewind
             .entry((topic.clone(), partition))
-            .or_insert(offset);
-        *first = (*first).min(offset);
+            .or_insert(Rewind::Left(offset));
+        if let Rewind::Left(first) = entry {
+            *first = (*first).min(offset);
+        }
     }
 
     /// Resumes a paused partition, first seeking back to any record left in Kafka.
     fn resume(&mut self, consumer: &MemberConsumer, topic: &Arc<str>, partition: i32) {
-        if let Some(offset) = self.rewind.remove(&(topic.clone(), partition)) {
+        let key = (topic.clone(), partition);
+        if let Some(&Rewind::Left(offset)) = self.rewind.get(&key) {
             let to = Offset::Offset(offset);
             if let Err(e) = consumer.seek(topic, partition, to, Duration::from_secs(10)) {
                 self.fail(format!("seeking {topic}/{partition} back to {offset}: {e}"));
                 return;
             }
+            self.rewind.insert(key, Rewind::Seeking(offset));
         }
         if self.paused.remove(&(topic.clone(), partition)) {
             if let Err(e) = consumer.resume(&single(topic, partition)) {
@@ -479,6 +494,21 @@ impl Core {
             topology: route.topology,
             partition: msg.partition(),
         };
+        if !self.rewind.is_empty() {
+            let key = (route.topic.clone(), id.partition);
+            match self.rewind.get(&key).copied() {
+                Some(Rewind::Seeking(offset)) if msg.offset() == offset => {
+                    self.rewind.remove(&key);
+                }
+                // Queued by librdkafka before the seek back: it comes again in order.
+                Some(Rewind::Seeking(_)) => return Ok(()),
+                Some(Rewind::Left(_)) => {
+                    self.leave_in_kafka(&key.0, id.partition, msg.offset());
+                    return Ok(());
+                }
+                None => {}
+            }
+        }
         if self.pending_open.contains(&id) {
             // Assigned, but the task cannot open yet (its partition is paused): leave the record
             // in Kafka and read it again once the task runs.
@@ -495,17 +525,8 @@ impl Core {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
-        let rewinding = !self.rewind.is_empty()
-            && self
-                .rewind
-                .contains_key(&(route.topic.clone(), id.partition));
-        if rewinding || task.queued() >= max_buffered {
-            // The queue is full (or an earlier record of this partition was already left in
-            // Kafka): keep the queue bounded by leaving this one in Kafka too; the partition is
-            // paused and re-read from the first such record when it resumes.
-            let topic = route.topic.clone();
-            self.leave_in_kafka(&topic, id.partition, msg.offset());
-            self.pause(consumer, &topic, id.partition);
+        if !task.take(msg.topic(), msg.offset()) {
+            tracing::trace!(task = %id, offset = msg.offset(), "dropping a record delivered again");
             return Ok(());
         }
         if task.can_process_now() && !over_budget {
@@ -521,6 +542,8 @@ impl Core {
             };
             return task.process(&record, &self.collector, &self.policy);
         }
+        // Records already polled are queued even past the bound; the pause stops more from
+        // coming, so a queue holds at most max_buffered_records - 1 + POLL_BATCH records.
         task.enqueue(own_message(&route.topic, msg));
         if task.queued() >= max_buffered {
             let topic = route.topic.clone();
