@@ -107,10 +107,6 @@ pub struct Task {
     /// Progress per source topic (a task reads one partition of a few co-partitioned topics,
     /// so a short list beats hashing the topic name for every record).
     inputs: Vec<InputProgress>,
-    /// Next offset expected per source topic. A record below it was already taken (processed or
-    /// queued): librdkafka delivers it again when it re-fetches after a pause, resume or seek,
-    /// and processing it twice would count it twice.
-    taken: Vec<(Arc<str>, i64)>,
     changelogs: Vec<StoreRestore>,
     restore_batch: Option<Batch>,
     restore_batch_len: usize,
@@ -122,8 +118,12 @@ pub struct Task {
 #[derive(Debug)]
 struct InputProgress {
     topic: Arc<str>,
-    /// Next offset to commit (last processed + 1).
-    position: i64,
+    /// Next offset expected. A record below it was already taken (processed or queued):
+    /// librdkafka delivers it again when it re-fetches after a pause, resume or seek, and
+    /// processing it twice would count it twice.
+    taken: i64,
+    /// Next offset to commit (last processed + 1), once a record was processed.
+    position: Option<i64>,
     /// Offset last committed, to commit only what moved.
     committed: Option<i64>,
     consumed: IntCounter,
@@ -192,7 +192,6 @@ impl Task {
             processor,
             queue: VecDeque::new(),
             inputs: Vec::new(),
-            taken: Vec::new(),
             changelogs: changelogs
                 .into_iter()
                 .map(|changelog| StoreRestore {
@@ -307,15 +306,32 @@ impl Task {
     /// Takes the record at `offset` of `topic` unless it was taken before (a re-delivery):
     /// returns false for a record to drop.
     pub fn take(&mut self, topic: &str, offset: i64) -> bool {
-        match self.taken.iter_mut().find(|(t, _)| **t == *topic) {
-            Some((_, next)) if offset < *next => false,
-            Some((_, next)) => {
-                *next = offset + 1;
-                true
-            }
+        let input = self.input_mut(topic);
+        if offset < input.taken {
+            return false;
+        }
+        input.taken = offset + 1;
+        true
+    }
+
+    /// The progress of `topic`, created on its first record.
+    fn input_mut(&mut self, topic: &str) -> &mut InputProgress {
+        match self.inputs.iter().position(|i| *i.topic == *topic) {
+            Some(i) => &mut self.inputs[i],
             None => {
-                self.taken.push((Arc::from(topic), offset + 1));
-                true
+                let partition = self.info.id.partition.to_string();
+                let consumed = self
+                    .metrics
+                    .records_consumed
+                    .with_label_values(&[topic, &partition]);
+                self.inputs.push(InputProgress {
+                    topic: Arc::from(topic),
+                    taken: i64::MIN,
+                    position: None,
+                    committed: None,
+                    consumed,
+                });
+                self.inputs.last_mut().expect("invariant: just pushed")
             }
         }
     }
@@ -397,22 +413,10 @@ impl Task {
     }
 
     fn advance(&mut self, rec: &Record<'_>) {
-        if let Some(input) = self.inputs.iter_mut().find(|i| *i.topic == *rec.topic) {
-            input.position = rec.offset + 1;
-            input.consumed.inc();
-            return;
-        }
-        let consumed = self
-            .metrics
-            .records_consumed
-            .with_label_values(&[rec.topic, &rec.partition.to_string()]);
-        consumed.inc();
-        self.inputs.push(InputProgress {
-            topic: Arc::from(rec.topic),
-            position: rec.offset + 1,
-            committed: None,
-            consumed,
-        });
+        let input = self.input_mut(rec.topic);
+        input.taken = input.taken.max(rec.offset + 1);
+        input.position = Some(rec.offset + 1);
+        input.consumed.inc();
     }
 
     fn bad_record(
@@ -512,20 +516,26 @@ impl Task {
     pub fn offsets_to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
         self.inputs
             .iter()
-            .filter(|i| i.committed != Some(i.position))
-            .map(|i| (i.topic.clone(), self.info.id.partition, i.position))
+            .filter_map(|i| {
+                i.position
+                    .filter(|p| i.committed != Some(*p))
+                    .map(|p| (i, p))
+            })
+            .map(|(i, p)| (i.topic.clone(), self.info.id.partition, p))
             .collect()
     }
 
     /// Every input position (topic, next offset), committed or not.
     pub fn positions(&self) -> impl Iterator<Item = (&Arc<str>, i64)> {
-        self.inputs.iter().map(|i| (&i.topic, i.position))
+        self.inputs
+            .iter()
+            .filter_map(|i| i.position.map(|p| (&i.topic, p)))
     }
 
     /// Notes that the input offsets were committed.
     pub fn offsets_committed(&mut self) {
         for i in &mut self.inputs {
-            i.committed = Some(i.position);
+            i.committed = i.position;
         }
     }
 
