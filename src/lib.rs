@@ -57,7 +57,10 @@
 //! - [`task`]: one partition's processor, stores, queue and offsets.
 //! - [`state`]: RocksDB per task, the write-back cache and typed stores; no Kafka types.
 //! - [`processor`]: the library API ([`Processor`], [`Context`], [`Topology`]).
-//! - [`aggregate`]: the built-in running aggregate that `[[pipeline]]` configs compile to.
+//! - [`pipeline`]: `[[pipeline]]` configs compiled into topologies: CEL steps, windows,
+//!   formats, partitioners.
+//! - [`testkit`]: runs topologies without a broker, for tests (like Kafka Streams'
+//!   `TopologyTestDriver`).
 //! - [`http`], [`metrics`], [`status`]: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
 //! - [`generate`], [`demo`]: the data generator and the embedded-cluster demo.
 //!
@@ -69,17 +72,18 @@
 //! the acknowledged changelog offsets into RocksDB. A crash at any point loses nothing; records
 //! after the last commit are processed again.
 
-pub mod aggregate;
 pub mod config;
 pub mod demo;
 pub mod generate;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod pipeline;
 pub mod processor;
 pub mod state;
 pub mod status;
 pub mod task;
+pub mod testkit;
 pub mod types;
 pub mod worker;
 

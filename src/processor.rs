@@ -1,6 +1,7 @@
 //! The library API for processing: a [`Processor`] is called once per record with a
 //! [`Context`] that gives the task's stores and a way to send records.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -16,6 +17,9 @@ pub struct TaskInfo {
     pub topology: String,
     /// The application id (`app.id`).
     pub app_id: String,
+    /// Partition counts of the topics the worker knows (sources, sinks, internal topics), for
+    /// partitioners that need them.
+    pub partitions: Arc<BTreeMap<String, i32>>,
 }
 
 /// Why a record could not be processed.
@@ -107,6 +111,11 @@ impl<'a> Context<'a> {
     /// The task being processed.
     pub fn task(&self) -> &TaskInfo {
         self.task
+    }
+
+    /// The partition count of `topic`, if the worker knows it (every source and sink topic).
+    pub fn partitions(&self, topic: &str) -> Option<i32> {
+        self.task.partitions.get(topic).copied()
     }
 
     /// The store called `name`, with values of type `T` (JSON-encoded).

@@ -78,6 +78,19 @@ pub enum TaskError {
     Collector(#[from] CollectorError),
 }
 
+/// Where a task's records go: the Kafka producer in a worker ([`Collector`]), memory in the
+/// test kit.
+pub trait RecordSink {
+    /// Sends one record; `kind` says what its acknowledgement means.
+    fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError>;
+}
+
+impl RecordSink for Collector {
+    fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        Collector::send(self, out, kind)
+    }
+}
+
 /// How a task handles bad records, shared by all tasks of a worker.
 #[derive(Debug, Clone)]
 pub struct ErrorPolicy {
@@ -140,7 +153,7 @@ impl std::fmt::Debug for Task {
 
 /// Sends a task's flushed state changes to its changelog partitions.
 struct ChangelogWriter<'a> {
-    collector: &'a Collector,
+    collector: &'a dyn RecordSink,
     topics: &'a [StoreRestore],
     partition: i32,
 }
@@ -214,6 +227,11 @@ impl Task {
     /// The task's description.
     pub fn info(&self) -> &TaskInfo {
         &self.info
+    }
+
+    /// The task's stores (the test kit reads them).
+    pub fn store_mut(&mut self) -> &mut TaskStores {
+        &mut self.stores
     }
 
     /// Current state.
@@ -355,7 +373,7 @@ impl Task {
     pub fn drain(
         &mut self,
         max: usize,
-        collector: &Collector,
+        collector: &dyn RecordSink,
         policy: &ErrorPolicy,
     ) -> Result<usize, TaskError> {
         if self.state != TaskState::Running {
@@ -376,7 +394,7 @@ impl Task {
     pub fn process(
         &mut self,
         rec: &Record<'_>,
-        collector: &Collector,
+        collector: &dyn RecordSink,
         policy: &ErrorPolicy,
     ) -> Result<(), TaskError> {
         self.outputs.clear();
@@ -424,7 +442,7 @@ impl Task {
         rec: &Record<'_>,
         step: &str,
         reason: &str,
-        collector: &Collector,
+        collector: &dyn RecordSink,
         policy: &ErrorPolicy,
     ) -> Result<(), TaskError> {
         let (topic, partition, offset) = (rec.topic, rec.partition, rec.offset);
@@ -496,7 +514,7 @@ impl Task {
 
     /// First half of a commit: sends every dirty entry to the changelog and returns the state
     /// batch that is written once the changelog is acknowledged.
-    pub fn prepare_commit(&mut self, collector: &Collector) -> Result<Batch, TaskError> {
+    pub fn prepare_commit(&mut self, collector: &dyn RecordSink) -> Result<Batch, TaskError> {
         let mut writer = ChangelogWriter {
             collector,
             topics: &self.changelogs,

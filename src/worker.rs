@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::RunningAggregate;
 use crate::config::{Config, ConfigIssue, Guarantee, OnError};
 use crate::kafka::admin::{Admin, AdminError, TopicSpec};
 use crate::kafka::embedded::EmbeddedCluster;
@@ -60,22 +59,17 @@ impl WorkerBuilder {
         self
     }
 
-    /// Adds a topology for every `[[pipeline]]` of the configuration (the built-in running
-    /// aggregate).
+    /// Adds the topologies of every `[[pipeline]]` of the configuration (see
+    /// [`crate::pipeline`]); returns every problem at once.
     pub fn pipelines_from_config(mut self) -> Result<Self, WorkerError> {
-        let mut issues = Vec::new();
-        let pipelines = self.config.pipelines.clone();
-        for (i, p) in pipelines.iter().enumerate() {
-            match RunningAggregate::compile(i, p) {
-                Ok(agg) => self.topologies.push(agg.topology(p)),
-                Err(mut e) => issues.append(&mut e),
-            }
-        }
-        if issues.is_empty() {
-            Ok(self)
-        } else {
-            Err(WorkerError::Config(issues))
-        }
+        let cfg = &self.config;
+        let dlq = (cfg.processing.on_error == OnError::Dlq)
+            .then(|| cfg.processing.dlq_topic(&cfg.app.id));
+        let mut topologies =
+            crate::pipeline::compile_all(&cfg.app.id, dlq.as_deref(), &cfg.pipelines)
+                .map_err(WorkerError::Config)?;
+        self.topologies.append(&mut topologies);
+        Ok(self)
     }
 
     /// Checks the topologies and builds the worker.
@@ -208,16 +202,22 @@ impl Worker {
         specs
     }
 
-    /// Partition counts of each topology's sources, which must agree (co-partitioning).
+    /// Partition counts of each topology's sources, which must agree (co-partitioning). A source
+    /// that an earlier topology writes (a repartition topic) gets that topology's count.
     fn source_partitions(
         &self,
         partitions_of: impl Fn(&str) -> Result<i32, AdminError>,
     ) -> Result<Vec<i32>, WorkerError> {
         let mut out = Vec::new();
+        let mut written: BTreeMap<&str, i32> = BTreeMap::new();
         for t in self.topologies.iter() {
             let mut counts = BTreeMap::new();
             for s in &t.sources {
-                counts.insert(s.clone(), partitions_of(s)?);
+                let n = match written.get(s.as_str()) {
+                    Some(&n) => n,
+                    None => partitions_of(s)?,
+                };
+                counts.insert(s.clone(), n);
             }
             let distinct: BTreeSet<i32> = counts.values().copied().collect();
             if distinct.len() > 1 {
@@ -226,47 +226,74 @@ impl Worker {
                     message: format!("source topics must have the same partition count (co-partitioned), found {counts:?}"),
                 }]));
             }
-            out.push(distinct.into_iter().next().unwrap_or(1));
+            let n = distinct.into_iter().next().unwrap_or(1);
+            for sink in &t.sinks {
+                written.entry(sink).or_insert(n);
+            }
+            out.push(n);
         }
         Ok(out)
     }
 
-    /// Creates or checks every topic; returns the bootstrap servers to use (and keeps the
-    /// embedded cluster, if any, alive in `embedded`).
-    async fn prepare(&self, embedded: &mut Option<EmbeddedCluster>) -> Result<String, WorkerError> {
+    /// Creates or checks every topic; returns the bootstrap servers to use and the partition
+    /// count of every topic the topologies use (and keeps the embedded cluster, if any, alive
+    /// in `embedded`).
+    async fn prepare(
+        &self,
+        embedded: &mut Option<EmbeddedCluster>,
+    ) -> Result<(String, BTreeMap<String, i32>), WorkerError> {
         let cfg = &self.config;
+        let mut counts = BTreeMap::new();
         if cfg.kafka.bootstrap_servers == "embedded" {
             let cluster = EmbeddedCluster::start(1).map_err(WorkerError::Embedded)?;
             let bootstrap = cluster.bootstrap().to_string();
             tracing::info!(%bootstrap, "started the embedded cluster");
+            let partitions = self.source_partitions(|_| Ok(EMBEDDED_PARTITIONS))?;
+            let specs = self.topic_specs(&partitions);
             for t in self.topologies.iter() {
                 for s in &t.sources {
+                    if !specs.iter().any(|spec| &spec.name == s) && !counts.contains_key(s) {
+                        cluster
+                            .create_topic(s, EMBEDDED_PARTITIONS)
+                            .map_err(WorkerError::Embedded)?;
+                        counts.insert(s.clone(), EMBEDDED_PARTITIONS);
+                    }
+                }
+            }
+            for spec in specs {
+                if counts.insert(spec.name.clone(), spec.partitions).is_none() {
                     cluster
-                        .create_topic(s, EMBEDDED_PARTITIONS)
+                        .create_topic(&spec.name, spec.partitions)
                         .map_err(WorkerError::Embedded)?;
                 }
             }
-            let partitions = vec![EMBEDDED_PARTITIONS; self.topologies.len()];
-            for spec in self.topic_specs(&partitions) {
-                cluster
-                    .create_topic(&spec.name, spec.partitions)
-                    .map_err(WorkerError::Embedded)?;
-            }
             *embedded = Some(cluster);
-            return Ok(bootstrap);
+            return Ok((bootstrap, counts));
         }
         let bootstrap = cfg.kafka.bootstrap_servers.clone();
         let admin = Admin::new(&crate::kafka::client::admin(cfg, &bootstrap))?;
         let partitions = self.source_partitions(|s| admin.source_partitions(s))?;
-        admin.ensure(&self.topic_specs(&partitions)).await?;
-        Ok(bootstrap)
+        let specs = self.topic_specs(&partitions);
+        admin.ensure(&specs).await?;
+        let topics = self
+            .topologies
+            .iter()
+            .flat_map(|t| t.sources.iter())
+            .chain(specs.iter().map(|s| &s.name));
+        for topic in topics {
+            if !counts.contains_key(topic) {
+                counts.insert(topic.clone(), admin.source_partitions(topic)?);
+            }
+        }
+        Ok((bootstrap, counts))
     }
 
     /// Runs until `shutdown` fires (then every member finishes its record, commits and leaves
     /// the group) or a member fails (then the others stop too and the error is returned).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let mut embedded = None;
-        let bootstrap = self.prepare(&mut embedded).await?;
+        let (bootstrap, partitions) = self.prepare(&mut embedded).await?;
+        let partitions = Arc::new(partitions);
         let stop = shutdown.child_token();
         let http_stop = CancellationToken::new();
         let http = match self.config.http.listen {
@@ -289,6 +316,7 @@ impl Worker {
                 config: self.config.clone(),
                 bootstrap: bootstrap.clone(),
                 topologies: self.topologies.clone(),
+                partitions: partitions.clone(),
                 metrics: self.metrics.clone(),
                 status: self.status.clone(),
                 shutdown: stop.clone(),
@@ -398,11 +426,8 @@ mod tests {
     }
 
     #[test]
-    fn window_and_other_steps_are_reported_with_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
+    fn a_key_by_splits_a_pipeline_into_two_topologies() {
+        let cfg = crate::config::load_str(
             r#"
 [app]
 id = "t"
@@ -411,24 +436,24 @@ bootstrap_servers = "embedded"
 [[pipeline]]
 name = "p"
 source = { topics = ["in"] }
-steps = [ { filter = "amount > 1" }, { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { c = "count()", s = "sum(a + b)" } } } ]
+sink = { topic = "out" }
+steps = [ { filter = "amount > 1" }, { key_by = "user" }, { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { c = "count()", s = "sum(a + b)" } } } ]
 "#,
         )
         .unwrap();
-        let cfg = crate::config::load_with_env(&[path], []).unwrap();
-        let issues = issues(Worker::builder(cfg).pipelines_from_config().unwrap_err());
-        assert_eq!(issues.len(), 3, "{issues:?}");
-        assert!(
-            issues[0].starts_with("pipeline[0].steps[0]: "),
-            "{issues:?}"
+        let b = Worker::builder(cfg).pipelines_from_config().unwrap();
+        let t = &b.topologies;
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[0].sources.clone(), t[0].sinks.clone()),
+            (vec!["in".to_string()], vec!["t-p-repartition".to_string()])
         );
-        assert!(
-            issues[1].starts_with("pipeline[0].steps[1].aggregate.window: "),
-            "{issues:?}"
+        assert!(t[0].stores.is_empty());
+        assert_eq!(
+            (t[1].sources.clone(), t[1].sinks.clone()),
+            (vec!["t-p-repartition".to_string()], vec!["out".to_string()])
         );
-        assert!(
-            issues[2].starts_with("pipeline[0].steps[1].aggregate.fields.s: "),
-            "{issues:?}"
-        );
+        assert_eq!(t[1].stores, ["p"]);
+        assert!(b.build().is_ok());
     }
 }

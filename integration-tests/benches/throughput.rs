@@ -213,6 +213,26 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A worker scenario: its pipeline steps, sink, and what to check afterwards.
+struct Scenario {
+    /// Short name (`BENCH_SCENARIOS`, app id, logs).
+    name: &'static str,
+    /// The result row's label.
+    title: &'static str,
+    /// The pipeline's steps, as TOML.
+    steps: &'static str,
+    /// The sink topic, if any.
+    sink: Option<&'static str>,
+    /// Output records to wait for (all acknowledged) after the input is consumed.
+    outputs: Option<u64>,
+    /// Check `/state/totals/<key>` of a few keys against the generator's totals.
+    check_state: bool,
+}
+
+const AGGREGATE_STEPS: &str = "[[pipeline.steps]]\n[pipeline.steps.aggregate]\nfields = { count = \"count()\", total = \"sum(amount)\" }\n";
+const STATELESS_STEPS: &str = "steps = [ { filter = \"amount > 50\" }, { map = \"{'user': user, 'amount': amount * 2}\" } ]\n";
+const WINDOW_STEPS: &str = "[[pipeline.steps]]\n[pipeline.steps.aggregate]\nwindow = { kind = \"tumbling\", size = \"10s\" }\nfields = { count = \"count()\", total = \"sum(amount)\" }\nemit = \"final\"\n";
+
 /// One result row.
 struct Row {
     scenario: String,
@@ -234,6 +254,7 @@ fn worker_toml(
     state_dir: &Path,
     http: &str,
     sink: Option<&str>,
+    steps: &str,
 ) -> String {
     let sink = match sink {
         Some(t) => format!("sink = {{ topic = \"{t}\", format = \"json\" }}\n"),
@@ -273,10 +294,7 @@ fn worker_toml(
          name = \"{PIPELINE}\"\n\
          source = {{ topics = [\"{INPUT}\"], format = \"json\" }}\n\
          {sink}\
-         \n\
-         [[pipeline.steps]]\n\
-         [pipeline.steps.aggregate]\n\
-         fields = {{ count = \"count()\", total = \"sum(amount)\" }}\n",
+         {steps}",
         state = state_dir.display(),
     )
 }
@@ -293,6 +311,7 @@ fn raw_consumer(broker: &Broker, records: u64) -> Row {
         &dir.path().join("state"),
         &format!("127.0.0.1:{}", free_port()),
         None,
+        AGGREGATE_STEPS,
     );
     std::fs::write(&cfg_path, toml).expect("write config");
     let cfg = tributary::config::load(&[cfg_path]).unwrap_or_else(|issues| {
@@ -495,18 +514,26 @@ impl Drop for Perf {
 /// (b) One worker process; `sink` adds an output topic.
 fn worker_run(
     broker: &Broker,
-    scenario: &str,
-    sink: Option<&str>,
+    sc: &Scenario,
     records: u64,
     expected: &BTreeMap<String, KeyTotal>,
 ) -> Row {
+    let scenario = sc.name;
+    let sink = sc.sink;
     let state = tempfile::Builder::new()
         .prefix("bench-state-")
         .tempdir()
         .expect("tempdir");
     let http = format!("127.0.0.1:{}", free_port());
     let app_id = unique_name(&format!("bench-{scenario}"));
-    let toml = worker_toml(&app_id, &broker.bootstrap(), state.path(), &http, sink);
+    let toml = worker_toml(
+        &app_id,
+        &broker.bootstrap(),
+        state.path(),
+        &http,
+        sink,
+        sc.steps,
+    );
     let mut w = WorkerProcess::spawn_named(scenario, &toml);
     let pid = w.pid();
     let broker_pid = broker.pid();
@@ -578,14 +605,14 @@ fn worker_run(
     );
 
     // Sink: time until every output record is acknowledged too.
-    if let Some(topic) = sink {
+    if let (Some(topic), Some(outputs)) = (sink, sc.outputs) {
         let q = format!("tributary_records_produced_total{{topic=\"{topic}\"}}");
         let until = Instant::now() + Duration::from_secs(120);
         loop {
             let produced = metrics_of(&http)
                 .and_then(|b| parse_metric(&b, &q))
                 .unwrap_or(0.0);
-            if produced >= records as f64 {
+            if produced >= outputs as f64 {
                 println!(
                     "  {scenario}: all {produced} output records acknowledged {:.3} s after the first input record",
                     t0.elapsed().as_secs_f64()
@@ -593,7 +620,7 @@ fn worker_run(
                 break;
             }
             if Instant::now() >= until {
-                panic!("{scenario}: only {produced} of {records} records produced to {topic}");
+                panic!("{scenario}: only {produced} of {outputs} records produced to {topic}");
             }
             std::thread::sleep(POLL);
         }
@@ -601,7 +628,7 @@ fn worker_run(
 
     // Correctness: the state of a few keys (visible once committed) and the exact count.
     let until = Instant::now() + Duration::from_secs(60);
-    for k in CHECK_KEYS {
+    for k in CHECK_KEYS.iter().filter(|_| sc.check_state) {
         let key = format!("user-{k}");
         let want = expected.get(&key).copied().unwrap_or_default();
         loop {
@@ -613,14 +640,11 @@ fn worker_run(
             .ok()
             .filter(|(code, _)| *code == 200)
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
-            let n = got.as_ref().and_then(|v| v["n"].as_u64());
+            let n = got.as_ref().and_then(|v| v["count"].as_u64());
             if n == Some(want.count) {
-                let acc = got
-                    .as_ref()
-                    .and_then(|v| v["acc"].as_array().cloned())
-                    .unwrap_or_default();
+                let total = got.as_ref().and_then(|v| v["total"].as_f64());
                 assert!(
-                    acc.iter().any(|a| a.as_f64() == Some(want.sum)),
+                    total == Some(want.sum),
                     "{scenario}: {key}: state {got:?}, expected sum {}",
                     want.sum
                 );
@@ -653,10 +677,7 @@ fn worker_run(
     let status = w.terminate();
     assert!(status.success(), "{scenario}: worker exit status {status}");
     Row {
-        scenario: match sink {
-            None => "worker: aggregate, no sink".into(),
-            Some(_) => "worker: aggregate + sink".into(),
-        },
+        scenario: sc.title.into(),
         records,
         seconds: secs,
         rss_mib: mib(hwm),
@@ -677,7 +698,8 @@ fn loadavg() -> String {
 
 fn main() {
     let records = env_u64("BENCH_RECORDS", 1_000_000);
-    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "raw,agg,sink".into());
+    let scenarios =
+        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "raw,agg,sink,stateless,window".into());
     let wants = |s: &str| scenarios.split(',').any(|x| x.trim() == s);
 
     let tansu = tansu_bin().expect("tansu");
@@ -742,8 +764,49 @@ fn main() {
     let expected = RecordGenerator::new(KEYS, &KeyDistribution::Uniform, SEED)
         .expect("generator")
         .expected_totals(records);
-    if wants("sink") {
-        broker.create_topic(SINK, PARTITIONS);
+    // The stateless pipeline's output: records with amount > 50.
+    let mut gen = RecordGenerator::new(KEYS, &KeyDistribution::Uniform, SEED).expect("generator");
+    let big = (0..records)
+        .filter(|_| gen.next_sample().amount > 50)
+        .count() as u64;
+    let worker_scenarios = [
+        Scenario {
+            name: "agg",
+            title: "worker: running aggregate, no sink",
+            steps: AGGREGATE_STEPS,
+            sink: None,
+            outputs: None,
+            check_state: true,
+        },
+        Scenario {
+            name: "sink",
+            title: "worker: running aggregate + sink",
+            steps: AGGREGATE_STEPS,
+            sink: Some(SINK),
+            outputs: Some(records),
+            check_state: true,
+        },
+        Scenario {
+            name: "stateless",
+            title: "pipeline: filter amount > 50, map {user, amount * 2}, sink",
+            steps: STATELESS_STEPS,
+            sink: Some("bench-stateless"),
+            outputs: Some(big),
+            check_state: false,
+        },
+        Scenario {
+            name: "window",
+            title: "pipeline: 10 s tumbling count + sum per user, emit final, sink",
+            steps: WINDOW_STEPS,
+            sink: Some("bench-windows"),
+            outputs: None,
+            check_state: false,
+        },
+    ];
+    for sc in worker_scenarios.iter().filter(|sc| wants(sc.name)) {
+        if let Some(topic) = sc.sink {
+            broker.create_topic(topic, PARTITIONS);
+        }
     }
 
     let mut rows = Vec::new();
@@ -751,13 +814,9 @@ fn main() {
         println!("\n(a) raw consumer");
         rows.push(raw_consumer(&broker, records));
     }
-    if wants("agg") {
-        println!("\n(b) worker, aggregate, no sink");
-        rows.push(worker_run(&broker, "agg", None, records, &expected));
-    }
-    if wants("sink") {
-        println!("\n(b2) worker, aggregate + sink topic {SINK}");
-        rows.push(worker_run(&broker, "sink", Some(SINK), records, &expected));
+    for sc in worker_scenarios.iter().filter(|sc| wants(sc.name)) {
+        println!("\n({}) {}", sc.name, sc.title);
+        rows.push(worker_run(&broker, sc, records, &expected));
     }
 
     let raw = rows

@@ -203,6 +203,10 @@ impl Broker {
             .unwrap_or_else(|e| panic!("produce to {topic}: {e:#}"));
     }
 
+    pub fn produce_raw(&self, topic: &str, records: &[(String, Vec<u8>)]) {
+        crate::kafka::produce_raw(&self.bootstrap(), topic, records).expect("produce");
+    }
+
     pub fn consume_all(&self, topic: &str) -> Vec<crate::Rec> {
         crate::consume_all(&self.bootstrap(), topic)
             .unwrap_or_else(|e| panic!("consume {topic}: {e:#}"))

@@ -147,9 +147,21 @@ fn send_all(
     topic: &str,
     records: &[(String, Value)],
 ) -> Result<()> {
+    let raw = records
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), serde_json::to_vec(v)?)))
+        .collect::<Result<Vec<_>>>()?;
+    send_raw(p, topic, &raw)
+}
+
+/// Sends records with raw value bytes and waits for all acknowledgements.
+fn send_raw(
+    p: &BaseProducer<CountingContext>,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Result<()> {
     let before = p.context().acked.load(Ordering::Relaxed);
-    for (key, value) in records {
-        let payload = serde_json::to_vec(value)?;
+    for (key, payload) in records {
         let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&payload);
         loop {
             match p.send(record) {
@@ -187,6 +199,12 @@ fn send_all(
 pub fn produce_json(bootstrap: &str, topic: &str, records: &[(String, Value)]) -> Result<()> {
     let p = producer(bootstrap)?;
     send_all(&p, topic, records)
+}
+
+/// Produces records with raw value bytes (malformed ones, Avro) and waits for every ack.
+pub fn produce_raw(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
+    let p = producer(bootstrap)?;
+    send_raw(&p, topic, records)
 }
 
 /// One record read from a topic.

@@ -525,7 +525,16 @@ pub struct TotalsConfig {
     pub output: String,
     /// Raw TOML inserted before `[[pipeline]]` (extra tables such as `[kafka.properties]`).
     pub extra: String,
+    /// `processing.on_error`.
+    pub on_error: String,
+    /// Extra inline keys of `source` (such as `, time = "ts"`).
+    pub source_extra: String,
+    /// The pipeline's steps, as TOML (default: a running count and sum of `amount`).
+    pub steps: String,
 }
+
+/// The default steps: a running aggregate per key.
+pub const TOTALS_STEPS: &str = "[[pipeline.steps]]\n[pipeline.steps.aggregate]\nfields = { count = \"count()\", total = \"sum(amount)\" }\n";
 
 fn toml_str(s: &str) -> String {
     let mut out = String::from("\"");
@@ -562,6 +571,9 @@ impl TotalsConfig {
             input: input.to_string(),
             output: output.to_string(),
             extra: String::new(),
+            on_error: "fail".to_string(),
+            source_extra: String::new(),
+            steps: TOTALS_STEPS.to_string(),
         }
     }
 
@@ -593,6 +605,7 @@ impl TotalsConfig {
              \n\
              [processing]\n\
              commit_interval_ms = {commit}\n\
+             on_error = {on_error}\n\
              \n\
              [state]\n\
              dir = {state}\n\
@@ -603,12 +616,10 @@ impl TotalsConfig {
              {extra}\n\
              [[pipeline]]\n\
              name = {pipeline}\n\
-             source = {{ topics = [{input}], format = \"json\" }}\n\
+             source = {{ topics = [{input}], format = \"json\"{source_extra} }}\n\
              sink = {{ topic = {output}, format = \"json\" }}\n\
              \n\
-             [[pipeline.steps]]\n\
-             [pipeline.steps.aggregate]\n\
-             fields = {{ count = \"count()\", total = \"sum(amount)\" }}\n",
+             {steps}",
             app = toml_str(&self.app_id),
             threads = self.threads,
             bootstrap = toml_str(&self.bootstrap),
@@ -620,6 +631,9 @@ impl TotalsConfig {
             pipeline = toml_str(&self.pipeline),
             input = toml_str(&self.input),
             output = toml_str(&self.output),
+            on_error = toml_str(&self.on_error),
+            source_extra = self.source_extra,
+            steps = self.steps,
         )
     }
 }

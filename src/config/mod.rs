@@ -161,6 +161,23 @@ pub fn load_with_env(
     }
 }
 
+/// Loads a configuration from TOML text alone (no files, no environment): for tests, the test
+/// kit and embedding.
+pub fn load_str(toml: &str) -> Result<Config, Vec<ConfigIssue>> {
+    let tree = ::config::Config::builder()
+        .add_source(File::from_str(toml, FileFormat::Toml))
+        .build()
+        .map_err(|e| {
+            let message = match e {
+                ConfigError::FileParse { cause, .. } => one_line_toml_error(&cause.to_string()),
+                other => other.to_string(),
+            };
+            vec![ConfigIssue::new("config", message)]
+        })?
+        .cache;
+    sections::read(&tree)
+}
+
 /// Reads and parses one TOML file into a layer of its own, so that every bad file is reported.
 fn read_file(path: &Path) -> Result<::config::Config, ConfigIssue> {
     let name = path.display().to_string();

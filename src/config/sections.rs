@@ -259,7 +259,7 @@ fn source(cx: &mut Cx, path: &str, value: &Value) -> Option<SourceConfig> {
     let mut t = cx.table(path, value)?;
     let topics = t.req_with(cx, "topics", topics);
     let format = t.opt(cx, "format", read::choice).unwrap_or_default();
-    let time = t.opt(cx, "time", read::non_empty);
+    let time = t.opt(cx, "time", cel_expr);
     let schema = t.opt(cx, "schema", self::path);
     let registry_url = t.opt(cx, "registry_url", url);
     check_avro(cx, &t, format, schema.is_some() || registry_url.is_some());
@@ -327,28 +327,21 @@ fn check_avro(cx: &mut Cx, t: &Table<'_>, format: Format, has_schema: bool) {
 /// `sink.partitioner`: `murmur2`, `round_robin`, `field:<name>` or `range:<b1,b2,...>`.
 fn partitioner(value: &Value) -> Result<String, String> {
     let s = read::string(value)?;
-    match s.split_once(':') {
-        None if s == "murmur2" || s == "round_robin" => Ok(s),
-        Some(("field", field)) if !field.trim().is_empty() => Ok(s),
-        Some(("range", bounds)) => {
-            let bounds: Vec<&str> = bounds.split(',').collect();
-            if bounds.iter().any(|b| b.is_empty()) {
-                return Err(format!("range bounds must not be empty, found {s:?}"));
-            }
-            if let Some(w) = bounds.windows(2).find(|w| w[0] >= w[1]) {
-                return Err(format!(
-                    "range bounds must be strictly increasing, found {:?} then {:?}",
-                    w[0], w[1]
-                ));
-            }
-            Ok(s)
-        }
-        _ => Err(format!(
-            "expected \"murmur2\", \"round_robin\", \"field:<name>\" or \"range:<b1,b2,...>\", \
-             found {}",
-            read::describe(value)
-        )),
-    }
+    crate::pipeline::partitioner::Partitioner::parse(&s).map(|_| s)
+}
+
+/// A CEL expression: it must compile (run-time problems, such as a missing field, are the
+/// record's and go to `processing.on_error`).
+fn cel_expr(value: &Value) -> Result<String, String> {
+    let s = read::non_empty(value)?;
+    crate::pipeline::expr::Expr::compile(&crate::pipeline::expr::environment(), &s).map(|_| s)
+}
+
+/// An `aggregate.fields` entry: `count()`, `sum(<CEL>)`, `min(..)`, `max(..)` or `avg(..)`.
+fn aggregate_field(value: &Value) -> Result<String, String> {
+    let s = read::non_empty(value)?;
+    crate::pipeline::aggregate::Field::parse(&crate::pipeline::expr::environment(), "", &s)
+        .map(|_| s)
 }
 
 fn steps(cx: &mut Cx, path: &str, value: &Value) -> Option<Vec<StepConfig>> {
@@ -388,9 +381,9 @@ fn step(cx: &mut Cx, path: &str, value: &Value) -> Option<StepConfig> {
     }
     // Read every kind present so that problems inside each are reported too.
     let steps = [
-        t.opt(cx, "filter", read::non_empty).map(StepConfig::Filter),
-        t.opt(cx, "map", read::non_empty).map(StepConfig::Map),
-        t.opt(cx, "key_by", read::non_empty).map(StepConfig::KeyBy),
+        t.opt(cx, "filter", cel_expr).map(StepConfig::Filter),
+        t.opt(cx, "map", cel_expr).map(StepConfig::Map),
+        t.opt(cx, "key_by", cel_expr).map(StepConfig::KeyBy),
         t.opt_with(cx, "aggregate", aggregate)
             .map(StepConfig::Aggregate),
         t.opt_with(cx, "dedup", dedup).map(StepConfig::Dedup),
@@ -439,7 +432,7 @@ fn fields(
                 "reserved: windowed output already has this field",
             );
         }
-        if let Some(expr) = cx.scalar(&field_path, v, read::non_empty) {
+        if let Some(expr) = cx.scalar(&field_path, v, aggregate_field) {
             fields.insert(name.to_string(), expr);
         }
     }
@@ -490,7 +483,7 @@ fn window(cx: &mut Cx, path: &str, value: &Value) -> Option<WindowConfig> {
 
 fn dedup(cx: &mut Cx, path: &str, value: &Value) -> Option<DedupConfig> {
     let mut t = cx.table(path, value)?;
-    let key = t.req(cx, "key", read::non_empty);
+    let key = t.req(cx, "key", cel_expr);
     let within = t.req(cx, "within", read::positive_duration);
     t.finish(cx);
     Some(DedupConfig {

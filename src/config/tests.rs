@@ -539,8 +539,8 @@ fn partitioners() {
         );
     }
     for (bad, part) in [
-        ("hash", "expected \"murmur2\""),
-        ("field:", "expected \"murmur2\""),
+        ("hash", "unknown partitioner \"hash\""),
+        ("field:", "unknown partitioner \"field:\""),
         ("range:", "must not be empty"),
         ("range:a,,b", "must not be empty"),
         ("range:b,a", "strictly increasing"),

@@ -93,6 +93,8 @@ pub struct MemberSetup {
     pub bootstrap: String,
     /// The topologies every task is built from.
     pub topologies: Arc<Vec<Topology>>,
+    /// Partition counts of every topic the topologies read or write.
+    pub partitions: Arc<BTreeMap<String, i32>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Where status is published.
@@ -334,6 +336,7 @@ impl Core {
             id,
             topology: topology.name.clone(),
             app_id: app_id.clone(),
+            partitions: self.setup.partitions.clone(),
         };
         let changelogs: Vec<Arc<str>> = topology
             .stores

@@ -9,6 +9,7 @@
 
 mod config;
 mod harness;
+mod pipelines;
 mod rebalance;
 mod recovery;
 mod totals;

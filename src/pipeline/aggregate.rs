@@ -1,0 +1,408 @@
+//! The `aggregate` step: per-key `count()`, `sum(x)`, `min(x)`, `max(x)` and `avg(x)`, over no
+//! window, or tumbling, hopping or session windows.
+//!
+//! State lives in the step's store. Without a window the store key is the grouping key itself,
+//! so `/state/<store>/<key>` answers with the key's accumulators; windowed entries use the
+//! layout of [`super::window::keys`]. Every accumulator is mergeable, so a record is folded in
+//! as a one-record aggregate, and session windows merge the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cel::objects::{Key, Map};
+use cel::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use super::expr::{Expr, Scope};
+use super::window::{keys, Timeline, Windows};
+use super::Rec;
+use crate::config::Emit;
+use crate::processor::{Context, ProcessError};
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// `count()`.
+    Count,
+    /// `sum(x)`.
+    Sum,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `avg(x)`.
+    Avg,
+}
+
+/// One output field: `name = "func(arg)"`.
+#[derive(Debug, Clone)]
+pub struct Field {
+    name: String,
+    func: Func,
+    arg: Option<Expr>,
+}
+
+impl Field {
+    /// Parses `count()` or `sum(<CEL>)` etc.; the argument is any CEL expression.
+    pub fn parse(env: &Arc<cel::Env>, name: &str, text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let (func, rest) = t.split_once('(').ok_or_else(|| {
+            format!("expected count(), sum(x), min(x), max(x) or avg(x), found {t:?}")
+        })?;
+        let arg = rest
+            .strip_suffix(')')
+            .ok_or_else(|| format!("missing closing parenthesis in {t:?}"))?
+            .trim();
+        let func = match func.trim() {
+            "count" => Func::Count,
+            "sum" => Func::Sum,
+            "min" => Func::Min,
+            "max" => Func::Max,
+            "avg" => Func::Avg,
+            other => {
+                return Err(format!(
+                    "unknown aggregate function {other:?} (use count, sum, min, max or avg)"
+                ))
+            }
+        };
+        let arg = match (func, arg.is_empty()) {
+            (Func::Count, true) => None,
+            (Func::Count, false) => {
+                return Err(format!("count() takes no argument, found {arg:?}"))
+            }
+            (_, true) => {
+                return Err(format!(
+                    "{}() needs an argument, such as {}(amount)",
+                    func_name(func),
+                    func_name(func)
+                ))
+            }
+            (_, false) => Some(Expr::compile(env, arg)?),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            func,
+            arg,
+        })
+    }
+}
+
+fn func_name(f: Func) -> &'static str {
+    match f {
+        Func::Count => "count",
+        Func::Sum => "sum",
+        Func::Min => "min",
+        Func::Max => "max",
+        Func::Avg => "avg",
+    }
+}
+
+/// One accumulator as stored: a number, or the running sum and count of an average.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Acc {
+    /// `avg`: sum and count.
+    Avg {
+        /// Sum of the inputs.
+        sum: f64,
+        /// Number of inputs.
+        n: u64,
+    },
+    /// `count`, `sum`, `min`, `max`: integers stay integers until a fraction is added.
+    Num(Number),
+}
+
+/// The stored aggregate of one key (and window).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggState {
+    /// Window start (windowed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<i64>,
+    /// Window end, exclusive (windowed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<i64>,
+    /// One accumulator per output field.
+    #[serde(flatten)]
+    pub fields: BTreeMap<String, Acc>,
+}
+
+fn add(a: &Number, b: &Number) -> Number {
+    match (a.as_i64(), b.as_i64()) {
+        (Some(x), Some(y)) if x.checked_add(y).is_some() => Number::from(x + y),
+        _ => float(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+    }
+}
+
+fn float(f: f64) -> Number {
+    Number::from_f64(f).unwrap_or_else(|| Number::from(0))
+}
+
+fn less(a: &Number, b: &Number) -> bool {
+    match (a.as_i64(), b.as_i64()) {
+        (Some(x), Some(y)) => x < y,
+        _ => a.as_f64().unwrap_or(0.0) < b.as_f64().unwrap_or(0.0),
+    }
+}
+
+fn merge_acc(func: Func, a: &Acc, b: &Acc) -> Acc {
+    match (func, a, b) {
+        (Func::Avg, Acc::Avg { sum: s1, n: n1 }, Acc::Avg { sum: s2, n: n2 }) => Acc::Avg {
+            sum: s1 + s2,
+            n: n1 + n2,
+        },
+        (Func::Min, Acc::Num(x), Acc::Num(y)) => {
+            Acc::Num(if less(y, x) { y.clone() } else { x.clone() })
+        }
+        (Func::Max, Acc::Num(x), Acc::Num(y)) => {
+            Acc::Num(if less(x, y) { y.clone() } else { x.clone() })
+        }
+        (_, Acc::Num(x), Acc::Num(y)) => Acc::Num(add(x, y)),
+        // Shapes only disagree if the store was written by a different definition.
+        (_, _, other) => other.clone(),
+    }
+}
+
+fn number(v: &Value) -> Option<Number> {
+    match v {
+        Value::Int(i) => Some(Number::from(*i)),
+        Value::UInt(u) => Some(Number::from(*u)),
+        Value::Float(f) => Number::from_f64(*f),
+        _ => None,
+    }
+}
+
+fn value_of(acc: &Acc) -> Value {
+    match acc {
+        Acc::Avg { sum, n } => Value::Float(if *n == 0 { 0.0 } else { sum / *n as f64 }),
+        Acc::Num(x) => match (x.as_i64(), x.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(x.as_f64().unwrap_or(0.0)),
+        },
+    }
+}
+
+/// The compiled `aggregate` step (task-local state included: clone one per task).
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    label: String,
+    store: String,
+    fields: Arc<[Field]>,
+    window: Option<Windows>,
+    emit: Emit,
+    timeline: Timeline,
+}
+
+impl Aggregate {
+    /// A step with its `label` (key path), store name, fields, window and emit mode.
+    pub fn new(
+        label: String,
+        store: String,
+        fields: Vec<Field>,
+        window: Option<Windows>,
+        emit: Emit,
+    ) -> Self {
+        Self {
+            label,
+            store,
+            fields: fields.into(),
+            window,
+            emit,
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// The store this step keeps its state in.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
+    fn fail(&self, reason: impl Into<String>) -> ProcessError {
+        ProcessError::record(self.label.clone(), reason)
+    }
+
+    /// The one-record aggregate of `rec` (validates every input before anything is written).
+    fn single(&self, scope: &Scope<'_>) -> Result<BTreeMap<String, Acc>, ProcessError> {
+        let mut out = BTreeMap::new();
+        for f in self.fields.iter() {
+            let acc = match (&f.arg, f.func) {
+                (None, _) => Acc::Num(Number::from(1)),
+                (Some(arg), func) => {
+                    let v = arg
+                        .eval(scope)
+                        .map_err(|e| self.fail(format!("{}: {e}", f.name)))?;
+                    let n = number(&v).ok_or_else(|| {
+                        self.fail(format!(
+                            "{}: {}({}) needs a number, found {} {}",
+                            f.name,
+                            func_name(func),
+                            arg.text(),
+                            super::value::type_name(&v),
+                            String::from_utf8_lossy(&super::value::to_json(&v).unwrap_or_default())
+                        ))
+                    })?;
+                    if func == Func::Avg {
+                        Acc::Avg {
+                            sum: n.as_f64().unwrap_or(0.0),
+                            n: 1,
+                        }
+                    } else {
+                        Acc::Num(n)
+                    }
+                }
+            };
+            out.insert(f.name.clone(), acc);
+        }
+        Ok(out)
+    }
+
+    fn merge(&self, into: &mut BTreeMap<String, Acc>, other: &BTreeMap<String, Acc>) {
+        for f in self.fields.iter() {
+            if let Some(b) = other.get(&f.name) {
+                let merged = match into.get(&f.name) {
+                    Some(a) => merge_acc(f.func, a, b),
+                    None => b.clone(),
+                };
+                into.insert(f.name.clone(), merged);
+            }
+        }
+    }
+
+    /// The output value of a state: the fields, plus the window bounds when windowed.
+    fn output(&self, key: &Value, state: &AggState, time: i64) -> Rec {
+        let mut map = std::collections::HashMap::with_capacity(state.fields.len() + 2);
+        for (name, acc) in &state.fields {
+            map.insert(Key::String(Arc::new(name.clone())), value_of(acc));
+        }
+        if let (Some(s), Some(e)) = (state.window_start, state.window_end) {
+            map.insert(Key::String(Arc::new("window_start".into())), Value::Int(s));
+            map.insert(Key::String(Arc::new("window_end".into())), Value::Int(e));
+        }
+        Rec {
+            key: key.clone(),
+            value: Value::Map(Map { map: Arc::new(map) }),
+            time,
+        }
+    }
+
+    /// Folds `rec` in; pushes what the step emits to `out`.
+    pub fn apply(
+        &mut self,
+        rec: &Rec,
+        scope: &Scope<'_>,
+        ctx: &mut Context<'_>,
+        out: &mut Vec<Rec>,
+    ) -> Result<(), ProcessError> {
+        let key = super::value::to_key(&rec.key)
+            .map_err(|e| self.fail(e))?
+            .ok_or_else(|| self.fail("the record has no key to aggregate by (add a key_by step before the aggregate)"))?;
+        let single = self.single(scope)?;
+        match self.window {
+            None => {
+                let mut store = ctx.store::<AggState>(&self.store)?;
+                let mut state = store.get(&key)?.unwrap_or(AggState {
+                    window_start: None,
+                    window_end: None,
+                    fields: BTreeMap::new(),
+                });
+                self.merge(&mut state.fields, &single);
+                store.put(&key, &state)?;
+                if self.emit == Emit::Update {
+                    out.push(self.output(&rec.key, &state, rec.time));
+                }
+                Ok(())
+            }
+            Some(w) => self.apply_windowed(w, rec, &key, single, ctx, out),
+        }
+    }
+
+    fn apply_windowed(
+        &mut self,
+        w: Windows,
+        rec: &Rec,
+        key: &[u8],
+        single: BTreeMap<String, Acc>,
+        ctx: &mut Context<'_>,
+        out: &mut Vec<Rec>,
+    ) -> Result<(), ProcessError> {
+        let t = rec.time;
+        let close = move |s: &AggState| w.close_at(s.window_end.unwrap_or(i64::MIN));
+        let mut timeline = std::mem::take(&mut self.timeline);
+        let result = (|| {
+            let (now, expiry) = timeline.advance(ctx, &self.store, t, close)?;
+            let windows: Vec<(i64, i64)> = match w {
+                Windows::Session { .. } => vec![(t, t + 1)],
+                _ => w.fixed_windows(t),
+            };
+            let open: Vec<(i64, i64)> = windows
+                .into_iter()
+                .filter(|&(_, e)| w.close_at(e) > now)
+                .collect();
+            if open.is_empty() {
+                return Err(self.fail(format!(
+                    "late record: event time {t} is past the close of its window (end + grace{}) at stream time {now}",
+                    if w.gap() > 0 { " + gap" } else { "" }
+                )));
+            }
+            let mut store = ctx.store::<AggState>(&self.store)?;
+            for (start, end) in open {
+                let mut state = AggState {
+                    window_start: Some(start),
+                    window_end: Some(end),
+                    fields: single.clone(),
+                };
+                if let Windows::Session { gap, .. } = w {
+                    // Merge every session of this key that the record touches.
+                    for (entry, s) in store.prefix(keys::prefix(key))? {
+                        let (ss, se) = (s.window_start.unwrap_or(0), s.window_end.unwrap_or(0));
+                        if ss - gap <= t && t <= se - 1 + gap {
+                            state.window_start = Some(ss.min(state.window_start.unwrap_or(ss)));
+                            state.window_end = Some(se.max(state.window_end.unwrap_or(se)));
+                            self.merge(&mut state.fields, &s.fields);
+                            store.delete(&entry);
+                            expiry.remove(close(&s), &entry);
+                        }
+                    }
+                } else {
+                    let entry = keys::entry(key, start);
+                    match store.get(&entry)? {
+                        Some(mut old) => {
+                            self.merge(&mut old.fields, &single);
+                            state = old;
+                        }
+                        None => expiry.insert(close(&state), entry),
+                    }
+                }
+                let entry = keys::entry(key, state.window_start.unwrap_or(start));
+                if matches!(w, Windows::Session { .. }) {
+                    expiry.insert(close(&state), entry.clone());
+                }
+                store.put(&entry, &state)?;
+                if self.emit == Emit::Update {
+                    out.push(self.output(&rec.key, &state, t));
+                }
+            }
+            // Windows the new stream time closed: emit them (final) and purge them.
+            for (_, entry) in expiry.expired(now) {
+                if let Some(state) = store.get(&entry)? {
+                    if self.emit == Emit::Final {
+                        let gkey = keys::split(&entry)
+                            .map(|(k, _)| k.to_vec())
+                            .unwrap_or_default();
+                        let gkey = match String::from_utf8(gkey) {
+                            Ok(s) => Value::String(Arc::new(s)),
+                            Err(e) => Value::Bytes(Arc::new(e.into_bytes())),
+                        };
+                        let end = state.window_end.unwrap_or(now);
+                        out.push(self.output(&gkey, &state, end - 1));
+                    }
+                }
+                store.delete(&entry);
+            }
+            Ok(())
+        })();
+        self.timeline = timeline;
+        result
+    }
+}

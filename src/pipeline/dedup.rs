@@ -1,0 +1,81 @@
+//! The `dedup` step: drops a record whose `key` expression gives a value already seen within
+//! `within` of its event time (either side, so out-of-order repeats are caught too).
+//!
+//! Each value's first-seen time is kept in the step's store and purged once stream time is
+//! `within` past it; a record older than that horizon cannot be checked and is passed on.
+
+use super::expr::{Expr, Scope};
+use super::window::{keys, Timeline};
+use super::Rec;
+use crate::processor::{Context, ProcessError};
+
+/// The compiled `dedup` step (task-local state included: clone one per task).
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    label: String,
+    store: String,
+    key: Expr,
+    within: i64,
+    timeline: Timeline,
+}
+
+impl Dedup {
+    /// A step with its label (key path), store, key expression and horizon in ms.
+    pub fn new(label: String, store: String, key: Expr, within: i64) -> Self {
+        Self {
+            label,
+            store,
+            key,
+            within,
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// The store this step keeps its state in.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
+    /// Passes `rec` to `out` unless it repeats a value seen within the horizon.
+    pub fn apply(
+        &mut self,
+        rec: &Rec,
+        scope: &Scope<'_>,
+        ctx: &mut Context<'_>,
+        out: &mut Vec<Rec>,
+    ) -> Result<(), ProcessError> {
+        let fail = |reason: String| ProcessError::record(self.label.clone(), reason);
+        let id = self.key.eval(scope).map_err(fail)?;
+        let id = super::value::to_key(&id)
+            .map_err(fail)?
+            .ok_or_else(|| fail(format!("dedup key `{}` is null", self.key.text())))?;
+        let within = self.within;
+        let t = rec.time;
+        let entry = keys::entry(&id, 0);
+        let (now, expiry) = self.timeline.advance(ctx, &self.store, t, |seen: &i64| {
+            seen.saturating_add(within)
+        })?;
+        let mut store = ctx.store::<i64>(&self.store)?;
+        let keep = match store.get(&entry)? {
+            Some(seen) if (t - seen).abs() < within => false,
+            Some(seen) => {
+                expiry.remove(seen.saturating_add(within), &entry);
+                true
+            }
+            None => true,
+        };
+        if keep && t.saturating_add(within) > now {
+            store.put(&entry, &t)?;
+            expiry.insert(t.saturating_add(within), entry);
+        }
+        for (_, old) in expiry.expired(now) {
+            store.delete(&old);
+        }
+        if keep {
+            out.push(rec.clone());
+        } else {
+            tracing::debug!(step = %self.label, key = %String::from_utf8_lossy(&id), "duplicate dropped");
+        }
+        Ok(())
+    }
+}

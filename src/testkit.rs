@@ -1,0 +1,400 @@
+//! Run a pipeline (or any [`Topology`]) without a broker, the way Kafka Streams'
+//! `TopologyTestDriver` does: pipe records in with keys, values and timestamps, read what comes
+//! out of each topic, and look into the stores.
+//!
+//! The driver runs the worker's own task code (the same processors, RocksDB stores in a
+//! temporary directory, error policy and dead-letter headers); only Kafka is replaced. Records
+//! written to a topic that a topology reads (a `key_by` repartition topic, or another
+//! pipeline's source) are processed in turn, in the order they were written, partitioned by
+//! murmur2 of their key as a producer would.
+//!
+//! ```
+//! use tributary::config;
+//! use tributary::testkit::TestDriver;
+//!
+//! let cfg = config::load_str(r#"
+//!     [app]
+//!     id = "demo"
+//!     [kafka]
+//!     bootstrap_servers = "embedded"
+//!     [[pipeline]]
+//!     name = "big"
+//!     source = { topics = ["in"] }
+//!     sink = { topic = "out" }
+//!     steps = [ { filter = "amount > 50" }, { map = "{'user': user, 'double': amount * 2}" } ]
+//! "#).unwrap();
+//! let mut driver = TestDriver::from_config(&cfg).unwrap();
+//! driver.pipe("in", Some("u1"), r#"{"user": "u1", "amount": 70}"#, 1_000).unwrap();
+//! driver.pipe("in", Some("u2"), r#"{"user": "u2", "amount": 10}"#, 2_000).unwrap();
+//! let out = driver.read("out");
+//! assert_eq!(out.len(), 1);
+//! assert_eq!(out[0].value_str(), Some(r#"{"double":140,"user":"u1"}"#));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, ConfigIssue, OnError};
+use crate::kafka::collector::{CollectorError, Outgoing, SendKind};
+use crate::metrics::Metrics;
+use crate::pipeline::partitioner::partition_for_key;
+use crate::processor::{changelog_topic, TaskInfo, Topology};
+use crate::state::StateError;
+use crate::task::{ErrorPolicy, RecordSink, Task, TaskError};
+use crate::types::{OwnedRecord, TaskId};
+
+/// A record read from (or piped into) a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (`None`: tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Timestamp, epoch ms.
+    pub timestamp: Option<i64>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl TestRecord {
+    /// The key as UTF-8 text.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+    }
+
+    /// The value as UTF-8 text.
+    pub fn value_str(&self) -> Option<&str> {
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value parsed as JSON (`Null` for a tombstone or a value that is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        self.value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Captures what tasks send.
+#[derive(Default)]
+struct Captured {
+    records: RefCell<Vec<(SendKind, TestRecord)>>,
+}
+
+impl RecordSink for Captured {
+    fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        self.records.borrow_mut().push((
+            kind,
+            TestRecord {
+                topic: out.topic.to_string(),
+                partition: out.partition.unwrap_or(-1),
+                key: out.key.map(<[u8]>::to_vec),
+                value: out.value.map(<[u8]>::to_vec),
+                timestamp: out.timestamp,
+                headers: out.headers.to_vec(),
+            },
+        ));
+        Ok(())
+    }
+}
+
+/// Drives topologies without Kafka. See the [module documentation](self).
+pub struct TestDriver {
+    app_id: String,
+    topologies: Vec<Topology>,
+    partitions: i32,
+    policy: ErrorPolicy,
+    dir: tempfile::TempDir,
+    tasks: BTreeMap<TaskId, Task>,
+    sink: Captured,
+    next_offset: HashMap<(String, i32), i64>,
+    outputs: HashMap<String, VecDeque<TestRecord>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for TestDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDriver")
+            .field("app_id", &self.app_id)
+            .field("topologies", &self.topologies)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl TestDriver {
+    /// A driver for `topologies` of application `app_id`, one partition per topic, failing on
+    /// bad records (`on_error = "fail"`).
+    pub fn new(app_id: &str, topologies: Vec<Topology>) -> Self {
+        Self {
+            app_id: app_id.to_string(),
+            topologies,
+            partitions: 1,
+            policy: ErrorPolicy {
+                on_error: OnError::Fail,
+                dlq_topic: format!("{app_id}-dlq"),
+            },
+            dir: tempfile::tempdir().expect("creating a temporary state directory"),
+            tasks: BTreeMap::new(),
+            sink: Captured::default(),
+            next_offset: HashMap::new(),
+            outputs: HashMap::new(),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// A driver for the `[[pipeline]]`s of a configuration, with its `processing.on_error` and
+    /// dead-letter topic.
+    pub fn from_config(cfg: &Config) -> Result<Self, Vec<ConfigIssue>> {
+        let p = &cfg.processing;
+        let dlq = p.dlq_topic(&cfg.app.id);
+        let dlq_used = (p.on_error == OnError::Dlq).then_some(dlq.as_str());
+        let topologies = crate::pipeline::compile_all(&cfg.app.id, dlq_used, &cfg.pipelines)?;
+        Ok(Self::new(&cfg.app.id, topologies).on_error(p.on_error, &dlq))
+    }
+
+    /// Sets the error policy.
+    pub fn on_error(mut self, on_error: OnError, dlq_topic: &str) -> Self {
+        self.policy = ErrorPolicy {
+            on_error,
+            dlq_topic: dlq_topic.to_string(),
+        };
+        self
+    }
+
+    /// Gives every topic `n` partitions (default 1), so that tests can check that records
+    /// meet by key.
+    pub fn partitions(mut self, n: i32) -> Self {
+        self.partitions = n.max(1);
+        self
+    }
+
+    /// Pipes a record with a text key and value into `topic` at `timestamp` (partitioned by
+    /// murmur2 of its key).
+    pub fn pipe(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        value: &str,
+        timestamp: i64,
+    ) -> Result<(), TaskError> {
+        self.pipe_record(TestRecord {
+            topic: topic.to_string(),
+            partition: -1,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp: Some(timestamp),
+            headers: Vec::new(),
+        })
+    }
+
+    /// Pipes a record (`partition` -1: by murmur2 of its key) and processes it, and everything
+    /// it makes that a topology reads, to the end. A record failing under
+    /// `on_error = "fail"` is the error.
+    pub fn pipe_record(&mut self, record: TestRecord) -> Result<(), TaskError> {
+        let mut pending = VecDeque::from([record]);
+        while let Some(rec) = pending.pop_front() {
+            self.process(rec)?;
+            for (kind, out) in self.sink.records.borrow_mut().drain(..) {
+                match kind {
+                    SendKind::Changelog => {}
+                    SendKind::Output | SendKind::DeadLetter => {
+                        let mut out = out;
+                        if out.partition < 0 {
+                            // What the producer's murmur2 partitioner does (0 without a key).
+                            out.partition = out
+                                .key
+                                .as_deref()
+                                .map_or(0, |k| partition_for_key(k, self.partitions));
+                        }
+                        if self
+                            .topologies
+                            .iter()
+                            .any(|t| t.sources.contains(&out.topic))
+                        {
+                            pending.push_back(out.clone());
+                        }
+                        self.outputs
+                            .entry(out.topic.clone())
+                            .or_default()
+                            .push_back(out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, mut rec: TestRecord) -> Result<(), TaskError> {
+        let Some(topology) = self
+            .topologies
+            .iter()
+            .position(|t| t.sources.contains(&rec.topic))
+        else {
+            return Ok(());
+        };
+        if rec.partition < 0 {
+            rec.partition = rec
+                .key
+                .as_deref()
+                .map_or(0, |k| partition_for_key(k, self.partitions));
+        }
+        let offset = self
+            .next_offset
+            .entry((rec.topic.clone(), rec.partition))
+            .or_insert(0);
+        let owned = OwnedRecord {
+            topic: Arc::from(rec.topic.as_str()),
+            partition: rec.partition,
+            offset: *offset,
+            timestamp: rec.timestamp,
+            key: rec.key.map(Vec::into_boxed_slice),
+            value: rec.value.map(Vec::into_boxed_slice),
+            headers: rec.headers,
+        };
+        *offset += 1;
+        let id = TaskId {
+            topology,
+            partition: owned.partition,
+        };
+        self.task(id)
+            .map_err(|source| TaskError::State { task: id, source })?;
+        let task = self.tasks.get_mut(&id).expect("invariant: opened above");
+        if task.take(&owned.topic, owned.offset) {
+            task.process(&owned.as_record(), &self.sink, &self.policy)?;
+        }
+        Ok(())
+    }
+
+    fn task(&mut self, id: TaskId) -> Result<&mut Task, StateError> {
+        if !self.tasks.contains_key(&id) {
+            let t = &self.topologies[id.topology];
+            let topics: BTreeMap<String, i32> = self
+                .topologies
+                .iter()
+                .flat_map(|t| t.sources.iter().chain(&t.sinks))
+                .map(|s| (s.clone(), self.partitions))
+                .collect();
+            let info = TaskInfo {
+                id,
+                topology: t.name.clone(),
+                app_id: self.app_id.clone(),
+                partitions: Arc::new(topics),
+            };
+            let changelogs: Vec<Arc<str>> = t
+                .stores
+                .iter()
+                .map(|s| Arc::from(changelog_topic(&self.app_id, s)))
+                .collect();
+            let processor = (t.factory)(&info);
+            let mut task = Task::open(
+                info,
+                &self.dir.path().join(id.to_string()),
+                &t.stores,
+                changelogs.clone(),
+                processor,
+                10_000,
+                self.metrics.clone(),
+            )?;
+            for c in &changelogs {
+                task.changelog_restored(c)?;
+            }
+            task.start_if_stateless();
+            self.tasks.insert(id, task);
+        }
+        Ok(self.tasks.get_mut(&id).expect("invariant: inserted above"))
+    }
+
+    /// Takes the records written to `topic` so far (sinks, repartition and dead-letter topics).
+    pub fn read(&mut self, topic: &str) -> Vec<TestRecord> {
+        self.outputs
+            .get_mut(topic)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Commits every task: writes the caches to RocksDB, as a worker's commit does.
+    pub fn commit(&mut self) -> Result<(), TaskError> {
+        for task in self.tasks.values_mut() {
+            let batch = task.prepare_commit(&self.sink)?;
+            task.finish_commit(batch, &HashMap::new())?;
+        }
+        self.sink
+            .records
+            .borrow_mut()
+            .retain(|(k, _)| *k != SendKind::Changelog);
+        Ok(())
+    }
+
+    /// Commits and closes every task, then reopens them from their stores on the next record,
+    /// as after a worker restart: task-local memory is gone, state is not.
+    pub fn restart(&mut self) -> Result<(), TaskError> {
+        self.commit()?;
+        self.tasks.clear();
+        Ok(())
+    }
+
+    /// The value under `key` in store `store` of the task of `partition`, decoded as `T`.
+    pub fn store_get<T>(&mut self, store: &str, partition: i32, key: &[u8]) -> Option<T>
+    where
+        T: serde::Serialize + DeserializeOwned + Clone + Send + 'static,
+    {
+        let topology = self
+            .topologies
+            .iter()
+            .position(|t| t.stores.iter().any(|s| s == store))?;
+        let task = self
+            .task(TaskId {
+                topology,
+                partition,
+            })
+            .ok()?;
+        task.store_mut()
+            .store::<T>(store)
+            .ok()?
+            .get(key)
+            .ok()
+            .flatten()
+    }
+
+    /// Every entry of store `store` in every task, as JSON, in key order per task.
+    pub fn store_entries(&mut self, store: &str) -> Vec<(Vec<u8>, serde_json::Value)> {
+        let Some(topology) = self
+            .topologies
+            .iter()
+            .position(|t| t.stores.iter().any(|s| s == store))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (id, task) in self.tasks.iter_mut() {
+            if id.topology != topology {
+                continue;
+            }
+            if let Ok(mut s) = task.store_mut().store::<serde_json::Value>(store) {
+                out.extend(s.range([], None).unwrap_or_default());
+            }
+        }
+        out
+    }
+}
