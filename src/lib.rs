@@ -58,6 +58,7 @@
 //! - [`state`]: RocksDB per task, the write-back cache and typed stores; no Kafka types.
 //! - [`processor`]: the library API ([`Processor`], [`Context`], [`Topology`]).
 //! - [`aggregate`]: the built-in running aggregate that `[[pipeline]]` configs compile to.
+//! - [`avro`]: the Avro record format, plain or in the Confluent Schema Registry wire format.
 //! - [`http`], [`metrics`], [`status`]: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
 //! - [`generate`], [`demo`]: the data generator and the embedded-cluster demo.
 //!
@@ -70,6 +71,7 @@
 //! after the last commit are processed again.
 
 pub mod aggregate;
+pub mod avro;
 pub mod config;
 pub mod demo;
 pub mod generate;
