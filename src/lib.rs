@@ -59,6 +59,7 @@
 //! - [`processor`]: the library API ([`Processor`], [`Context`], [`Topology`]).
 //! - [`pipeline`]: `[[pipeline]]` configs compiled into topologies: CEL steps, windows,
 //!   formats, partitioners.
+//! - [`avro`]: the Avro record format, plain or in the Confluent Schema Registry wire format.
 //! - [`testkit`]: runs topologies without a broker, for tests (like Kafka Streams'
 //!   `TopologyTestDriver`).
 //! - [`http`], [`metrics`], [`status`]: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
@@ -72,6 +73,7 @@
 //! the acknowledged changelog offsets into RocksDB. A crash at any point loses nothing; records
 //! after the last commit are processed again.
 
+pub mod avro;
 pub mod config;
 pub mod demo;
 pub mod generate;

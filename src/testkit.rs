@@ -398,3 +398,200 @@ impl TestDriver {
         out
     }
 }
+
+/// An in-process stand-in for the Confluent Schema Registry, for testing Avro pipelines that
+/// use `registry_url` without running a registry: it serves `GET /schemas/ids/{id}`,
+/// `POST /subjects/{subject}/versions` (registering, or returning the id of a schema already
+/// there) and `GET /subjects/{subject}/versions/latest` on a loopback port, keeping schemas in
+/// memory for as long as the value lives.
+#[derive(Debug)]
+pub struct MockSchemaRegistry {
+    url: String,
+    state: Arc<std::sync::Mutex<RegistryState>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    /// Schemas by id (ids start at 1).
+    schemas: Vec<String>,
+    /// Subject → ids of its versions, oldest first.
+    subjects: BTreeMap<String, Vec<u32>>,
+}
+
+impl RegistryState {
+    fn register(&mut self, subject: &str, schema: &str) -> u32 {
+        let id = match self.schemas.iter().position(|s| s == schema) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.schemas.push(schema.to_string());
+                self.schemas.len() as u32
+            }
+        };
+        let versions = self.subjects.entry(subject.to_string()).or_default();
+        if !versions.contains(&id) {
+            versions.push(id);
+        }
+        id
+    }
+
+    /// Answers one request: (status, JSON body).
+    fn answer(&mut self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let not_found = |code: u32, what: String| {
+            (
+                404,
+                serde_json::json!({"error_code": code, "message": what}),
+            )
+        };
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, parts.as_slice()) {
+            ("GET", ["schemas", "ids", id]) => {
+                match id
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| self.schemas.get(i.wrapping_sub(1)))
+                {
+                    Some(s) => (200, serde_json::json!({ "schema": s })),
+                    None => not_found(40403, "Schema not found".into()),
+                }
+            }
+            ("POST", ["subjects", subject, "versions"]) => {
+                let schema = serde_json::from_str::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v["schema"].as_str().map(str::to_string));
+                match schema {
+                    Some(s) => (200, serde_json::json!({ "id": self.register(subject, &s) })),
+                    None => (
+                        422,
+                        serde_json::json!({"error_code": 42201, "message": "Invalid schema"}),
+                    ),
+                }
+            }
+            ("GET", ["subjects", subject, "versions", "latest"]) => {
+                match self.subjects.get(*subject).and_then(|v| v.last()) {
+                    Some(&id) => {
+                        let version = self.subjects[*subject].len();
+                        let schema = &self.schemas[id as usize - 1];
+                        (
+                            200,
+                            serde_json::json!({ "subject": subject, "version": version, "id": id, "schema": schema }),
+                        )
+                    }
+                    None => not_found(40401, format!("Subject '{subject}' not found.")),
+                }
+            }
+            ("GET", ["subjects"]) => (
+                200,
+                serde_json::json!(self.subjects.keys().collect::<Vec<_>>()),
+            ),
+            _ => not_found(404, format!("no route for {method} {path}")),
+        }
+    }
+}
+
+impl MockSchemaRegistry {
+    /// Starts serving on a free loopback port.
+    pub fn start() -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let state = Arc::new(std::sync::Mutex::new(RegistryState::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("mock-schema-registry".into())
+            .spawn(move || serve_registry(listener, s, st))?;
+        Ok(Self { url, state, stop })
+    }
+
+    /// The registry's URL, for `registry_url`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Registers `schema` (Avro schema JSON) under `subject`; returns its id.
+    pub fn register(&self, subject: &str, schema: &str) -> u32 {
+        self.state
+            .lock()
+            .expect("registry state")
+            .register(subject, schema)
+    }
+
+    /// The ids registered under `subject`, oldest first.
+    pub fn versions(&self, subject: &str) -> Vec<u32> {
+        self.state
+            .lock()
+            .expect("registry state")
+            .subjects
+            .get(subject)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for MockSchemaRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn serve_registry(
+    listener: std::net::TcpListener,
+    state: Arc<std::sync::Mutex<RegistryState>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let _ = stream.set_nonblocking(false);
+        let Ok(read_half) = stream.try_clone() else {
+            continue;
+        };
+        let mut reader = BufReader::new(read_half);
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (method, path) = (
+            words.next().unwrap_or("").to_string(),
+            words.next().unwrap_or("").to_string(),
+        );
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            continue;
+        }
+        let (status, answer) = state.lock().expect("registry state").answer(
+            &method,
+            &path,
+            &String::from_utf8_lossy(&body),
+        );
+        let answer = answer.to_string();
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            if status == 200 { "OK" } else { "Error" },
+            answer.len()
+        );
+    }
+}

@@ -795,7 +795,8 @@ fn mixed_input() -> (Vec<In>, BTreeMap<usize, Bad>) {
 
 /// Expected aggregate output per key: `{"count": n, "total": sum}` over the good records.
 fn expected_totals(records: &[In], bad: &BTreeMap<usize, Bad>) -> BTreeMap<String, Value> {
-    let mut acc: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    // Amounts are integers, and a sum of integers stays an integer.
+    let mut acc: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
         if bad.contains_key(&i) {
             continue;
@@ -805,7 +806,7 @@ fn expected_totals(records: &[In], bad: &BTreeMap<usize, Bad>) -> BTreeMap<Strin
             .entry(String::from_utf8(r.key.clone().unwrap()).unwrap())
             .or_default();
         e.0 += 1;
-        e.1 += v["amount"].as_f64().unwrap();
+        e.1 += v["amount"].as_i64().unwrap();
     }
     acc.into_iter()
         .map(|(k, (n, s))| (k, json!({ "count": n, "total": s })))

@@ -721,3 +721,134 @@ fn the_worked_example_runs_as_written() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].value_str(), Some("ERROR DISK FULL"));
 }
+
+const CLICK_SCHEMA: &str = r#"{"type":"record","name":"Click","fields":[{"name":"user","type":"string"},{"name":"amount","type":"double"}]}"#;
+const DOUBLED_SCHEMA: &str = r#"{"type":"record","name":"Doubled","fields":[{"name":"user","type":"string"},{"name":"doubled","type":"double"}]}"#;
+
+/// The Avro datum of a record `{user, <double>}`: the string's zigzag length, its bytes, then
+/// the double, little endian (written out by hand to pin the encoding).
+fn avro_datum(user: &str, x: f64) -> Vec<u8> {
+    let mut out = vec![(user.len() as u8) << 1];
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(&x.to_le_bytes());
+    out
+}
+
+/// The Confluent wire format: magic 0, the schema id (big endian), the datum.
+fn wire(id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+fn avro_in(d: &mut TestDriver, value: Vec<u8>) {
+    d.pipe_record(TestRecord {
+        topic: "in".into(),
+        partition: 0,
+        key: Some(b"u1".to_vec()),
+        value: Some(value),
+        timestamp: Some(1),
+        headers: vec![],
+    })
+    .unwrap();
+}
+
+#[test]
+fn avro_in_and_out_with_schema_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (in_schema, out_schema) = (
+        dir.path().join("click.avsc"),
+        dir.path().join("doubled.avsc"),
+    );
+    std::fs::write(&in_schema, CLICK_SCHEMA).unwrap();
+    std::fs::write(&out_schema, DOUBLED_SCHEMA).unwrap();
+    let toml = format!(
+        r#"[app]
+id = "t"
+[kafka]
+bootstrap_servers = "embedded"
+[processing]
+on_error = "dlq"
+[[pipeline]]
+name = "p"
+source = {{ topics = ["in"], format = "avro", schema = "{}" }}
+sink = {{ topic = "out", format = "avro", schema = "{}" }}
+steps = [ {{ map = "{{'user': user, 'doubled': amount * 2.0}}" }} ]"#,
+        in_schema.display(),
+        out_schema.display()
+    );
+    let mut d = TestDriver::from_config(&config::load_str(&toml).unwrap()).unwrap();
+    avro_in(&mut d, avro_datum("u1", 42.5));
+    avro_in(&mut d, vec![0x04, b'u']); // truncated
+    let out = d.read("out");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].value.as_deref(), Some(&avro_datum("u1", 85.0)[..]));
+    let dlq = d.read("t-dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header("tributary.step"), Some("source.format"));
+    assert_eq!(dlq[0].value.as_deref(), Some(&[0x04, b'u'][..]));
+}
+
+#[test]
+fn avro_with_a_schema_registry_reads_by_id_and_registers_the_sink_schema() {
+    use tributary::testkit::MockSchemaRegistry;
+    let registry = MockSchemaRegistry::start().unwrap();
+    let in_id = registry.register("in-value", CLICK_SCHEMA);
+    let dir = tempfile::tempdir().unwrap();
+    let out_schema = dir.path().join("doubled.avsc");
+    std::fs::write(&out_schema, DOUBLED_SCHEMA).unwrap();
+    let toml = format!(
+        r#"[app]
+id = "t"
+[kafka]
+bootstrap_servers = "embedded"
+[processing]
+on_error = "dlq"
+[[pipeline]]
+name = "p"
+source = {{ topics = ["in"], format = "avro", registry_url = "{url}" }}
+sink = {{ topic = "out", format = "avro", registry_url = "{url}", schema = "{}" }}
+steps = [ {{ filter = "amount > 1.0" }}, {{ map = "{{'user': user, 'doubled': amount * 2.0}}" }} ]"#,
+        out_schema.display(),
+        url = registry.url()
+    );
+    let mut d = TestDriver::from_config(&config::load_str(&toml).unwrap()).unwrap();
+    avro_in(&mut d, wire(in_id, &avro_datum("u1", 42.5)));
+    avro_in(&mut d, wire(in_id, &avro_datum("u2", 0.5))); // filtered out
+    avro_in(&mut d, avro_datum("u3", 1.0)); // not in the wire format
+    avro_in(&mut d, wire(in_id + 100, &avro_datum("u4", 2.0))); // unknown schema id
+    let out_ids = registry.versions("out-value");
+    assert_eq!(
+        out_ids.len(),
+        1,
+        "the sink registered its schema under <topic>-value"
+    );
+    let out = d.read("out");
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].value.as_deref(),
+        Some(&wire(out_ids[0], &avro_datum("u1", 85.0))[..])
+    );
+    let dlq = d.read("t-dlq");
+    assert_eq!(dlq.len(), 2);
+    for r in &dlq {
+        assert_eq!(r.header("tributary.step"), Some("source.format"));
+    }
+    assert!(
+        dlq[0]
+            .header("tributary.error")
+            .unwrap()
+            .contains("wire format"),
+        "{:?}",
+        dlq[0].header("tributary.error")
+    );
+    assert!(
+        dlq[1]
+            .header("tributary.error")
+            .unwrap()
+            .contains(&format!("schema id {}", in_id + 100)),
+        "{:?}",
+        dlq[1].header("tributary.error")
+    );
+}

@@ -2,6 +2,7 @@
 //! its key path (`pipeline[0].steps[2].aggregate.window.size: ...`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::aggregate::{Aggregate, Field};
 use super::dedup::Dedup;
@@ -10,6 +11,7 @@ use super::format::Codec;
 use super::partitioner::Partitioner;
 use super::window::Windows;
 use super::{End, StageProcessor, Step};
+use crate::avro::AvroCodec;
 use crate::config::{ConfigIssue, Emit, Format, PipelineConfig, StepConfig};
 use crate::processor::{changelog_topic, TaskInfo, Topology};
 
@@ -142,14 +144,28 @@ pub fn compile(
     let at = |path: &str| format!("pipeline[{index}].{path}");
     let mut issues = Vec::new();
     let env = expr::environment();
-    let source_codec = codec(p.source.format, &at("source.format"), &mut issues);
+    let source_codec = codec(
+        p.source.format,
+        Avro {
+            schema: p.source.schema.as_deref(),
+            registry_url: p.source.registry_url.as_deref(),
+            topic: p.source.topics.first().map_or("", String::as_str),
+        },
+        &at("source"),
+        &mut issues,
+    );
     let time = p.source.time.as_deref().and_then(|t| {
         Expr::compile(&env, t)
             .map_err(|e| issues.push(ConfigIssue::new(at("source.time"), e)))
             .ok()
     });
     let sink = p.sink.as_ref().and_then(|s| {
-        let codec = codec(s.format, &at("sink.format"), &mut issues)?;
+        let avro = Avro {
+            schema: s.schema.as_deref(),
+            registry_url: s.registry_url.as_deref(),
+            topic: &s.topic,
+        };
+        let codec = codec(s.format, avro, &at("sink"), &mut issues)?;
         let partitioner = Partitioner::parse(&s.partitioner)
             .map_err(|e| issues.push(ConfigIssue::new(at("sink.partitioner"), e)))
             .ok()?;
@@ -268,10 +284,41 @@ pub fn compile(
     Ok(topologies)
 }
 
-fn codec(format: Format, path: &str, issues: &mut Vec<ConfigIssue>) -> Option<Codec> {
-    let c = Codec::plain(format);
-    if c.is_none() {
-        issues.push(ConfigIssue::new(path, "avro is not wired in yet"));
+/// Where an Avro source or sink gets its schema.
+struct Avro<'a> {
+    schema: Option<&'a std::path::Path>,
+    registry_url: Option<&'a str>,
+    /// The topic whose `<topic>-value` subject a registry sink registers under.
+    topic: &'a str,
+}
+
+/// The codec of a source or sink at `path` (`pipeline[i].source` / `.sink`).
+fn codec(
+    format: Format,
+    avro: Avro<'_>,
+    path: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Codec> {
+    if let Some(c) = Codec::plain(format) {
+        return Some(c);
     }
-    c
+    let built = match (avro.registry_url, avro.schema) {
+        (Some(url), schema) => {
+            AvroCodec::with_registry(url, crate::avro::value_subject(avro.topic), schema)
+                .map_err(|e| (format!("{path}.registry_url"), e.to_string()))
+        }
+        (None, Some(schema)) => AvroCodec::from_schema_file(schema)
+            .map_err(|e| (format!("{path}.schema"), e.to_string())),
+        (None, None) => Err((
+            format!("{path}.format"),
+            "\"avro\" needs `schema` (a file) or `registry_url`".to_string(),
+        )),
+    };
+    match built {
+        Ok(c) => Some(Codec::Avro(Arc::new(c))),
+        Err((at, message)) => {
+            issues.push(ConfigIssue::new(at, message));
+            None
+        }
+    }
 }

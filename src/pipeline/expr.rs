@@ -129,6 +129,13 @@ impl Expr {
                 // A missing field stays unbound: CEL reports it, and `has(value.f)` still works.
                 Var::Field(f) => match value::field(scope.value, f) {
                     Some(v) => (f.as_str(), v.clone()),
+                    None if !matches!(scope.value, Value::Map(_)) => {
+                        return Err(format!(
+                            "`{}`: the value is a {}, not a JSON object, so it has no field `{f}`",
+                            self.text,
+                            value::type_name(scope.value)
+                        ))
+                    }
                     None => continue,
                 },
             };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use cel::Value;
 
 use super::value;
+use crate::avro::AvroCodec;
 use crate::config::Format;
 
 /// A value codec.
@@ -17,6 +18,8 @@ pub enum Codec {
     Text,
     /// Raw bytes, as CEL bytes.
     Bytes,
+    /// Avro, plain or in the schema registry's wire format.
+    Avro(Arc<AvroCodec>),
 }
 
 impl Codec {
@@ -41,6 +44,10 @@ impl Codec {
                 .map(|s| Value::String(Arc::new(s.to_string())))
                 .map_err(|e| format!("not valid UTF-8 text: {e}")),
             Self::Bytes => Ok(Value::Bytes(Arc::new(bytes.to_vec()))),
+            Self::Avro(codec) => codec
+                .decode(bytes)
+                .map(value::from_json_value)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -51,6 +58,9 @@ impl Codec {
         }
         Ok(Some(match (self, v) {
             (Self::Json, v) => value::to_json(v)?,
+            (Self::Avro(codec), v) => codec
+                .encode(&value::to_json_value(v)?)
+                .map_err(|e| e.to_string())?,
             (Self::Text | Self::Bytes, Value::String(s)) => s.as_bytes().to_vec(),
             (Self::Text | Self::Bytes, Value::Bytes(b)) => b.to_vec(),
             // Anything else is written as its JSON text, so `map = "amount * 2"` works for text.
