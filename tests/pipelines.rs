@@ -15,6 +15,15 @@ fn driver(extra: &str, pipeline: &str) -> TestDriver {
     TestDriver::from_config(&cfg).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
+/// A driver for pipeline `p` with the given steps (the inside of `steps = [ ... ]`) and sink
+/// topic `out`.
+fn sink_driver(steps: &str) -> TestDriver {
+    driver(
+        "",
+        &format!("sink = {{ topic = \"out\" }}\nsteps = [ {steps} ]"),
+    )
+}
+
 fn values(records: &[TestRecord]) -> Vec<serde_json::Value> {
     records.iter().map(TestRecord::json).collect()
 }
@@ -28,10 +37,8 @@ fn keyed(records: &[TestRecord]) -> Vec<(String, serde_json::Value)> {
 
 #[test]
 fn filter_and_map_build_new_values() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { filter = "amount > 50" }, { map = "{'user': user, 'amount': amount * 2}" } ]"#,
+    let mut d = sink_driver(
+        r#"{ filter = "amount > 50" }, { map = "{'user': user, 'amount': amount * 2}" }"#,
     );
     d.pipe(
         "in",
@@ -77,10 +84,8 @@ steps = [ { filter = "amount > 50" }, { map = "{'user': user, 'amount': amount *
 
 #[test]
 fn record_variables_are_bound() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { map = "{'k': key, 'p': partition, 'o': offset, 't': timestamp, 'h': headers['trace'], 'v': value.n}" } ]"#,
+    let mut d = sink_driver(
+        r#"{ map = "{'k': key, 'p': partition, 'o': offset, 't': timestamp, 'h': headers['trace'], 'v': value.n}" }"#,
     );
     d.pipe_record(TestRecord {
         topic: "in".into(),
@@ -99,11 +104,7 @@ steps = [ { map = "{'k': key, 'p': partition, 'o': offset, 't': timestamp, 'h': 
 
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_their_reason_and_origin() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { filter = "amount > 50" } ]"#,
-    );
+    let mut d = sink_driver(r#"{ filter = "amount > 50" }"#);
     d.pipe("in", Some("a"), r#"{"user":"a"}"#, 1).unwrap(); // missing field
     d.pipe("in", Some("b"), r#"{"user":"b","amount":"lots"}"#, 2)
         .unwrap(); // type error
@@ -144,12 +145,7 @@ steps = [ { filter = "amount > 50" } ]"#,
 
 #[test]
 fn on_error_fail_stops_with_the_records_position_and_skip_drops_it() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { map = "amount + 1" } ]"#,
-    )
-    .on_error(config::OnError::Fail, "t-dlq");
+    let mut d = sink_driver(r#"{ map = "amount + 1" }"#).on_error(config::OnError::Fail, "t-dlq");
     d.pipe("in", Some("a"), r#"{"amount":1}"#, 1).unwrap();
     let e = d
         .pipe("in", Some("a"), r#"{"amount":"x"}"#, 2)
@@ -157,12 +153,7 @@ steps = [ { map = "amount + 1" } ]"#,
         .to_string();
     assert!(e.contains("in/0@1") && e.contains("steps[0].map"), "{e}");
 
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { map = "amount + 1" } ]"#,
-    )
-    .on_error(config::OnError::Skip, "t-dlq");
+    let mut d = sink_driver(r#"{ map = "amount + 1" }"#).on_error(config::OnError::Skip, "t-dlq");
     d.pipe("in", Some("a"), r#"{"amount":"x"}"#, 1).unwrap();
     d.pipe("in", Some("a"), r#"{"amount":1}"#, 2).unwrap();
     assert_eq!(values(&d.read("out")), [json!(2)]);
@@ -212,10 +203,8 @@ aggregate = { fields = { n = "count()", total = "sum(amount)", low = "min(amount
 
 #[test]
 fn aggregate_arguments_are_expressions_and_must_be_numbers() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { fields = { cents = "sum(double(amount) * 100.0)", top = "max(amount)" } } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { fields = { cents = "sum(double(amount) * 100.0)", top = "max(amount)" } } }"#,
     );
     d.pipe("in", Some("a"), r#"{"amount":1.5}"#, 1).unwrap();
     d.pipe("in", Some("a"), r#"{"amount":"2"}"#, 2).unwrap(); // double("2") is fine, max("2") is not
@@ -239,10 +228,8 @@ steps = [ { aggregate = { fields = { cents = "sum(double(amount) * 100.0)", top 
 
 #[test]
 fn tumbling_update_emits_every_change_with_window_bounds() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "tumbling", size = "10s" }, fields = { n = "count()", total = "sum(amount)" } } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "tumbling", size = "10s" }, fields = { n = "count()", total = "sum(amount)" } } }"#,
     );
     d.pipe("in", Some("a"), r#"{"amount":1}"#, 1_000).unwrap();
     d.pipe("in", Some("a"), r#"{"amount":2}"#, 9_999).unwrap();
@@ -259,10 +246,8 @@ steps = [ { aggregate = { window = { kind = "tumbling", size = "10s" }, fields =
 
 #[test]
 fn tumbling_final_emits_once_after_grace_takes_out_of_order_and_rejects_late() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "tumbling", size = "10s", grace = "2s" }, fields = { n = "count()" }, emit = "final" } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "tumbling", size = "10s", grace = "2s" }, fields = { n = "count()" }, emit = "final" } }"#,
     );
     d.pipe("in", Some("a"), "{}", 1_000).unwrap();
     d.pipe("in", Some("a"), "{}", 3_000).unwrap();
@@ -308,10 +293,8 @@ steps = [ { aggregate = { window = { kind = "tumbling", size = "10s", grace = "2
 
 #[test]
 fn hopping_windows_count_a_record_in_every_window_holding_it() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" } } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" } } }"#,
     );
     d.pipe("in", Some("a"), "{}", 7_000).unwrap();
     d.pipe("in", Some("a"), "{}", 12_000).unwrap();
@@ -328,10 +311,8 @@ steps = [ { aggregate = { window = { kind = "hopping", size = "10s", advance = "
 
 #[test]
 fn hopping_final_emits_each_window_once() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" }, emit = "final" } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" }, emit = "final" } }"#,
     );
     d.pipe("in", Some("a"), "{}", 7_000).unwrap();
     d.pipe("in", Some("a"), "{}", 12_000).unwrap();
@@ -348,10 +329,8 @@ steps = [ { aggregate = { window = { kind = "hopping", size = "10s", advance = "
 
 #[test]
 fn session_windows_merge_when_a_record_bridges_them() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "session", gap = "5s", grace = "10s" }, fields = { n = "count()", total = "sum(amount)" } } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "session", gap = "5s", grace = "10s" }, fields = { n = "count()", total = "sum(amount)" } } }"#,
     );
     d.pipe("in", Some("a"), r#"{"amount":1}"#, 1_000).unwrap();
     d.pipe("in", Some("a"), r#"{"amount":2}"#, 9_000).unwrap(); // 8s later: a new session
@@ -384,10 +363,8 @@ steps = [ { aggregate = { window = { kind = "session", gap = "5s", grace = "10s"
 
 #[test]
 fn session_final_emits_after_gap_and_grace() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "session", gap = "5s", grace = "1s" }, fields = { n = "count()" }, emit = "final" } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "session", gap = "5s", grace = "1s" }, fields = { n = "count()" }, emit = "final" } }"#,
     );
     d.pipe("in", Some("a"), "{}", 1_000).unwrap();
     d.pipe("in", Some("a"), "{}", 4_000).unwrap();
@@ -407,10 +384,8 @@ steps = [ { aggregate = { window = { kind = "session", gap = "5s", grace = "1s" 
 
 #[test]
 fn windowed_state_survives_a_restart() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "tumbling", size = "10s" }, fields = { n = "count()" }, emit = "final" } } ]"#,
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "tumbling", size = "10s" }, fields = { n = "count()" }, emit = "final" } }"#,
     );
     d.pipe("in", Some("a"), "{}", 1_000).unwrap();
     d.pipe("in", Some("a"), "{}", 2_000).unwrap();
@@ -429,11 +404,7 @@ steps = [ { aggregate = { window = { kind = "tumbling", size = "10s" }, fields =
 
 #[test]
 fn dedup_drops_repeats_within_the_horizon_either_side() {
-    let mut d = driver(
-        "",
-        r#"sink = { topic = "out" }
-steps = [ { dedup = { key = "id", within = "10s" } } ]"#,
-    );
+    let mut d = sink_driver(r#"{ dedup = { key = "id", within = "10s" } }"#);
     for (id, t) in [
         ("x", 1_000),
         ("x", 5_000),

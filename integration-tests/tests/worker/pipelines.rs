@@ -221,11 +221,11 @@ fn malformed_records_go_to_the_dead_letter_topic_and_good_ones_are_processed() {
         assert_eq!(d.header("tributary.pipeline").as_deref(), Some("doubler"));
         let step = d.header("tributary.step").unwrap();
         let error = d.header("tributary.error").unwrap();
-        match &original.value.as_deref().unwrap()[..6] {
-            b"{\"user" if error.contains("amount") => {
-                assert_eq!(step, "steps[0].filter", "{error}")
-            }
-            _ => assert_eq!(step, "source.format", "{key}: {error}"),
+        let json_with_user = original.value.as_deref().unwrap().starts_with(b"{\"user");
+        if json_with_user && error.contains("amount") {
+            assert_eq!(step, "steps[0].filter", "{key}: {error}");
+        } else {
+            assert_eq!(step, "source.format", "{key}: {error}");
         }
     }
     assert_eq!(
