@@ -18,7 +18,13 @@
 //!    (count and sum of amount per key), no sink, commits every 1000 ms; timed by polling
 //!    `/metrics` (`tributary_records_consumed_total`) every 50 ms, from the first poll that
 //!    sees > 0 to the first that sees N (so the resolution is the poll interval);
-//! 4. `agg+sink`: the same with `sink = { topic = "bench-out", format = "json" }`.
+//! 4. `agg+sink`: the same with `sink = { topic = "bench-out", format = "json" }`;
+//! 5. `stateless`: a declarative pipeline `filter = "amount > 50"`,
+//!    `map = "{'user': user, 'amount': amount * 2}"`, sink `bench-stateless` (timed to the last
+//!    input record; then every output record, as many as the seed's amounts > 50, must be
+//!    acknowledged);
+//! 6. `window`: a 10-second tumbling window, count and sum of amount per user (the record
+//!    key), `emit = "final"`, sink `bench-windows`.
 //!
 //! Each scenario has its own group / app id. After each worker run the bench checks
 //! `consumed == N` and a few keys' state (`/state/totals/<key>`) against the totals the
@@ -28,7 +34,7 @@
 //!
 //! Knobs (environment):
 //! - `BENCH_RECORDS` (default 1000000);
-//! - `BENCH_SCENARIOS`: comma list of `raw,agg,sink` (default all);
+//! - `BENCH_SCENARIOS`: comma list of `raw,agg,sink,stateless,window` (default all);
 //! - `BENCH_KAFKA_PROPERTIES="k=v,k=v"`: extra `[kafka.properties]` for the worker and the raw
 //!   consumer alike (experiments, e.g. `fetch.queue.backoff.ms=10`; empty by default);
 //! - `BENCH_PERF_DIR`: `perf record` samples each worker over the measured interval into

@@ -527,8 +527,10 @@ pub struct TotalsConfig {
     pub extra: String,
     /// `processing.on_error`.
     pub on_error: String,
-    /// Extra inline keys of `source` (such as `, time = "ts"`).
-    pub source_extra: String,
+    /// The inline keys of `source` after `topics` (default `, format = "json"`).
+    pub source_keys: String,
+    /// The inline keys of `sink` after `topic` (default `, format = "json"`).
+    pub sink_keys: String,
     /// The pipeline's steps, as TOML (default: a running count and sum of `amount`).
     pub steps: String,
 }
@@ -572,7 +574,8 @@ impl TotalsConfig {
             output: output.to_string(),
             extra: String::new(),
             on_error: "fail".to_string(),
-            source_extra: String::new(),
+            source_keys: ", format = \"json\"".to_string(),
+            sink_keys: ", format = \"json\"".to_string(),
             steps: TOTALS_STEPS.to_string(),
         }
     }
@@ -616,8 +619,8 @@ impl TotalsConfig {
              {extra}\n\
              [[pipeline]]\n\
              name = {pipeline}\n\
-             source = {{ topics = [{input}], format = \"json\"{source_extra} }}\n\
-             sink = {{ topic = {output}, format = \"json\" }}\n\
+             source = {{ topics = [{input}]{source_keys} }}\n\
+             sink = {{ topic = {output}{sink_keys} }}\n\
              \n\
              {steps}",
             app = toml_str(&self.app_id),
@@ -632,7 +635,8 @@ impl TotalsConfig {
             input = toml_str(&self.input),
             output = toml_str(&self.output),
             on_error = toml_str(&self.on_error),
-            source_extra = self.source_extra,
+            source_keys = self.source_keys,
+            sink_keys = self.sink_keys,
             steps = self.steps,
         )
     }
