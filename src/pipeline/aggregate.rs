@@ -218,6 +218,11 @@ impl Aggregate {
         &self.store
     }
 
+    /// The expressions the step evaluates on each record.
+    pub fn inputs(&self) -> impl Iterator<Item = &Expr> {
+        self.fields.iter().filter_map(|f| f.arg.as_ref())
+    }
+
     fn fail(&self, reason: impl Into<String>) -> ProcessError {
         ProcessError::record(self.label.clone(), reason)
     }

@@ -255,17 +255,12 @@ pub fn compile(
             End::Repartition { topic, .. } => Some(topic.clone()),
             _ => None,
         };
-        let processor = StageProcessor {
-            // Later stages read the repartition topic, which holds JSON.
-            codec: if k == 0 {
-                source_codec.clone()
-            } else {
-                Codec::Json
-            },
-            time: if k == 0 { time.clone() } else { None },
-            steps,
-            end: end.clone(),
+        // Later stages read the repartition topic, which holds JSON.
+        let (codec, time) = match k {
+            0 => (source_codec.clone(), time.clone()),
+            _ => (Codec::Json, None),
         };
+        let processor = StageProcessor::new(codec, time, steps, end.clone());
         let mut t = Topology::new(p.name.clone(), sources.clone(), move |_: &TaskInfo| {
             processor.clone()
         });

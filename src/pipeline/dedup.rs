@@ -31,6 +31,11 @@ impl Dedup {
         }
     }
 
+    /// The expression identifying a record.
+    pub fn key(&self) -> &Expr {
+        &self.key
+    }
+
     /// The store this step keeps its state in.
     pub fn store(&self) -> &str {
         &self.store

@@ -110,6 +110,20 @@ impl Expr {
         })
     }
 
+    /// The value fields the expression reads as variables, or `None` when it reads the whole
+    /// `value`.
+    pub fn fields(&self) -> Option<Vec<&str>> {
+        let mut out = Vec::new();
+        for v in self.vars.iter() {
+            match v {
+                Var::Value => return None,
+                Var::Field(f) => out.push(f.as_str()),
+                _ => {}
+            }
+        }
+        Some(out)
+    }
+
     /// The expression as written.
     pub fn text(&self) -> &str {
         &self.text

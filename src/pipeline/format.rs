@@ -33,13 +33,18 @@ impl Codec {
         }
     }
 
-    /// Decodes a record value (`None`, a tombstone, is `null`).
-    pub fn decode(&self, bytes: Option<&[u8]>) -> Result<Value, String> {
+    /// Decodes a record value (`None`, a tombstone, is `null`). With `fields`, a JSON object
+    /// keeps only those top-level fields (the pipeline reads no others).
+    pub fn decode(&self, bytes: Option<&[u8]>, fields: Option<&[String]>) -> Result<Value, String> {
         let Some(bytes) = bytes else {
             return Ok(Value::Null);
         };
         match self {
-            Self::Json => value::from_json(bytes).map_err(|e| format!("not valid JSON: {e}")),
+            Self::Json => match fields {
+                Some(f) => value::from_json_fields(bytes, f),
+                None => value::from_json(bytes),
+            }
+            .map_err(|e| format!("not valid JSON: {e}")),
             Self::Text => std::str::from_utf8(bytes)
                 .map(|s| Value::String(Arc::new(s.to_string())))
                 .map_err(|e| format!("not valid UTF-8 text: {e}")),
@@ -79,22 +84,28 @@ impl Codec {
 mod tests {
     use super::*;
 
+    impl Codec {
+        fn decode_all(&self, bytes: Option<&[u8]>) -> Result<Value, String> {
+            self.decode(bytes, None)
+        }
+    }
+
     #[test]
     fn each_format_round_trips_and_bad_input_is_an_error() {
-        let j = Codec::Json.decode(Some(br#"{"a":1}"#)).unwrap();
+        let j = Codec::Json.decode_all(Some(br#"{"a":1}"#)).unwrap();
         assert_eq!(Codec::Json.encode(&j).unwrap().unwrap(), br#"{"a":1}"#);
         assert!(Codec::Json
-            .decode(Some(b"{oops"))
+            .decode_all(Some(b"{oops"))
             .unwrap_err()
             .starts_with("not valid JSON"));
-        let t = Codec::Text.decode(Some(b"hello")).unwrap();
+        let t = Codec::Text.decode_all(Some(b"hello")).unwrap();
         assert_eq!(Codec::Text.encode(&t).unwrap().unwrap(), b"hello");
-        assert!(Codec::Text.decode(Some(&[0xff, 0xfe])).is_err());
+        assert!(Codec::Text.decode_all(Some(&[0xff, 0xfe])).is_err());
         assert_eq!(Codec::Text.encode(&Value::Int(5)).unwrap().unwrap(), b"5");
-        let b = Codec::Bytes.decode(Some(&[0, 159])).unwrap();
+        let b = Codec::Bytes.decode_all(Some(&[0, 159])).unwrap();
         assert_eq!(Codec::Bytes.encode(&b).unwrap().unwrap(), [0, 159]);
         assert!(Codec::Bytes.encode(&Value::Int(1)).is_err());
-        assert_eq!(Codec::Json.decode(None).unwrap(), Value::Null);
+        assert_eq!(Codec::Json.decode_all(None).unwrap(), Value::Null);
         assert_eq!(Codec::Json.encode(&Value::Null).unwrap(), None);
     }
 }

@@ -84,6 +84,9 @@ enum End {
 #[derive(Debug, Clone)]
 pub struct StageProcessor {
     codec: Codec,
+    /// The only top-level value fields the stage reads before it replaces the value (`None`:
+    /// it needs the whole value).
+    fields: Option<Arc<[String]>>,
     time: Option<Expr>,
     steps: Vec<Step>,
     end: End,
@@ -113,7 +116,7 @@ impl Processor for StageProcessor {
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let value = self
             .codec
-            .decode(record.value)
+            .decode(record.value, self.fields.as_deref())
             .map_err(|e| ProcessError::record("source.format", e))?;
         let key = key_value(record.key);
         let mut rec = Rec {
@@ -142,6 +145,19 @@ impl Processor for StageProcessor {
 }
 
 impl StageProcessor {
+    /// A stage: decodes with `codec`, takes event time from `time` (or the record timestamp),
+    /// runs `steps`, ends at `end`.
+    fn new(codec: Codec, time: Option<Expr>, steps: Vec<Step>, end: End) -> Self {
+        let fields = needed_fields(time.as_ref(), &steps).map(Into::into);
+        Self {
+            codec,
+            fields,
+            time,
+            steps,
+            end,
+        }
+    }
+
     /// Runs `rec` through the steps from `from` on, then to the stage's end. Filters and maps
     /// work in place; a step that emits records (aggregate, dedup) runs the rest once per record.
     fn run(
@@ -180,6 +196,41 @@ impl StageProcessor {
         }
         self.send(rec, record, ctx)
     }
+}
+
+/// The top-level fields a stage reads before a `map` or an `aggregate` replaces the value, or
+/// `None` when the original value is needed whole (an expression reads `value`, or the value
+/// reaches the stage's end unreplaced).
+fn needed_fields(time: Option<&Expr>, steps: &[Step]) -> Option<Vec<String>> {
+    let mut fields: Vec<String> = Vec::new();
+    let mut add = |e: &Expr| -> Option<()> {
+        for f in e.fields()? {
+            if !fields.iter().any(|g| g == f) {
+                fields.push(f.to_string());
+            }
+        }
+        Some(())
+    };
+    if let Some(t) = time {
+        add(t)?;
+    }
+    for step in steps {
+        match step {
+            Step::Filter { expr, .. } => add(expr)?,
+            Step::Dedup(d) => add(d.key())?,
+            Step::Map { expr, .. } => {
+                add(expr)?;
+                return Some(fields);
+            }
+            Step::Aggregate(a) => {
+                for e in a.inputs() {
+                    add(e)?;
+                }
+                return Some(fields);
+            }
+        }
+    }
+    None
 }
 
 fn scope<'a>(rec: &'a Rec, record: &'a Record<'_>) -> Scope<'a> {

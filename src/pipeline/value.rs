@@ -3,6 +3,7 @@
 //! the CEL value straight from the bytes (no `serde_json::Value` in between), and encoding
 //! writes map keys in sorted order, so equal values always give equal bytes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -64,19 +65,29 @@ pub fn type_name(value: &Value) -> String {
     value.type_of().to_string()
 }
 
+/// Like [`from_json`], but an object keeps only the top-level `fields` (the others are skipped,
+/// not built): for pipelines that read a few fields and then replace the value.
+pub fn from_json_fields(bytes: &[u8], fields: &[String]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = de.deserialize_any(CelVisitor(Some(fields)))?;
+    de.end()?;
+    Ok(v)
+}
+
 struct CelSeed;
 
 impl<'de> DeserializeSeed<'de> for CelSeed {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(CelVisitor)
+        d.deserialize_any(CelVisitor(None))
     }
 }
 
-struct CelVisitor;
+/// Builds a CEL value; at the top level, keeps only the given fields of an object.
+struct CelVisitor<'f>(Option<&'f [String]>);
 
-impl<'de> Visitor<'de> for CelVisitor {
+impl<'de> Visitor<'de> for CelVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,8 +129,13 @@ impl<'de> Visitor<'de> for CelVisitor {
         Ok(Value::List(Arc::new(items)))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = HashMap::with_capacity(access.size_hint().unwrap_or(8));
+        let mut map =
+            HashMap::with_capacity(self.0.map_or(access.size_hint().unwrap_or(8), <[_]>::len));
         while let Some(k) = access.next_key::<String>()? {
+            if self.0.is_some_and(|keep| !keep.contains(&k)) {
+                access.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
             let v = access.next_value_seed(CelSeed)?;
             map.insert(Key::String(Arc::new(k)), v);
         }
@@ -130,12 +146,12 @@ impl<'de> Visitor<'de> for CelVisitor {
 /// Serializes a CEL value as JSON.
 struct AsJson<'a>(&'a Value);
 
-fn key_text(k: &Key) -> String {
+fn key_text(k: &Key) -> Cow<'_, str> {
     match k {
-        Key::String(s) => s.to_string(),
-        Key::Int(i) => i.to_string(),
-        Key::Uint(u) => u.to_string(),
-        Key::Bool(b) => b.to_string(),
+        Key::String(s) => Cow::Borrowed(s.as_str()),
+        Key::Int(i) => Cow::Owned(i.to_string()),
+        Key::Uint(u) => Cow::Owned(u.to_string()),
+        Key::Bool(b) => Cow::Owned(b.to_string()),
     }
 }
 
@@ -161,9 +177,10 @@ impl Serialize for AsJson<'_> {
                 seq.end()
             }
             Value::Map(m) => {
-                let mut entries: Vec<(String, &Value)> =
+                // String keys (all of them, for JSON-born maps) are borrowed, not copied.
+                let mut entries: Vec<(Cow<'_, str>, &Value)> =
                     m.map.iter().map(|(k, v)| (key_text(k), v)).collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 let mut out = s.serialize_map(Some(entries.len()))?;
                 for (k, v) in entries {
                     out.serialize_entry(&k, &AsJson(v))?;
@@ -196,6 +213,21 @@ mod tests {
         assert_eq!(
             out,
             r#"{"amount":42,"big":18446744073709551615,"f":1.5,"l":[1,"x"],"n":null,"ok":true,"user":"u1"}"#
+        );
+    }
+
+    #[test]
+    fn field_picking_keeps_only_the_named_top_level_fields() {
+        let keep = ["a".to_string(), "c".to_string()];
+        let v = from_json_fields(br#"{"a":1,"b":{"x":[1,2]},"c":{"b":2}}"#, &keep).unwrap();
+        assert_eq!(to_json(&v).unwrap(), br#"{"a":1,"c":{"b":2}}"#);
+        assert_eq!(
+            from_json_fields(b"[1]", &keep).unwrap(),
+            from_json(b"[1]").unwrap()
+        );
+        assert!(
+            from_json_fields(br#"{"a":1,"b":}"#, &keep).is_err(),
+            "skipped fields are still checked"
         );
     }
 
