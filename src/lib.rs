@@ -92,3 +92,9 @@ pub mod worker;
 pub use processor::{Context, ProcessError, Processor, TaskInfo, Topology};
 pub use types::Record;
 pub use worker::{Worker, WorkerBuilder, WorkerError};
+
+/// The pipeline reference (docs/pipelines.md), compiled here so that its Rust example is
+/// tested with the crate's doctests.
+#[doc = include_str!("../docs/pipelines.md")]
+#[cfg(doctest)]
+pub struct PipelineReference;

@@ -213,9 +213,12 @@ impl Worker {
         for t in self.topologies.iter() {
             let mut counts = BTreeMap::new();
             for s in &t.sources {
-                let n = match written.get(s.as_str()) {
-                    Some(&n) => n,
-                    None => partitions_of(s)?,
+                // A topic that exists has its own count; one that an earlier topology writes
+                // and that does not exist yet will be created with that topology's count.
+                let n = match (partitions_of(s), written.get(s.as_str())) {
+                    (Ok(n), _) => n,
+                    (Err(_), Some(&n)) => n,
+                    (Err(e), None) => return Err(e.into()),
                 };
                 counts.insert(s.clone(), n);
             }

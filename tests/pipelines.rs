@@ -464,6 +464,31 @@ steps = [ { key_by = "user" }, { aggregate = { fields = { n = "count()" } } } ]"
 }
 
 #[test]
+fn event_times_out_of_range_fail_the_record() {
+    let toml = r#"[app]
+id = "t"
+[kafka]
+bootstrap_servers = "embedded"
+[processing]
+on_error = "dlq"
+[[pipeline]]
+name = "p"
+source = { topics = ["in"], time = "ts * 1000000" }
+sink = { topic = "out" }
+steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { n = "count()" } } } ]"#;
+    let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
+    d.pipe("in", Some("a"), r#"{"ts":1700000000000}"#, 1)
+        .unwrap();
+    d.pipe("in", Some("a"), r#"{"ts":5}"#, 1).unwrap(); // 5,000,000 ms
+    assert_eq!(
+        values(&d.read("out")),
+        [json!({"n":1,"window_start":4980000,"window_end":5040000})]
+    );
+    let dlq = d.read("t-dlq");
+    assert_eq!(dlq[0].header("tributary.step"), Some("source.time"));
+}
+
+#[test]
 fn event_time_can_come_from_the_value() {
     let toml = r#"[app]
 id = "t"
@@ -494,7 +519,7 @@ bootstrap_servers = "embedded"
 name = "p"
 source = { topics = ["in"], format = "string" }
 sink = { topic = "out", format = "string" }
-steps = [ { filter = "value.startsWith('ok')" }, { map = "value.upperAscii() + '!'" } ]
+steps = [ { filter = "value.startsWith('ok') && !['bot', 'spam'].exists(w, value.contains(w))" }, { map = "value.upperAscii() + '!'" } ]
 [[pipeline]]
 name = "q"
 source = { topics = ["raw"], format = "bytes" }
@@ -503,7 +528,10 @@ steps = [ { filter = "size(value) > 1" } ]"#;
     let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
     d.pipe("in", None, "ok then", 1).unwrap();
     d.pipe("in", None, "not ok", 2).unwrap();
-    assert_eq!(d.read("out")[0].value_str(), Some("OK THEN!"));
+    d.pipe("in", None, "ok bot", 3).unwrap();
+    let out = d.read("out");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].value_str(), Some("OK THEN!"));
     d.pipe_record(TestRecord {
         topic: "raw".into(),
         partition: 0,
@@ -579,6 +607,7 @@ steps = [
   { map = "" },
   { aggregate = { window = { kind = "tumbling" }, fields = { a = "sum()", b = "median(x)", c = "count(x)" } } },
   { dedup = { key = "id", within = "0s" } },
+  { aggregate = { fields = { window_end = "count()" } } },
 ]"#;
     let issues: Vec<String> = config::load_str(toml)
         .unwrap_err()
@@ -596,6 +625,7 @@ steps = [
         "pipeline[0].steps[2].aggregate.fields.b: unknown aggregate function",
         "pipeline[0].steps[2].aggregate.fields.c: count() takes no argument",
         "pipeline[0].steps[3].dedup.within: ",
+        "pipeline[0].steps[4].aggregate.fields.window_end: reserved",
     ] {
         assert!(has(prefix), "no issue starting {prefix:?} in {issues:#?}");
     }

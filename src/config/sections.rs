@@ -395,10 +395,7 @@ fn step(cx: &mut Cx, path: &str, value: &Value) -> Option<StepConfig> {
 fn aggregate(cx: &mut Cx, path: &str, value: &Value) -> Option<AggregateConfig> {
     let mut t = cx.table(path, value)?;
     let window = t.opt_with(cx, "window", window);
-    let windowed = t.has("window");
-    let fields = t.req_with(cx, "fields", |cx, path, value| {
-        fields(cx, path, value, windowed)
-    });
+    let fields = t.req_with(cx, "fields", fields);
     let emit = t.opt(cx, "emit", read::choice).unwrap_or_default();
     t.finish(cx);
     Some(AggregateConfig {
@@ -409,12 +406,7 @@ fn aggregate(cx: &mut Cx, path: &str, value: &Value) -> Option<AggregateConfig> 
 }
 
 /// `aggregate.fields`: output name → aggregate expression, at least one.
-fn fields(
-    cx: &mut Cx,
-    path: &str,
-    value: &Value,
-    windowed: bool,
-) -> Option<BTreeMap<String, String>> {
+fn fields(cx: &mut Cx, path: &str, value: &Value) -> Option<BTreeMap<String, String>> {
     let entries = cx.table(path, value)?.into_entries();
     if entries.is_empty() {
         cx.issue(
@@ -426,10 +418,10 @@ fn fields(
     let mut fields = BTreeMap::new();
     for (name, v) in entries {
         let field_path = read::join(path, name);
-        if windowed && (name == "window_start" || name == "window_end") {
+        if name == "window_start" || name == "window_end" {
             cx.issue(
                 &field_path,
-                "reserved: windowed output already has this field",
+                "reserved for the window bounds of windowed results (and of the stored state)",
             );
         }
         if let Some(expr) = cx.scalar(&field_path, v, aggregate_field) {

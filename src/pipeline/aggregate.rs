@@ -340,14 +340,27 @@ impl Aggregate {
                 Windows::Session { .. } => vec![(t, t + 1)],
                 _ => w.fixed_windows(t),
             };
-            let open: Vec<(i64, i64)> = windows
-                .into_iter()
-                .filter(|&(_, e)| w.close_at(e) > now)
-                .collect();
+            let open: Vec<(i64, i64)> = match w {
+                // A record could belong to a session that has closed (any session it would
+                // touch ends after t + 1 - gap) unless t + 1 + grace is still ahead of stream
+                // time: older records are late, rather than starting a split-off session.
+                Windows::Session { grace, .. }
+                    if t.saturating_add(1).saturating_add(grace) <= now =>
+                {
+                    Vec::new()
+                }
+                _ => windows
+                    .into_iter()
+                    .filter(|&(_, e)| w.close_at(e) > now)
+                    .collect(),
+            };
             if open.is_empty() {
+                let rule = match w {
+                    Windows::Session { .. } => "a session record older than stream time - grace",
+                    _ => "past the close of its windows (end + grace)",
+                };
                 return Err(self.fail(format!(
-                    "late record: event time {t} is past the close of its window (end + grace{}) at stream time {now}",
-                    if w.gap() > 0 { " + gap" } else { "" }
+                    "late record: event time {t} is {rule}, at stream time {now}"
                 )));
             }
             let mut store = ctx.store::<AggState>(&self.store)?;
@@ -361,7 +374,8 @@ impl Aggregate {
                     // Merge every session of this key that the record touches.
                     for (entry, s) in store.prefix(keys::prefix(key))? {
                         let (ss, se) = (s.window_start.unwrap_or(0), s.window_end.unwrap_or(0));
-                        if ss - gap <= t && t <= se - 1 + gap {
+                        // Less than `gap` apart: the same session.
+                        if ss - gap < t && t < se - 1 + gap {
                             state.window_start = Some(ss.min(state.window_start.unwrap_or(ss)));
                             state.window_end = Some(se.max(state.window_end.unwrap_or(se)));
                             self.merge(&mut state.fields, &s.fields);

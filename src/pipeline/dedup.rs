@@ -61,15 +61,13 @@ impl Dedup {
             seen.saturating_add(within)
         })?;
         let mut store = ctx.store::<i64>(&self.store)?;
-        let keep = match store.get(&entry)? {
-            Some(seen) if (t - seen).abs() < within => false,
-            Some(seen) => {
-                expiry.remove(seen.saturating_add(within), &entry);
-                true
-            }
-            None => true,
-        };
+        let seen = store.get(&entry)?;
+        let keep = seen.is_none_or(|seen| t.abs_diff(seen) >= within.unsigned_abs());
+        // Remember the newest time of a kept value, unless it is already past the horizon.
         if keep && t.saturating_add(within) > now {
+            if let Some(old) = seen {
+                expiry.remove(old.saturating_add(within), &entry);
+            }
             store.put(&entry, &t)?;
             expiry.insert(t.saturating_add(within), entry);
         }

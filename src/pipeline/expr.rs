@@ -141,15 +141,10 @@ impl Expr {
                 Var::Timestamp => ("timestamp", Value::Int(scope.timestamp)),
                 Var::Headers => ("headers", headers(scope.headers)),
                 // A missing field stays unbound: CEL reports it, and `has(value.f)` still works.
+                // A missing field stays unbound: CEL reports it if it is read (the name may
+                // also be a comprehension's variable, bound by CEL itself).
                 Var::Field(f) => match value::field(scope.value, f) {
                     Some(v) => (f.as_str(), v.clone()),
-                    None if !matches!(scope.value, Value::Map(_)) => {
-                        return Err(format!(
-                            "`{}`: the value is a {}, not a JSON object, so it has no field `{f}`",
-                            self.text,
-                            value::type_name(scope.value)
-                        ))
-                    }
                     None => continue,
                 },
             };
@@ -157,7 +152,7 @@ impl Expr {
         }
         self.program
             .execute(&ctx)
-            .map_err(|e| format!("`{}`: {}", self.text, describe(&e)))
+            .map_err(|e| format!("`{}`: {}", self.text, describe(&e, scope.value)))
     }
 
     /// Evaluates a condition: the result must be a bool.
@@ -192,8 +187,12 @@ fn mixes_numbers(l: &Value, r: &Value) -> bool {
 }
 
 /// CEL's runtime errors, phrased for someone looking at a record.
-fn describe(e: &ExecutionError) -> String {
+fn describe(e: &ExecutionError, value: &Value) -> String {
     match e {
+        ExecutionError::UndeclaredReference(name) if !matches!(value, Value::Map(_)) => format!(
+            "the value is a {}, not a JSON object, so it has no field `{name}`",
+            value::type_name(value)
+        ),
         ExecutionError::UndeclaredReference(name) => {
             format!("the record has no field `{name}`")
         }

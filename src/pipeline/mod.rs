@@ -102,14 +102,19 @@ fn key_value(key: Option<&[u8]>) -> Value {
     }
 }
 
+/// Event times beyond ±10^15 ms (about 31,000 years) are refused: they would overflow window
+/// arithmetic and, saved as stream time, make every later record late.
+const MAX_EVENT_TIME: i64 = 1_000_000_000_000_000;
+
 fn event_time(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::UInt(u) => i64::try_from(*u).ok(),
-        Value::Float(f) if f.is_finite() => Some(*f as i64),
-        Value::Timestamp(t) => Some(t.timestamp_millis()),
-        _ => None,
-    }
+    let t = match v {
+        Value::Int(i) => *i,
+        Value::UInt(u) => i64::try_from(*u).ok()?,
+        Value::Float(f) if f.is_finite() && f.abs() < MAX_EVENT_TIME as f64 => *f as i64,
+        Value::Timestamp(t) => t.timestamp_millis(),
+        _ => return None,
+    };
+    (t.abs() <= MAX_EVENT_TIME).then_some(t)
 }
 
 impl Processor for StageProcessor {
@@ -133,9 +138,10 @@ impl Processor for StageProcessor {
                 ProcessError::record(
                     "source.time",
                     format!(
-                        "`{}` gave a {}, expected epoch milliseconds or a timestamp",
+                        "`{}` gave {} {}, expected epoch milliseconds (within ±10^15) or a timestamp",
                         time.text(),
-                        value::type_name(&t)
+                        value::type_name(&t),
+                        String::from_utf8_lossy(&value::to_json(&t).unwrap_or_default())
                     ),
                 )
             })?;
@@ -268,6 +274,8 @@ impl StageProcessor {
                     .map_err(|e| ProcessError::record(label.clone(), e))?;
                 let mut out = OutputRecord::new(topic.clone(), key, Some(bytes));
                 out.timestamp = Some(rec.time);
+                // The input's headers travel on, so `headers` means the same after a key_by.
+                out.headers = record.headers.to_vec();
                 ctx.send(out);
                 Ok(())
             }

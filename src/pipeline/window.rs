@@ -74,15 +74,15 @@ impl Windows {
         match *self {
             Self::Tumbling { size, .. } => {
                 let start = t - t.rem_euclid(size);
-                vec![(start, start + size)]
+                vec![(start, start.saturating_add(size))]
             }
             Self::Hopping { size, advance, .. } => {
                 // Starts are multiples of `advance` in (t - size, t].
                 let last = t - t.rem_euclid(advance);
                 let mut out = Vec::new();
                 let mut start = last;
-                while start > t - size {
-                    out.push((start, start + size));
+                while start > t.saturating_sub(size) {
+                    out.push((start, start.saturating_add(size)));
                     start -= advance;
                 }
                 out.reverse();
