@@ -79,9 +79,14 @@ impl From<StateError> for ProcessError {
 /// Called on the member's thread, one record at a time, in offset order per partition.
 pub trait Processor: Send {
     /// Handles one record. State changes and sent records take effect when this returns `Ok`;
-    /// on `Err` the sent records are dropped (state writes made before the error stay, so
-    /// validate first, then write).
+    /// on a [`ProcessError::Record`] the sent records are dropped and the state writes made
+    /// while handling the record are undone (then [`Processor::rolled_back`] is called).
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+
+    /// Called after a failed record's state writes were undone: a processor that keeps
+    /// task-local copies of its state (indexes, counters) drops them here and rereads the
+    /// stores.
+    fn rolled_back(&mut self) {}
 }
 
 /// Builds a processor for each task.

@@ -398,6 +398,7 @@ impl Task {
         policy: &ErrorPolicy,
     ) -> Result<(), TaskError> {
         self.outputs.clear();
+        self.stores.begin_record();
         let result = {
             let mut ctx = Context::new(&self.info, &mut self.stores, &mut self.outputs);
             self.processor.process(rec, &mut ctx)
@@ -423,6 +424,9 @@ impl Task {
                 })
             }
             Err(ProcessError::Record { step, reason }) => {
+                // Nothing of a failed record stays: not its output, not its state writes.
+                self.stores.rollback();
+                self.processor.rolled_back();
                 self.bad_record(rec, &step, &reason, collector, policy)?
             }
         }

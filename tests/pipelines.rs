@@ -853,3 +853,35 @@ steps = [ {{ filter = "amount > 1.0" }}, {{ map = "{{'user': user, 'doubled': am
         dlq[1].header("tributary.error")
     );
 }
+
+#[test]
+fn a_record_failing_after_a_stateful_step_leaves_no_state_behind() {
+    // The aggregate's output (a map) cannot be written as bytes: the sink fails every record.
+    let toml = r#"[app]
+id = "t"
+[kafka]
+bootstrap_servers = "embedded"
+[processing]
+on_error = "dlq"
+[[pipeline]]
+name = "p"
+source = { topics = ["in"] }
+sink = { topic = "out", format = "bytes" }
+steps = [ { dedup = { key = "id", within = "1m" } }, { aggregate = { fields = { n = "count()" } } } ]"#;
+    let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
+    d.pipe("in", Some("a"), r#"{"id": 1}"#, 1_000).unwrap();
+    d.pipe("in", Some("a"), r#"{"id": 2}"#, 2_000).unwrap();
+    assert!(d.read("out").is_empty());
+    let dlq = d.read("t-dlq");
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].header("tributary.step"), Some("sink.format"));
+    // Neither the count nor the dedup marks of the failed records were kept.
+    assert_eq!(d.store_get::<serde_json::Value>("p", 0, b"a"), None);
+    assert!(
+        d.store_entries("p-0").is_empty(),
+        "{:?}",
+        d.store_entries("p-0")
+    );
+    d.commit().unwrap();
+    assert!(d.store_entries("p-0").is_empty());
+}

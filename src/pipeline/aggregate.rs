@@ -213,6 +213,12 @@ impl Aggregate {
         }
     }
 
+    /// Drops the in-memory stream time and expiry index; they are reread from the store on the
+    /// next record.
+    pub fn forget_timeline(&mut self) {
+        self.timeline = Timeline::default();
+    }
+
     /// The store this step keeps its state in.
     pub fn store(&self) -> &str {
         &self.store

@@ -148,6 +148,17 @@ impl Processor for StageProcessor {
         }
         self.run(0, rec, record, ctx)
     }
+
+    fn rolled_back(&mut self) {
+        // The stream time and expiry indexes may have moved with the undone writes.
+        for step in &mut self.steps {
+            match step {
+                Step::Aggregate(a) => a.forget_timeline(),
+                Step::Dedup(d) => d.forget_timeline(),
+                Step::Filter { .. } | Step::Map { .. } => {}
+            }
+        }
+    }
 }
 
 impl StageProcessor {

@@ -155,22 +155,33 @@ struct StoreCache {
 }
 
 impl StoreCache {
-    fn write(&mut self, key: &[u8], value: Cached) {
+    /// Writes `value` (dirty); returns what the cache held for the key before (`None`: nothing).
+    fn write(&mut self, key: &[u8], value: Cached) -> Option<Entry> {
         match self.entries.get_mut(key) {
             Some(entry) => {
                 if !entry.dirty {
                     self.dirty += 1;
                 }
-                entry.value = value;
-                entry.dirty = true;
+                let old = std::mem::replace(entry, Entry { value, dirty: true });
+                Some(old)
             }
             None => {
                 self.dirty += 1;
                 self.entries
                     .insert(key.to_vec(), Entry { value, dirty: true });
+                None
             }
         }
     }
+}
+
+/// A write made while processing the current record, with what it replaced, so that a record
+/// that fails leaves no trace in the stores.
+#[derive(Debug)]
+struct Undo {
+    store: usize,
+    key: Vec<u8>,
+    before: Option<Entry>,
 }
 
 /// All stores of one task: its database and a cache per store.
@@ -179,6 +190,8 @@ pub struct TaskStores {
     db: Arc<TaskDb>,
     caches: Vec<StoreCache>,
     max_entries: usize,
+    /// Writes of the record being processed, oldest first.
+    undo: Vec<Undo>,
 }
 
 impl TaskStores {
@@ -190,7 +203,44 @@ impl TaskStores {
             db,
             caches,
             max_entries: max_entries.max(1),
+            undo: Vec::new(),
         }
+    }
+
+    /// Starts a record: its writes can be undone with [`TaskStores::rollback`] until the next
+    /// call.
+    pub fn begin_record(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Undoes every write since [`TaskStores::begin_record`] (the record failed).
+    pub fn rollback(&mut self) {
+        let mut touched = vec![false; self.caches.len()];
+        while let Some(u) = self.undo.pop() {
+            let cache = &mut self.caches[u.store];
+            match u.before {
+                Some(entry) => {
+                    cache.entries.insert(u.key, entry);
+                }
+                None => {
+                    cache.entries.remove(&u.key);
+                }
+            }
+            touched[u.store] = true;
+        }
+        for (cache, _) in self.caches.iter_mut().zip(touched).filter(|(_, t)| *t) {
+            cache.dirty = cache.entries.values().filter(|e| e.dirty).count();
+        }
+    }
+
+    /// Writes into a cache, keeping what the write replaced for [`TaskStores::rollback`].
+    fn write(&mut self, store: usize, key: &[u8], value: Cached) {
+        let before = self.caches[store].write(key, value);
+        self.undo.push(Undo {
+            store,
+            key: key.to_vec(),
+            before,
+        });
     }
 
     /// The underlying database.
@@ -241,7 +291,7 @@ impl TaskStores {
 
     /// Raw write into the cache; `None` deletes.
     pub fn put_raw(&mut self, store: usize, key: &[u8], value: Option<Vec<u8>>) {
-        self.caches[store].write(key, Cached::from_bytes(value));
+        self.write(store, key, Cached::from_bytes(value));
     }
 
     fn codec_err(&self, store: usize, key: &[u8], e: serde_json::Error) -> StateError {
@@ -372,7 +422,11 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Store<'_, T> {
 
     /// Stores `value` under `key` (kept decoded in the cache; serialized at the next commit).
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: &T) -> Result<(), StateError> {
-        self.stores.caches[self.index].write(key.as_ref(), Cached::Typed(Box::new(value.clone())));
+        self.stores.write(
+            self.index,
+            key.as_ref(),
+            Cached::Typed(Box::new(value.clone())),
+        );
         Ok(())
     }
 
