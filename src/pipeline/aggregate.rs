@@ -6,7 +6,6 @@
 //! layout of [`super::window::keys`]. Every accumulator is mergeable, so a record is folded in
 //! as a one-record aggregate, and session windows merge the same way.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cel::objects::{Key, Map};
@@ -38,7 +37,7 @@ pub enum Func {
 /// One output field: `name = "func(arg)"`.
 #[derive(Debug, Clone)]
 pub struct Field {
-    name: String,
+    name: Arc<str>,
     func: Func,
     arg: Option<Expr>,
 }
@@ -81,7 +80,7 @@ impl Field {
             (_, false) => Some(Expr::compile(env, arg)?),
         };
         Ok(Self {
-            name: name.to_string(),
+            name: name.into(),
             func,
             arg,
         })
@@ -113,18 +112,65 @@ pub enum Acc {
     Num(Number),
 }
 
-/// The stored aggregate of one key (and window).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The stored aggregate of one key (and window), written as one JSON object: the window bounds
+/// (windowed only) and one entry per output field, in field order, e.g.
+/// `{"count": 3, "total": 60, "mean": {"sum": 60.0, "n": 3}}`.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AggState {
     /// Window start (windowed only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_start: Option<i64>,
     /// Window end, exclusive (windowed only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_end: Option<i64>,
-    /// One accumulator per output field.
-    #[serde(flatten)]
-    pub fields: BTreeMap<String, Acc>,
+    /// One accumulator per output field, in the step's field order. Names are shared, so a
+    /// clone (the cache hands out copies) allocates once.
+    pub fields: Vec<(Arc<str>, Acc)>,
+}
+
+impl Serialize for AggState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let bounds = [
+            ("window_start", self.window_start),
+            ("window_end", self.window_end),
+        ];
+        let mut map = s.serialize_map(None)?;
+        for (name, v) in bounds {
+            if let Some(v) = v {
+                map.serialize_entry(name, &v)?;
+            }
+        }
+        for (name, acc) in &self.fields {
+            map.serialize_entry(&**name, acc)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for AggState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AggState;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an aggregate state object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<AggState, A::Error> {
+                let mut state = AggState::default();
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "window_start" => state.window_start = Some(m.next_value()?),
+                        "window_end" => state.window_end = Some(m.next_value()?),
+                        _ => state.fields.push((k.into(), m.next_value()?)),
+                    }
+                }
+                Ok(state)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn add(a: &Number, b: &Number) -> Number {
@@ -191,6 +237,9 @@ pub struct Aggregate {
     fields: Arc<[Field]>,
     window: Option<Windows>,
     emit: Emit,
+    /// False when nothing reads the step's output (it is the last step and there is no sink):
+    /// results then live in the store only, and no output record is built.
+    emits: bool,
     timeline: Timeline,
 }
 
@@ -209,6 +258,7 @@ impl Aggregate {
             fields: fields.into(),
             window,
             emit,
+            emits: true,
             timeline: Timeline::default(),
         }
     }
@@ -224,6 +274,11 @@ impl Aggregate {
         &self.store
     }
 
+    /// Tells the step that nothing reads its output.
+    pub fn without_output(&mut self) {
+        self.emits = false;
+    }
+
     /// The expressions the step evaluates on each record.
     pub fn inputs(&self) -> impl Iterator<Item = &Expr> {
         self.fields.iter().filter_map(|f| f.arg.as_ref())
@@ -234,8 +289,8 @@ impl Aggregate {
     }
 
     /// The one-record aggregate of `rec` (validates every input before anything is written).
-    fn single(&self, scope: &Scope<'_>) -> Result<BTreeMap<String, Acc>, ProcessError> {
-        let mut out = BTreeMap::new();
+    fn single(&self, scope: &Scope<'_>) -> Result<Vec<(Arc<str>, Acc)>, ProcessError> {
+        let mut out = Vec::with_capacity(self.fields.len());
         for f in self.fields.iter() {
             let acc = match (&f.arg, f.func) {
                 (None, _) => Acc::Num(Number::from(1)),
@@ -263,19 +318,25 @@ impl Aggregate {
                     }
                 }
             };
-            out.insert(f.name.clone(), acc);
+            out.push((f.name.clone(), acc));
         }
         Ok(out)
     }
 
-    fn merge(&self, into: &mut BTreeMap<String, Acc>, other: &BTreeMap<String, Acc>) {
-        for f in self.fields.iter() {
-            if let Some(b) = other.get(&f.name) {
-                let merged = match into.get(&f.name) {
-                    Some(a) => merge_acc(f.func, a, b),
-                    None => b.clone(),
-                };
-                into.insert(f.name.clone(), merged);
+    /// Folds `other` into `into` field by field (both in the step's field order when written by
+    /// this step; matched by name otherwise).
+    fn merge(&self, into: &mut Vec<(Arc<str>, Acc)>, other: &[(Arc<str>, Acc)]) {
+        for (i, f) in self.fields.iter().enumerate() {
+            let find = |v: &[(Arc<str>, Acc)]| match v.get(i) {
+                Some((n, _)) if *n == f.name => Some(i),
+                _ => v.iter().position(|(n, _)| *n == f.name),
+            };
+            let Some(b) = find(other).map(|j| &other[j].1) else {
+                continue;
+            };
+            match find(into) {
+                Some(j) => into[j].1 = merge_acc(f.func, &into[j].1, b),
+                None => into.push((f.name.clone(), b.clone())),
             }
         }
     }
@@ -284,7 +345,7 @@ impl Aggregate {
     fn output(&self, key: &Value, state: &AggState, time: i64) -> Rec {
         let mut map = std::collections::HashMap::with_capacity(state.fields.len() + 2);
         for (name, acc) in &state.fields {
-            map.insert(Key::String(Arc::new(name.clone())), value_of(acc));
+            map.insert(Key::String(Arc::new(name.to_string())), value_of(acc));
         }
         if let (Some(s), Some(e)) = (state.window_start, state.window_end) {
             map.insert(Key::String(Arc::new("window_start".into())), Value::Int(s));
@@ -315,11 +376,11 @@ impl Aggregate {
                 let mut state = store.get(&key)?.unwrap_or(AggState {
                     window_start: None,
                     window_end: None,
-                    fields: BTreeMap::new(),
+                    fields: Vec::new(),
                 });
                 self.merge(&mut state.fields, &single);
                 store.put(&key, &state)?;
-                if self.emit == Emit::Update {
+                if self.emits && self.emit == Emit::Update {
                     out.push(self.output(&rec.key, &state, rec.time));
                 }
                 Ok(())
@@ -333,7 +394,7 @@ impl Aggregate {
         w: Windows,
         rec: &Rec,
         key: &[u8],
-        single: BTreeMap<String, Acc>,
+        single: Vec<(Arc<str>, Acc)>,
         ctx: &mut Context<'_>,
         out: &mut Vec<Rec>,
     ) -> Result<(), ProcessError> {
@@ -404,14 +465,14 @@ impl Aggregate {
                     expiry.insert(close(&state), entry.clone());
                 }
                 store.put(&entry, &state)?;
-                if self.emit == Emit::Update {
+                if self.emits && self.emit == Emit::Update {
                     out.push(self.output(&rec.key, &state, t));
                 }
             }
             // Windows the new stream time closed: emit them (final) and purge them.
             for (_, entry) in expiry.expired(now) {
                 if let Some(state) = store.get(&entry)? {
-                    if self.emit == Emit::Final {
+                    if self.emits && self.emit == Emit::Final {
                         let gkey = keys::split(&entry)
                             .map(|(k, _)| k.to_vec())
                             .unwrap_or_default();

@@ -12,6 +12,9 @@ use cel::{Context, Env, ExecutionError, Program, Value};
 
 use super::value;
 
+/// CEL's reserved words and literals, which are never field names.
+const RESERVED_WORDS: [&str; 3] = ["true", "false", "null"];
+
 /// The names bound besides the value's fields.
 pub const RECORD_VARIABLES: [&str; 6] = [
     "key",
@@ -66,6 +69,9 @@ enum Var {
 #[derive(Clone)]
 pub struct Expr {
     text: Arc<str>,
+    /// Set when the expression is just a field name (`amount`): it is then read directly, which
+    /// is what CEL would do, without building an evaluation context.
+    field: Option<Arc<str>>,
     program: Arc<Program>,
     vars: Arc<[Var]>,
     env: Arc<Env>,
@@ -102,8 +108,18 @@ impl Expr {
                 field => Var::Field(field.to_string()),
             })
             .collect();
+        let trimmed = text.trim();
+        let is_ident = trimmed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && trimmed.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+        let field = (is_ident
+            && !RECORD_VARIABLES.contains(&trimmed)
+            && !RESERVED_WORDS.contains(&trimmed))
+        .then(|| Arc::from(trimmed));
         Ok(Self {
             text: text.into(),
+            field,
             program: Arc::new(program),
             vars,
             env: env.clone(),
@@ -131,6 +147,12 @@ impl Expr {
 
     /// Evaluates the expression for one record.
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, String> {
+        if let Some(f) = &self.field {
+            return value::field(scope.value, f).cloned().ok_or_else(|| {
+                let e = ExecutionError::UndeclaredReference(Arc::new(f.to_string()));
+                format!("`{}`: {}", self.text, describe(&e, scope.value))
+            });
+        }
         let mut ctx = Context::with_env(self.env.clone());
         for var in self.vars.iter() {
             let (name, v) = match var {

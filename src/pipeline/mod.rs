@@ -164,8 +164,11 @@ impl Processor for StageProcessor {
 impl StageProcessor {
     /// A stage: decodes with `codec`, takes event time from `time` (or the record timestamp),
     /// runs `steps`, ends at `end`.
-    fn new(codec: Codec, time: Option<Expr>, steps: Vec<Step>, end: End) -> Self {
+    fn new(codec: Codec, time: Option<Expr>, mut steps: Vec<Step>, end: End) -> Self {
         let fields = needed_fields(time.as_ref(), &steps).map(Into::into);
+        if let (End::Nothing, Some(Step::Aggregate(a))) = (&end, steps.last_mut()) {
+            a.without_output();
+        }
         Self {
             codec,
             fields,
