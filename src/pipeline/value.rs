@@ -55,7 +55,7 @@ pub fn to_key(value: &Value) -> Result<Option<Vec<u8>>, String> {
 /// Looks up a field of a map value by name.
 pub fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
     match value {
-        Value::Map(m) => m.map.get(&Key::String(Arc::new(name.to_string()))),
+        Value::Map(m) => m.get(&cel::objects::KeyRef::String(name)),
         _ => None,
     }
 }
