@@ -674,9 +674,16 @@ fn worker_run(
     )
     .unwrap_or(0.0);
     let produced_all = parse_metric(&body, "tributary_records_produced_total").unwrap_or(0.0);
+    let state = if sc.check_state {
+        format!(
+            ", state of {:?} = expected",
+            CHECK_KEYS.iter().map(|k| format!("user-{k}")).collect::<Vec<_>>()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  {scenario}: verified: consumed = {consumed}, state of {:?} = expected; produced {produced_all} records ({changelog} to the changelog)",
-        CHECK_KEYS.iter().map(|k| format!("user-{k}")).collect::<Vec<_>>()
+        "  {scenario}: verified: consumed = {consumed}{state}; produced {produced_all} records ({changelog} to the changelog)"
     );
 
     let hwm = status_kib(&pid.to_string(), "VmHWM").unwrap_or(0);
