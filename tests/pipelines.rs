@@ -24,6 +24,14 @@ fn sink_driver(steps: &str) -> TestDriver {
     )
 }
 
+/// Pipes `(key, value, event time)` records into `in`; returns the values that reached `out`.
+fn run(d: &mut TestDriver, input: &[(&str, &str, i64)]) -> Vec<serde_json::Value> {
+    for (key, value, time) in input {
+        d.pipe("in", Some(key), value, *time).unwrap();
+    }
+    values(&d.read("out"))
+}
+
 fn values(records: &[TestRecord]) -> Vec<serde_json::Value> {
     records.iter().map(TestRecord::json).collect()
 }
@@ -296,10 +304,8 @@ fn hopping_windows_count_a_record_in_every_window_holding_it() {
     let mut d = sink_driver(
         r#"{ aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" } } }"#,
     );
-    d.pipe("in", Some("a"), "{}", 7_000).unwrap();
-    d.pipe("in", Some("a"), "{}", 12_000).unwrap();
     assert_eq!(
-        values(&d.read("out")),
+        run(&mut d, &[("a", "{}", 7_000), ("a", "{}", 12_000),]),
         [
             json!({"n":1,"window_start":0,"window_end":10000}),
             json!({"n":1,"window_start":5000,"window_end":15000}),
@@ -314,11 +320,11 @@ fn hopping_final_emits_each_window_once() {
     let mut d = sink_driver(
         r#"{ aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" }, emit = "final" } }"#,
     );
-    d.pipe("in", Some("a"), "{}", 7_000).unwrap();
-    d.pipe("in", Some("a"), "{}", 12_000).unwrap();
-    d.pipe("in", Some("a"), "{}", 40_000).unwrap();
     assert_eq!(
-        values(&d.read("out")),
+        run(
+            &mut d,
+            &[("a", "{}", 7_000), ("a", "{}", 12_000), ("a", "{}", 40_000)]
+        ),
         [
             json!({"n":1,"window_start":0,"window_end":10000}),
             json!({"n":2,"window_start":5000,"window_end":15000}),

@@ -677,7 +677,10 @@ fn worker_run(
     let state = if sc.check_state {
         format!(
             ", state of {:?} = expected",
-            CHECK_KEYS.iter().map(|k| format!("user-{k}")).collect::<Vec<_>>()
+            CHECK_KEYS
+                .iter()
+                .map(|k| format!("user-{k}"))
+                .collect::<Vec<_>>()
         )
     } else {
         String::new()
