@@ -90,8 +90,14 @@ impl Expr {
             return Err("empty expression".into());
         }
         let program = env.compile(text).map_err(|e| {
+            // CEL's message repeats the source with a caret under it; the first line already
+            // has the position, and problems are reported one line each.
             let e = e.to_string();
-            format!("does not compile: {}", e.trim())
+            let first = e.lines().next().unwrap_or_default().trim();
+            let first = first
+                .trim_start_matches("ERROR: ")
+                .replacen("<input>:", "at ", 1);
+            format!("does not compile: {first}")
         })?;
         let references = program.references();
         let mut names = references.variables();
@@ -300,7 +306,11 @@ mod tests {
     #[test]
     fn syntax_errors_are_compile_errors() {
         let e = Expr::compile(&environment(), "amount >").unwrap_err();
-        assert!(e.starts_with("does not compile"), "{e}");
+        assert!(
+            e.starts_with("does not compile: at 1:9: Syntax error"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line per problem: {e}");
         assert!(Expr::compile(&environment(), " ").is_err());
     }
 
