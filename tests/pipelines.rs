@@ -6,10 +6,14 @@ use tributary::config;
 use tributary::pipeline::partitioner::partition_for_key;
 use tributary::testkit::{TestDriver, TestRecord};
 
+/// The `[app]`, `[kafka]` and `[processing]` tables every test config starts with.
+const HEADER: &str =
+    "[app]\nid = \"t\"\n[kafka]\nbootstrap_servers = \"embedded\"\n[processing]\non_error = \"dlq\"\n";
+
 /// A driver for one pipeline `p` of app `t` (on_error = dlq unless `extra` says otherwise).
 fn driver(extra: &str, pipeline: &str) -> TestDriver {
     let toml = format!(
-        "[app]\nid = \"t\"\n[kafka]\nbootstrap_servers = \"embedded\"\n[processing]\non_error = \"dlq\"\n{extra}\n[[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n{pipeline}"
+        "{HEADER}{extra}\n[[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n{pipeline}"
     );
     let cfg = config::load_str(&toml).unwrap_or_else(|e| panic!("{e:?}"));
     TestDriver::from_config(&cfg).unwrap_or_else(|e| panic!("{e:?}"))
@@ -471,18 +475,12 @@ steps = [ { key_by = "user" }, { aggregate = { fields = { n = "count()" } } } ]"
 
 #[test]
 fn event_times_out_of_range_fail_the_record() {
-    let toml = r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[processing]
-on_error = "dlq"
-[[pipeline]]
+    let toml = [HEADER, r#"[[pipeline]]
 name = "p"
 source = { topics = ["in"], time = "ts * 1000000" }
 sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { n = "count()" } } } ]"#;
-    let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
+steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { n = "count()" } } } ]"#].concat();
+    let mut d = TestDriver::from_config(&config::load_str(&toml).unwrap()).unwrap();
     d.pipe("in", Some("a"), r#"{"ts":1700000000000}"#, 1)
         .unwrap();
     d.pipe("in", Some("a"), r#"{"ts":5}"#, 1).unwrap(); // 5,000,000 ms
@@ -496,16 +494,12 @@ steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = 
 
 #[test]
 fn event_time_can_come_from_the_value() {
-    let toml = r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[[pipeline]]
+    let toml = [HEADER, r#"[[pipeline]]
 name = "p"
 source = { topics = ["in"], time = "ts" }
 sink = { topic = "out" }
-steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { n = "count()" } } } ]"#;
-    let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
+steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = { n = "count()" } } } ]"#].concat();
+    let mut d = TestDriver::from_config(&config::load_str(&toml).unwrap()).unwrap();
     d.pipe("in", Some("a"), r#"{"ts":125000}"#, 1).unwrap();
     let out = d.read("out");
     assert_eq!(
@@ -517,11 +511,7 @@ steps = [ { aggregate = { window = { kind = "tumbling", size = "1m" }, fields = 
 
 #[test]
 fn string_and_bytes_formats() {
-    let toml = r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[[pipeline]]
+    let toml = [HEADER, r#"[[pipeline]]
 name = "p"
 source = { topics = ["in"], format = "string" }
 sink = { topic = "out", format = "string" }
@@ -530,8 +520,8 @@ steps = [ { filter = "value.startsWith('ok') && !['bot', 'spam'].exists(w, value
 name = "q"
 source = { topics = ["raw"], format = "bytes" }
 sink = { topic = "raw-out", format = "bytes" }
-steps = [ { filter = "size(value) > 1" } ]"#;
-    let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
+steps = [ { filter = "size(value) > 1" } ]"#].concat();
+    let mut d = TestDriver::from_config(&config::load_str(&toml).unwrap()).unwrap();
     d.pipe("in", None, "ok then", 1).unwrap();
     d.pipe("in", None, "not ok", 2).unwrap();
     d.pipe("in", None, "ok bot", 3).unwrap();
@@ -600,11 +590,7 @@ fn sink_partitioners_place_records() {
 
 #[test]
 fn validation_reports_every_problem_with_its_key_path() {
-    let toml = r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[[pipeline]]
+    let toml = [HEADER, r#"[[pipeline]]
 name = "p"
 source = { topics = ["in"], time = "ts +" }
 sink = { topic = "out", partitioner = "hash" }
@@ -614,8 +600,8 @@ steps = [
   { aggregate = { window = { kind = "tumbling" }, fields = { a = "sum()", b = "median(x)", c = "count(x)" } } },
   { dedup = { key = "id", within = "0s" } },
   { aggregate = { fields = { window_end = "count()" } } },
-]"#;
-    let issues: Vec<String> = config::load_str(toml)
+]"#].concat();
+    let issues: Vec<String> = config::load_str(&toml)
         .unwrap_err()
         .iter()
         .map(ToString::to_string)
@@ -639,11 +625,9 @@ steps = [
 
 #[test]
 fn validation_catches_topics_named_twice_and_final_without_window() {
-    let toml = r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[[pipeline]]
+    let toml = [
+        HEADER,
+        r#"[[pipeline]]
 name = "p"
 source = { topics = ["in", "in"] }
 sink = { topic = "out" }
@@ -652,8 +636,10 @@ steps = [ { aggregate = { fields = { n = "count()" }, emit = "final" } } ]
 name = "q"
 source = { topics = ["in", "t-p-changelog"] }
 sink = { topic = "t-dlq" }
-"#;
-    let cfg = config::load_str(toml).unwrap();
+"#,
+    ]
+    .concat();
+    let cfg = config::load_str(&toml).unwrap();
     let issues: Vec<String> = TestDriver::from_config(&{
         let mut c = cfg;
         c.processing.on_error = config::OnError::Dlq;
@@ -771,13 +757,7 @@ fn avro_in_and_out_with_schema_files() {
     std::fs::write(&in_schema, CLICK_SCHEMA).unwrap();
     std::fs::write(&out_schema, DOUBLED_SCHEMA).unwrap();
     let toml = format!(
-        r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[processing]
-on_error = "dlq"
-[[pipeline]]
+        r#"{HEADER}[[pipeline]]
 name = "p"
 source = {{ topics = ["in"], format = "avro", schema = "{}" }}
 sink = {{ topic = "out", format = "avro", schema = "{}" }}
@@ -806,13 +786,7 @@ fn avro_with_a_schema_registry_reads_by_id_and_registers_the_sink_schema() {
     let out_schema = dir.path().join("doubled.avsc");
     std::fs::write(&out_schema, DOUBLED_SCHEMA).unwrap();
     let toml = format!(
-        r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[processing]
-on_error = "dlq"
-[[pipeline]]
+        r#"{HEADER}[[pipeline]]
 name = "p"
 source = {{ topics = ["in"], format = "avro", registry_url = "{url}" }}
 sink = {{ topic = "out", format = "avro", registry_url = "{url}", schema = "{}" }}
@@ -863,18 +837,12 @@ steps = [ {{ filter = "amount > 1.0" }}, {{ map = "{{'user': user, 'doubled': am
 #[test]
 fn a_record_failing_after_a_stateful_step_leaves_no_state_behind() {
     // The aggregate's output (a map) cannot be written as bytes: the sink fails every record.
-    let toml = r#"[app]
-id = "t"
-[kafka]
-bootstrap_servers = "embedded"
-[processing]
-on_error = "dlq"
-[[pipeline]]
+    let toml = [HEADER, r#"[[pipeline]]
 name = "p"
 source = { topics = ["in"] }
 sink = { topic = "out", format = "bytes" }
-steps = [ { dedup = { key = "id", within = "1m" } }, { aggregate = { fields = { n = "count()" } } } ]"#;
-    let mut d = TestDriver::from_config(&config::load_str(toml).unwrap()).unwrap();
+steps = [ { dedup = { key = "id", within = "1m" } }, { aggregate = { fields = { n = "count()" } } } ]"#].concat();
+    let mut d = TestDriver::from_config(&config::load_str(&toml).unwrap()).unwrap();
     d.pipe("in", Some("a"), r#"{"id": 1}"#, 1_000).unwrap();
     d.pipe("in", Some("a"), r#"{"id": 2}"#, 2_000).unwrap();
     assert!(d.read("out").is_empty());
