@@ -177,6 +177,8 @@ fn event(multi: &MultiProgress, line: String) {
 #[derive(Debug, Default)]
 struct Verdict {
     exact: usize,
+    /// Records counted more than once, over every over-counted key.
+    duplicates: u64,
     over: Vec<String>,
     under: Vec<String>,
     missing: Vec<String>,
@@ -198,6 +200,7 @@ fn compare(
         if count == want.count && total == want.sum {
             v.exact += 1;
         } else if count >= want.count && total >= want.sum {
+            v.duplicates += count - want.count;
             v.over.push(format!(
                 "{key}: count {count} (expected {}), total {total} (expected {})",
                 want.count, want.sum
@@ -212,7 +215,8 @@ fn compare(
     v
 }
 
-/// Runs the demo; `Ok(true)` when every key's final totals equal the generated ones.
+/// Runs the demo; `Ok(true)` when no record was lost: every key's final totals are at least the
+/// generated ones (at least once: a key may be over-counted, and the demo reports by how much).
 pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let dir = std::env::temp_dir().join(format!("tributary-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(setup("creating the demo directory"))?;
@@ -418,20 +422,19 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
     for line in verdict.over.iter().chain(&verdict.under).take(10) {
         println!("  {line}");
     }
-    if !verdict.over.is_empty() {
-        println!(
-            "over-counted keys: records were processed again after the takeover (at-least-once allows it; this demo expects none)"
-        );
-    }
-    let ok = clean && verdict.exact == report.totals.len();
-    println!(
-        "{}",
-        if ok {
-            "totals match: nothing lost, nothing counted twice"
-        } else {
-            "TOTALS DO NOT MATCH"
-        }
-    );
+    // The demo runs at least once: records the killed worker processed after its last commit
+    // are processed again by their new owner, so keys may be over-counted by that much. Lost
+    // records (under-counted or missing keys) are the failure.
+    let ok = clean && verdict.under.is_empty() && verdict.missing.is_empty();
+    let outcome = match (ok, verdict.duplicates) {
+        (false, _) => "TOTALS DO NOT MATCH: records were lost".to_string(),
+        (true, 0) => "totals match: nothing lost, nothing counted twice".to_string(),
+        (true, n) => format!(
+            "nothing lost; {n} records counted twice, allowed under at_least_once (the killed \
+             worker's records after its last commit were processed again by their new owner)"
+        ),
+    };
+    println!("{outcome}");
     drop(cluster);
     Ok(ok)
 }

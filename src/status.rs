@@ -27,6 +27,9 @@ pub struct TaskStatus {
     pub queued: usize,
     /// Changelog records left to restore (estimate; 0 once running).
     pub restore_remaining: i64,
+    /// Per changelog topic, the offset up to which the local store holds it (its checkpoint,
+    /// written with each successful commit); `None` before the first.
+    pub checkpoints: BTreeMap<String, Option<i64>>,
     /// Member (thread) that owns it.
     pub member: usize,
 }

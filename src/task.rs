@@ -178,7 +178,8 @@ impl ChangelogSink for ChangelogWriter<'_> {
 const RESTORE_BATCH: usize = 1000;
 
 impl Task {
-    /// Opens the task's database under `dir` (wiping it if unreadable) and creates its processor.
+    /// Opens the task's database under `dir` (wiping it if unreadable; [`StateError::Locked`]
+    /// while another handle holds it) and creates its processor.
     /// The task starts `Restoring`.
     pub fn open(
         info: TaskInfo,
@@ -189,15 +190,10 @@ impl Task {
         cache_max_entries: usize,
         metrics: Metrics,
     ) -> Result<Self, StateError> {
-        let db = match TaskDb::open(dir, stores) {
-            Ok(db) => db,
-            Err(StateError::Open { path, reason }) => {
-                tracing::warn!(task = %info.id, path = %path.display(), %reason, "state unreadable; wiping it for a full restore");
-                TaskDb::wipe(dir)?;
-                TaskDb::open(dir, stores)?
-            }
-            Err(e) => return Err(e),
-        };
+        let (db, wiped) = TaskDb::open_or_rebuild(dir, stores)?;
+        if let Some(reason) = wiped {
+            tracing::warn!(task = %info.id, path = %dir.display(), %reason, "state unreadable; wiped it for a full restore");
+        }
         Ok(Self {
             info,
             state: TaskState::Restoring,
@@ -258,6 +254,21 @@ impl Task {
                 ))
             })
             .collect()
+    }
+
+    /// Empties the store whose changelog is `changelog` (its checkpoint cannot be trusted); its
+    /// restore then starts from the changelog's beginning.
+    pub fn clear_store(&mut self, changelog: &str) -> Result<(), StateError> {
+        self.restore_batch = None;
+        self.restore_batch_len = 0;
+        match self
+            .changelogs
+            .iter()
+            .position(|c| *c.changelog == *changelog)
+        {
+            Some(store) => self.stores.db().clear_store(store),
+            None => Ok(()),
+        }
     }
 
     /// Applies one changelog record during restore.
@@ -577,7 +588,17 @@ impl Task {
         db.write(batch).map_err(|source| TaskError::State {
             task: self.info.id,
             source,
-        })
+        })?;
+        self.stores.commit_succeeded();
+        Ok(())
+    }
+
+    /// The commit that [`Task::prepare_commit`] began failed (its input offsets were not
+    /// committed): its state batch is dropped, not written, so the local checkpoint stays at
+    /// the last commit known to have succeeded; the changes it held are flushed again by the
+    /// next commit. If the partition turns out to be lost, closing the task dirty drops them.
+    pub fn commit_failed(&mut self) {
+        self.stores.commit_failed();
     }
 
     /// Drops everything not committed (queued records, dirty cache entries): used when the

@@ -636,6 +636,105 @@ async fn library_processor_counts_per_key() {
     );
 }
 
+/// A failed offset commit must not write the local checkpoint: the state batch of that commit
+/// stays out of RocksDB (its changes are already in the changelog, and go out again), and the
+/// task keeps processing from its cache. Once commits succeed again, the checkpoint moves, the
+/// offsets are committed, and every record was counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_offset_commits_leave_the_checkpoint_alone() {
+    init_tracing();
+    const APP: &str = "commit-fails";
+    const INPUT: &str = "events";
+    const SINK: &str = "event-counts";
+    const CHANGELOG: &str = "commit-fails-counts-changelog";
+    let cluster = cluster(&[(INPUT, 2), (SINK, 2), (CHANGELOG, 2)]);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline = placeholder_pipeline(INPUT, SINK);
+    let settings = Settings {
+        app: APP,
+        threads: 1,
+        processing: "",
+        pipeline: &pipeline,
+    };
+    let config = load_config(dir.path(), &bootstrap, state.path(), &settings);
+    let worker = Worker::builder(config)
+        .topology(count_topology(INPUT, SINK, Duration::ZERO))
+        .build()
+        .expect("worker builds");
+    let mut run = Running::start(worker);
+    run.wait_until("both tasks run", |r| {
+        r.status
+            .tasks()
+            .iter()
+            .filter(|t| t.state == tributary::task::TaskState::Running)
+            .count()
+            == 2
+    })
+    .await;
+
+    // Every commit fails for a while (commits run every 100 ms).
+    cluster.fail_offset_commits(150).unwrap();
+    let input = keyed_records(200, 10);
+    let landed = produce(&bootstrap, INPUT, &input).await;
+    let mut sink = blocking(|| Reader::open(&bootstrap, SINK, 2));
+    let mut changelog = blocking(|| Reader::open(&bootstrap, CHANGELOG, 2));
+    run.wait_until(
+        "all 200 records are processed and flushed to the changelog",
+        |_| {
+            sink.poll_for(Duration::from_millis(100));
+            changelog.poll_for(Duration::from_millis(100));
+            sink.records.len() == 200 && changelog.last_per_key().len() == 10
+        },
+    )
+    .await;
+    let failures = metric_sum(&run.metrics, "tributary_commit_failures_total");
+    assert!(failures > 0.0, "commits failed meanwhile");
+    for t in run.status.tasks() {
+        assert_eq!(
+            t.checkpoints.get(CHANGELOG),
+            Some(&None),
+            "task {}: no checkpoint is written while its commits fail: {:?}",
+            t.id,
+            t.checkpoints
+        );
+    }
+    assert_eq!(committed(&bootstrap, APP, INPUT, 2), vec![None, None]);
+
+    // Once commits go through, the checkpoints and the offsets move.
+    run.wait_until("the checkpoints are written", |r| {
+        r.status
+            .tasks()
+            .iter()
+            .all(|t| matches!(t.checkpoints.get(CHANGELOG), Some(Some(_))))
+    })
+    .await;
+    run.stop().await.expect("the worker stops cleanly");
+    blocking(|| sink.read_to_end());
+    let ends: Vec<Option<i64>> = (0..2)
+        .map(|p| {
+            landed
+                .iter()
+                .filter(|(lp, _)| *lp == p)
+                .map(|(_, o)| o + 1)
+                .max()
+        })
+        .collect();
+    assert_eq!(
+        committed(&bootstrap, APP, INPUT, 2),
+        ends,
+        "every record is committed"
+    );
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &input {
+        *expected
+            .entry(String::from_utf8(r.key.clone().unwrap()).unwrap())
+            .or_default() += 1;
+    }
+    assert_count_sequences(&sink.values_per_key(), &expected);
+}
+
 // ---------------------------------------------------------------------------------------------
 // b, c, d. the built-in aggregate and bad records
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -207,6 +207,92 @@ pub fn produce_raw(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) 
     send_raw(&p, topic, records)
 }
 
+/// Deletes a topic and waits until metadata no longer shows it.
+pub fn delete_topic(bootstrap: &str, name: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in block_on(admin.delete_topics(&[name], &opts))? {
+        if let Err((name, code)) = r {
+            bail!("DeleteTopics {name}: {code:?}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partitions_of(bootstrap, name, Duration::from_secs(5)).is_ok() {
+        if Instant::now() >= deadline {
+            bail!("topic {name} still in metadata 30 s after its deletion");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Writes `records` (key, value; `None` is a tombstone) to one partition in a single
+/// transaction, then commits it or, with `commit = false`, aborts it. Either way the partition
+/// ends in a transaction marker, an offset no application ever receives.
+pub fn produce_transaction(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+    commit: bool,
+) -> Result<()> {
+    use rdkafka::producer::Producer as _;
+    let p: BaseProducer<CountingContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", crate::unique_name("harness-txn"))
+        .create_with_context(CountingContext::default())?;
+    let t = Duration::from_secs(30);
+    p.init_transactions(t)?;
+    p.begin_transaction()?;
+    for (key, value) in records {
+        let mut r = BaseRecord::to(topic).partition(partition).key(key);
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        p.send(r).map_err(|(e, _)| e)?;
+    }
+    p.flush(t)?;
+    if commit {
+        p.commit_transaction(t)?;
+    } else {
+        p.abort_transaction(t)?;
+    }
+    let errors = std::mem::take(&mut *p.context().errors.lock().unwrap());
+    if !errors.is_empty() && commit {
+        bail!("transactional sends to {topic} failed: {errors:?}");
+    }
+    Ok(())
+}
+
+/// Log start and end (high watermark) offsets of one partition.
+pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> Result<(i64, i64)> {
+    let c: BaseConsumer = base_consumer_config(bootstrap).create()?;
+    Ok(c.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
+}
+
+/// The offsets group `group` has committed for each partition of `topic` (partitions without a
+/// commit are left out).
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> Result<HashMap<i32, i64>> {
+    let c: BaseConsumer = base_consumer_config(bootstrap)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions_with(&c, topic, Duration::from_secs(10))? {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// One record read from a topic.
 #[derive(Clone, Debug)]
 pub struct Rec {
@@ -250,8 +336,11 @@ pub struct TopicReader {
     /// Next offset to read per partition, as far as we know.
     positions: HashMap<i32, i64>,
     /// How long fetches must return nothing, after the reported end was reached, before the
-    /// partition set counts as read to the end.
+    /// partition set counts as read to the end: zero on Apache Kafka, whose end offsets are
+    /// exact; a second on tansu (see [`TopicReader::read_to_end`]).
     pub quiet: Duration,
+    /// Whether a long silence short of the reported end counts as the end (tansu only).
+    stall_is_end: bool,
     /// Upper bound for one `read_to_end`.
     pub timeout: Duration,
 }
@@ -274,12 +363,18 @@ impl TopicReader {
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;
+        let tansu = crate::BrokerKind::from_env() == crate::BrokerKind::Tansu;
         Ok(TopicReader {
             consumer,
             topic: topic.to_string(),
             partitions,
             positions: HashMap::new(),
-            quiet: Duration::from_secs(1),
+            quiet: if tansu {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            },
+            stall_is_end: tansu,
             timeout: Duration::from_secs(180),
         })
     }
@@ -291,8 +386,11 @@ impl TopicReader {
     /// Reads until every partition is read to its end and returns the records read by this
     /// call, ordered by (partition, offset).
     ///
+    /// On Apache Kafka the end is the high watermark each partition had when the call began
+    /// (positions count transaction markers, which the application never sees).
+    ///
     /// tansu deviation: the end offset it reports (high watermark) is the base offset of the
-    /// last record batch + 1, which can be lower than the true end. So "the end" here is:
+    /// last record batch + 1, which can be lower than the true end. So there "the end" is:
     /// every partition's position has reached the reported end, and then fetches have
     /// returned nothing more for `self.quiet`.
     pub fn read_to_end(&mut self) -> Result<Vec<Rec>> {
@@ -362,17 +460,35 @@ impl TopicReader {
                 .iter()
                 .all(|p| self.positions.get(p).copied().unwrap_or(0) >= highs[p]);
             // Once the reported ends are reached, the end is where fetches stay empty for
-            // `quiet`. And nothing at all for a long while although a reported end was not
-            // reached is taken as the end too, rather than hang (a partition can end in
-            // records an application never sees).
+            // `quiet`. On tansu, nothing at all for a long while although a reported end was
+            // not reached is taken as the end too, rather than hang.
             let at_end = (reached && last_activity.elapsed() >= self.quiet)
-                || last_activity.elapsed() >= self.quiet.max(STALL);
+                || (self.stall_is_end && last_activity.elapsed() >= self.quiet.max(STALL));
             if at_end || start.elapsed() >= limit {
                 out.sort_by_key(|r| (r.partition, r.offset));
                 return Ok((out, at_end));
             }
         }
     }
+}
+
+/// Topic-level configs as the broker describes them (DescribeConfigs), name → value.
+pub fn describe_topic_config(bootstrap: &str, topic: &str) -> Result<HashMap<String, String>> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts))?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no DescribeConfigs result for {topic}"))?
+        .map_err(|code| anyhow!("DescribeConfigs {topic}: {code:?}"))?;
+    Ok(resource
+        .entries
+        .into_iter()
+        .filter_map(|e| e.value.map(|v| (e.name, v)))
+        .collect())
 }
 
 /// Every record of `topic`, all partitions, from the beginning to the (true) end.

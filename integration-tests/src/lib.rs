@@ -1,10 +1,12 @@
 //! Harness for Tributary's black-box integration tests.
 //!
-//! * [`Broker`]: a real Kafka-compatible broker (tansu, installed by `scripts/install-tansu`)
-//!   on a free loopback port, one per test, stopped on drop.
+//! * [`Broker`]: a real broker on free loopback ports, one per test, stopped on drop: Apache
+//!   Kafka 4.x in KRaft mode (installed from Maven Central by `scripts/install-kafka`) by
+//!   default, tansu (`scripts/install-tansu`) with `TRIBUTARY_TEST_BROKER=tansu`. A Kafka
+//!   broker can be stopped, restarted on its log directory, and paused.
 //! * Kafka helpers ([`create_topic`], [`produce_json`], [`consume_all`],
 //!   [`last_value_per_key`], [`TopicReader`], [`KeyedView`], [`ContinuousProducer`]) built on
-//!   rdkafka, tolerant of tansu's deviations (see [`TopicReader::read_to_end`]).
+//!   rdkafka; exact on Kafka, tolerant of tansu's deviations (see [`TopicReader::read_to_end`]).
 //! * [`Workload`]: deterministic input records and their expected per-key totals.
 //! * [`WorkerProcess`]: the built `tributary` binary run as a child process (`run -c FILE`),
 //!   with kill -9, SIGTERM, `/ready` and `/metrics` helpers; [`run_cli`] for one-shot commands.
@@ -17,16 +19,17 @@ pub mod sig;
 mod worker;
 mod workload;
 
-pub use broker::{tansu_bin, Broker};
+pub use broker::{kafka_home, tansu_bin, Broker, BrokerKind};
 pub use kafka::{
-    consume_all, create_compacted_topic, create_topic, last_value_per_key, produce_json,
+    committed_offsets, consume_all, create_compacted_topic, create_topic, delete_topic,
+    describe_topic_config, last_value_per_key, produce_json, produce_transaction, watermarks,
     ContinuousProducer, KeyedView, Rec, TopicReader,
 };
 pub use worker::{
     http_get, parse_metric, run_cli, run_cli_timeout, tributary_bin, TotalsConfig, WorkerProcess,
 };
 pub use workload::{
-    check_at_least, check_exact, expected_totals, reached, RecordGen, Totals, Workload,
+    check_at_least, check_exact, duplicates, expected_totals, reached, RecordGen, Totals, Workload,
 };
 
 use std::net::TcpListener;

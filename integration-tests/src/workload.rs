@@ -164,6 +164,18 @@ pub fn check_exact(
     report("exact", problems, expected.len(), actual.len())
 }
 
+/// Records counted more than once: the sum over keys of the observed count beyond the expected
+/// one (keys below their expected count add nothing; check them with [`check_at_least`]).
+pub fn duplicates(expected: &HashMap<String, Totals>, actual: &HashMap<String, Value>) -> u64 {
+    expected
+        .iter()
+        .filter_map(|(k, e)| {
+            let (count, _) = observed(actual.get(k)?)?;
+            Some((count as u64).saturating_sub(e.count))
+        })
+        .sum()
+}
+
 /// At least once: every expected key is present with count and total >= expected.
 pub fn check_at_least(
     expected: &HashMap<String, Totals>,

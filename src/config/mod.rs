@@ -390,6 +390,10 @@ pub struct ProcessingConfig {
     /// `max_buffered_records` (default 1000, at least 1): records queued per partition before
     /// that partition is paused.
     pub max_buffered_records: usize,
+    /// `commit_timeout_ms` (milliseconds, default 60000, at least 1): how long a commit waits
+    /// for the broker to acknowledge every record produced since the last one. A commit that
+    /// waits longer fails (and with it the worker, committing nothing), rather than hang.
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for ProcessingConfig {
@@ -400,6 +404,7 @@ impl Default for ProcessingConfig {
             on_error: OnError::default(),
             dlq_topic: None,
             max_buffered_records: 1_000,
+            commit_timeout_ms: 60_000,
         }
     }
 }

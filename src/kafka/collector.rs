@@ -63,6 +63,17 @@ pub enum CollectorError {
         /// librdkafka's reason.
         reason: String,
     },
+    /// Records were still unacknowledged when the commit's wait ran out.
+    #[error(
+        "{pending} produced records were not acknowledged within processing.commit_timeout_ms \
+         ({timeout_ms} ms); is the broker reachable?"
+    )]
+    FlushTimeout {
+        /// Records still waiting.
+        pending: i32,
+        /// The wait, in milliseconds.
+        timeout_ms: u64,
+    },
     /// A record was not acknowledged (after librdkafka's own retries).
     #[error("delivery to {topic}/{partition} failed: {reason}")]
     Delivery {
@@ -105,12 +116,16 @@ impl ProducerContext for CollectorContext {
                 }
             }
             Err((e, m)) => {
-                tracing::error!(topic = m.topic(), partition = m.partition(), error = %e, "record not delivered");
                 let mut first = self
                     .first_error
                     .lock()
                     .expect("invariant: no panics under this lock");
-                if first.is_none() {
+                // One line for the first failure; the rest (a purge on shutdown fails every
+                // queued record) only at debug level. The commit reports the failure.
+                if first.is_some() {
+                    tracing::debug!(topic = m.topic(), partition = m.partition(), error = %e, "record not delivered");
+                } else {
+                    tracing::error!(topic = m.topic(), partition = m.partition(), error = %e, "record not delivered");
                     *first = Some(CollectorError::Delivery {
                         topic: m.topic().to_string(),
                         partition: m.partition(),
@@ -190,11 +205,12 @@ impl Collector {
         }
     }
 
-    /// Waits until every record sent so far is acknowledged; fails if any record sent since the
-    /// producer started was not.
-    pub fn flush(&self) -> Result<(), CollectorError> {
-        // No timeout of our own: librdkafka fails undeliverable records after message.timeout.ms.
-        let flushed = self.producer.flush(rdkafka::util::Timeout::Never);
+    /// Waits until every record sent so far is acknowledged, at most `timeout`; fails if any
+    /// record sent since the producer started was not, or if some are still waiting.
+    pub fn flush(&self, timeout: Duration) -> Result<(), CollectorError> {
+        // librdkafka fails undeliverable records after message.timeout.ms (5 minutes by
+        // default), but a commit must not stall the member that long: bounded by our own wait.
+        let flushed = self.producer.flush(timeout);
         if let Some(e) = self
             .producer
             .context()
@@ -205,9 +221,17 @@ impl Collector {
         {
             return Err(e);
         }
-        flushed.map_err(|e| CollectorError::Send {
-            topic: "*".into(),
-            reason: format!("flush: {e}"),
+        flushed.map_err(|e| match e {
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => {
+                CollectorError::FlushTimeout {
+                    pending: self.in_flight(),
+                    timeout_ms: timeout.as_millis() as u64,
+                }
+            }
+            e => CollectorError::Send {
+                topic: "*".into(),
+                reason: format!("flush: {e}"),
+            },
         })
     }
 

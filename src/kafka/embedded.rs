@@ -9,12 +9,17 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 enum Command {
     CreateTopic {
         name: String,
         partitions: i32,
         reply: mpsc::Sender<Result<(), String>>,
+    },
+    FailOffsetCommits {
+        count: usize,
+        reply: mpsc::Sender<()>,
     },
 }
 
@@ -61,6 +66,15 @@ impl EmbeddedCluster {
                             });
                             let _ = reply.send(result);
                         }
+                        Command::FailOffsetCommits { count, reply } => {
+                            // A permanent error (no retry, no rejoin): the commit just fails.
+                            let errors = vec![
+                                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE;
+                                    count
+                                ];
+                            mock.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
+                            let _ = reply.send(());
+                        }
                     }
                 }
             })
@@ -95,6 +109,20 @@ impl EmbeddedCluster {
         result
             .recv()
             .map_err(|_| "the embedded cluster is gone".to_string())?
+    }
+}
+
+impl EmbeddedCluster {
+    /// Fault injection for tests: the next `count` offset commits (of any group) fail.
+    pub fn fail_offset_commits(&self, count: usize) -> Result<(), String> {
+        let (reply, done) = mpsc::channel();
+        self.commands
+            .as_ref()
+            .expect("invariant: commands live until drop")
+            .send(Command::FailOffsetCommits { count, reply })
+            .map_err(|_| "the embedded cluster is gone".to_string())?;
+        done.recv()
+            .map_err(|_| "the embedded cluster is gone".to_string())
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -115,10 +115,34 @@ struct SourceRoute {
 enum Rewind {
     /// Paused; the first record left behind is at this offset.
     Left(i64),
-    /// Resumed after a seek back to this offset. Records of the partition that librdkafka had
-    /// already queued before the seek can still arrive (later offsets); they are dropped until
-    /// the record at this offset comes again, so nothing is processed twice.
-    Seeking(i64),
+    /// Resumed after a seek back to `offset`, done in member epoch `epoch`. Records of the
+    /// partition polled before the seek (in an earlier epoch; the loop polls a batch before it
+    /// routes it) are dropped: they come again. The first record polled after the seek is where
+    /// the partition resumes: normally `offset` itself, or a later one when retention or
+    /// compaction removed `offset` meanwhile (librdkafka then resets to the log start).
+    Seeking { offset: i64, epoch: u64 },
+}
+
+/// What to do with a polled record of a partition that is being re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RewindVerdict {
+    /// Left in Kafka (still paused) or stale (polled before the seek): drop it.
+    Drop,
+    /// The first record after the seek: the rewind is over; route it normally.
+    Resumed,
+}
+
+impl Rewind {
+    fn verdict(self, offset: i64, polled_epoch: u64) -> RewindVerdict {
+        match self {
+            Rewind::Left(_) => RewindVerdict::Drop,
+            Rewind::Seeking { epoch, .. } if polled_epoch < epoch => RewindVerdict::Drop,
+            // After the seek librdkafka delivers from the target or, if that is gone, the
+            // first offset that still exists; an earlier offset cannot come.
+            Rewind::Seeking { offset: target, .. } if offset < target => RewindVerdict::Drop,
+            Rewind::Seeking { .. } => RewindVerdict::Resumed,
+        }
+    }
 }
 
 /// The member's state, shared between its loop and its consumer context.
@@ -223,6 +247,39 @@ impl ConsumerContext for MemberContext {
             tracing::warn!(member = self.member, error = %e, "offset commit failed");
         }
     }
+}
+
+/// Commits offsets, retrying a few times when the coordinator is only busy (a rebalance is
+/// completing, the coordinator is moving or loading): a failed commit leaves the checkpoints
+/// behind, and the work since the last one is redone if the partitions move before the next.
+fn commit_offsets(consumer: &MemberConsumer, tpl: &TopicPartitionList) -> KafkaResult<()> {
+    const RETRIES: u32 = 5;
+    const BACKOFF: Duration = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match consumer.commit(tpl, CommitMode::Sync) {
+            Err(KafkaError::ConsumerCommit(code))
+                if attempt < RETRIES && commit_retriable(code) =>
+            {
+                attempt += 1;
+                tracing::debug!(error = %code, attempt, "offset commit refused for now; retrying");
+                std::thread::sleep(BACKOFF);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Commit errors that say "not now" rather than "not yours".
+fn commit_retriable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+    )
 }
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -364,14 +421,18 @@ impl Core {
         let mut task = task;
         self.setup.status.register_db(id, task.db().clone());
         if !task.start_if_stateless() {
-            for (changelog, from) in task.restore_points().map_err(|e| e.to_string())? {
-                let remaining =
-                    self.restore
-                        .start(&changelog, id.partition, from)
-                        .map_err(|e| {
-                            format!("starting restore of {changelog}/{}: {e}", id.partition)
-                        })?;
-                tracing::info!(task = %id, changelog = %changelog, from = ?from, remaining, "restoring");
+            for (changelog, checkpoint) in task.restore_points().map_err(|e| e.to_string())? {
+                let start = self
+                    .restore
+                    .start(&changelog, id.partition, checkpoint)
+                    .map_err(|e| {
+                        format!("starting restore of {changelog}/{}: {e}", id.partition)
+                    })?;
+                if let Some(why) = &start.stale {
+                    tracing::warn!(task = %id, changelog = %changelog, reason = %why, "local state is stale; emptying it for a full restore");
+                    task.clear_store(&changelog).map_err(|e| e.to_string())?;
+                }
+                tracing::info!(task = %id, changelog = %changelog, from = start.from, remaining = start.remaining, "restoring");
             }
         }
         self.task_epoch
@@ -467,7 +528,9 @@ impl Core {
                 self.fail(format!("seeking {topic}/{partition} back to {offset}: {e}"));
                 return;
             }
-            self.rewind.insert(key, Rewind::Seeking(offset));
+            // Records polled from now on are in a later epoch than any polled before the seek.
+            let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+            self.rewind.insert(key, Rewind::Seeking { offset, epoch });
         }
         if self.paused.remove(&(topic.clone(), partition)) {
             if let Err(e) = consumer.resume(&single(topic, partition)) {
@@ -499,17 +562,18 @@ impl Core {
         };
         if !self.rewind.is_empty() {
             let key = (route.topic.clone(), id.partition);
-            match self.rewind.get(&key).copied() {
-                Some(Rewind::Seeking(offset)) if msg.offset() == offset => {
-                    self.rewind.remove(&key);
+            if let Some(rewind) = self.rewind.get(&key).copied() {
+                match rewind.verdict(msg.offset(), polled_epoch) {
+                    RewindVerdict::Resumed => {
+                        self.rewind.remove(&key);
+                    }
+                    RewindVerdict::Drop => {
+                        if let Rewind::Left(_) = rewind {
+                            self.leave_in_kafka(&key.0, id.partition, msg.offset());
+                        }
+                        return Ok(());
+                    }
                 }
-                // Queued by librdkafka before the seek back: it comes again in order.
-                Some(Rewind::Seeking(_)) => return Ok(()),
-                Some(Rewind::Left(_)) => {
-                    self.leave_in_kafka(&key.0, id.partition, msg.offset());
-                    return Ok(());
-                }
-                None => {}
             }
         }
         if self.pending_open.contains(&id) {
@@ -678,7 +742,8 @@ impl Core {
         {
             batches.push((task.id(), task.prepare_commit(&self.collector)?));
         }
-        self.collector.flush()?;
+        let timeout = Duration::from_millis(self.setup.config.processing.commit_timeout_ms);
+        self.collector.flush(timeout)?;
         let acks = self.collector.take_changelog_acks();
         let mut tpl = TopicPartitionList::new();
         for task in self.tasks.values() {
@@ -688,12 +753,23 @@ impl Core {
             }
         }
         if tpl.count() > 0 {
-            match consumer.commit(&tpl, CommitMode::Sync) {
+            match commit_offsets(consumer, &tpl) {
                 Ok(()) => self.tasks.values_mut().for_each(Task::offsets_committed),
                 Err(e) => {
-                    // Not fatal: the records will be processed again by whoever owns them next.
+                    // The state batches must not reach RocksDB: their checkpoint would claim
+                    // input the group never recorded as processed, and a fenced member's
+                    // checkpoint would skip changes the partition's new owner wrote to the
+                    // changelog meanwhile. The tasks keep their last checkpoint; their changes
+                    // stay in the cache and go out again with the next commit. A partition
+                    // that was lost is closed dirty by the rebalance that follows.
                     self.setup.metrics.commit_failures.inc();
-                    tracing::warn!(member = self.member(), error = %e, "committing input offsets failed");
+                    tracing::warn!(member = self.member(), error = %e, "committing input offsets failed; the local checkpoints stay at the last successful commit");
+                    for (id, _batch) in batches {
+                        if let Some(task) = self.tasks.get_mut(&id) {
+                            task.commit_failed();
+                        }
+                    }
+                    return Ok(());
                 }
             }
         }
@@ -716,7 +792,8 @@ impl Core {
         let tasks: Vec<TaskStatus> = self
             .tasks
             .values()
-            .map(|t| TaskStatus {
+            .map(|t| (t, t.restore_points().unwrap_or_default()))
+            .map(|(t, points)| TaskStatus {
                 id: t.id().to_string(),
                 topology: t.info().topology.clone(),
                 partition: t.id().partition,
@@ -726,12 +803,14 @@ impl Core {
                     .map(|(topic, p)| (topic.to_string(), p))
                     .collect(),
                 queued: t.queued(),
-                restore_remaining: t
-                    .restore_points()
-                    .unwrap_or_default()
+                restore_remaining: points
                     .iter()
                     .map(|(c, _)| self.restore.remaining(c, t.id().partition))
                     .sum(),
+                checkpoints: points
+                    .iter()
+                    .map(|(c, offset)| (c.to_string(), *offset))
+                    .collect(),
                 member,
             })
             .collect();
@@ -967,5 +1046,30 @@ impl Member {
             core.publish_status();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Rewind, RewindVerdict};
+
+    #[test]
+    fn records_left_in_kafka_are_dropped_until_the_seek() {
+        assert_eq!(Rewind::Left(10).verdict(12, 5), RewindVerdict::Drop);
+    }
+
+    #[test]
+    fn after_a_seek_only_records_polled_later_count_and_the_first_at_or_after_the_target_resumes() {
+        let seek = Rewind::Seeking {
+            offset: 10,
+            epoch: 7,
+        };
+        // Polled before the seek (an earlier epoch): comes again, dropped now.
+        assert_eq!(seek.verdict(10, 6), RewindVerdict::Drop);
+        assert_eq!(seek.verdict(15, 6), RewindVerdict::Drop);
+        // The target itself.
+        assert_eq!(seek.verdict(10, 7), RewindVerdict::Resumed);
+        // Retention removed the target: the first offset after it resumes the partition.
+        assert_eq!(seek.verdict(14, 8), RewindVerdict::Resumed);
     }
 }

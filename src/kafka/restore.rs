@@ -3,11 +3,21 @@
 //! One restore consumer per member, outside the group, is assigned the changelog partition of
 //! every store being restored and reads it from the offset the task's RocksDB says it reflects.
 //!
-//! When is a changelog read to its end? Apache Kafka's end offset would do, but the test broker
-//! (tansu) reports the base offset of the last batch + 1, which can be short of the true end. So
-//! a partition is finished only once its position has reached the reported end, *and* no record
-//! of it has arrived for a quiet period while fetches kept running, *and* a fresh end offset query
-//! still says nothing is left. That is right for both brokers.
+//! When is a changelog read to its end? When the consumer's fetch position reaches the end
+//! offset (the high watermark; the last stable offset for a `read_committed` reader). The
+//! position is librdkafka's own, not "last record seen + 1": a changelog may end in records an
+//! application never sees (transaction markers, aborted records) or have offsets that
+//! compaction removed, and only the fetch position moves over those.
+//!
+//! Two more checks keep it exact elsewhere: the end is queried again before a partition is
+//! declared finished (a writer may have appended meanwhile), and the position must have stayed
+//! at the end for a short quiet period, because some Kafka-compatible brokers (tansu) report the
+//! base offset of the last batch + 1 as the end, and only a further fetch shows the last batch.
+//!
+//! Where restore starts comes from the task's checkpoint, checked against the changelog: a
+//! checkpoint outside `[log start, end]` means the local store cannot be trusted (the topic was
+//! recreated or truncated, or records it never applied were deleted) and must be emptied and
+//! rebuilt from the beginning ([`RestoreStart::stale`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +29,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// How long a partition at its reported end must stay silent before it counts as restored.
-const QUIET: Duration = Duration::from_millis(300);
+/// How long a partition's position must stay at the reported end before it counts as
+/// restored (see the module docs: harmless on Apache Kafka, needed on tansu).
+const QUIET: Duration = Duration::from_millis(100);
 /// Timeout of end-offset queries.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,8 +56,47 @@ struct Progress {
     position: i64,
     /// Latest known end offset.
     end: i64,
-    /// When the last record of this partition arrived (or reading started).
+    /// When the position was last seen to move (or reading started).
     last_activity: Instant,
+}
+
+/// Where a changelog partition's restore starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreStart {
+    /// The first offset read.
+    pub from: i64,
+    /// Records between it and the end.
+    pub remaining: i64,
+    /// Why the local checkpoint cannot be trusted, if it cannot: the store must be emptied
+    /// before the first changelog record is applied.
+    pub stale: Option<String>,
+}
+
+impl RestoreStart {
+    /// Decides where to start from the task's checkpoint (`None`: nothing applied yet) and the
+    /// changelog's log start and end offsets.
+    pub fn decide(checkpoint: Option<i64>, low: i64, high: i64) -> RestoreStart {
+        let stale = match checkpoint {
+            Some(c) if c > high => Some(format!(
+                "the local checkpoint ({c}) is beyond the changelog's end ({high}): the topic was \
+                 recreated or truncated"
+            )),
+            Some(c) if c < low => Some(format!(
+                "the local checkpoint ({c}) is before the changelog's first offset ({low}): \
+                 changes it never applied were deleted"
+            )),
+            _ => None,
+        };
+        let from = match (&stale, checkpoint) {
+            (None, Some(c)) => c,
+            _ => low,
+        };
+        RestoreStart {
+            from,
+            remaining: (high - from).max(0),
+            stale,
+        }
+    }
 }
 
 /// The member's restore consumer.
@@ -72,28 +122,29 @@ impl RestoreConsumer {
         })
     }
 
-    /// Starts reading `topic`/`partition` at `from` (`None`: the beginning). Returns the
-    /// estimated number of records to restore.
+    /// Starts reading `topic`/`partition` after the task's `checkpoint` (the next offset it has
+    /// not applied; `None`: the beginning), or from the beginning when the checkpoint is stale
+    /// (see [`RestoreStart::decide`]; the caller then empties the store).
     pub fn start(
         &mut self,
         topic: &Arc<str>,
         partition: i32,
-        from: Option<i64>,
-    ) -> Result<i64, KafkaError> {
+        checkpoint: Option<i64>,
+    ) -> Result<RestoreStart, KafkaError> {
         let (low, high) = self
             .consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
-        let position = from.unwrap_or(low).max(low);
+        let start = RestoreStart::decide(checkpoint, low, high);
         self.parts.insert(
             (topic.clone(), partition),
             Progress {
-                position,
+                position: start.from,
                 end: high,
                 last_activity: Instant::now(),
             },
         );
         self.reassign()?;
-        Ok((high - position).max(0))
+        Ok(start)
     }
 
     /// Assigns every tracked partition at its position. A consumer outside a group cannot use
@@ -145,7 +196,7 @@ impl RestoreConsumer {
             let Some((_, progress)) = found else {
                 continue; // a partition stopped after this record was fetched
             };
-            progress.position = msg.offset() + 1;
+            progress.position = progress.position.max(msg.offset() + 1);
             progress.last_activity = Instant::now();
             n += 1;
             if let Some(key) = msg.key() {
@@ -158,7 +209,33 @@ impl RestoreConsumer {
                 });
             }
         }
+        self.advance_positions()?;
         Ok(n)
+    }
+
+    /// Moves each partition's position to librdkafka's fetch position, which also passes over
+    /// offsets no record is delivered for (transaction markers, aborted or compacted records).
+    fn advance_positions(&mut self) -> Result<(), KafkaError> {
+        if self.parts.is_empty() {
+            return Ok(());
+        }
+        let positions = self.consumer.position()?;
+        for e in positions.elements() {
+            let Offset::Offset(fetch) = e.offset() else {
+                continue;
+            };
+            let found = self
+                .parts
+                .iter_mut()
+                .find(|((t, p), _)| *p == e.partition() && **t == *e.topic());
+            if let Some((_, progress)) = found {
+                if fetch > progress.position {
+                    progress.position = fetch;
+                    progress.last_activity = Instant::now();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records left to read in a partition, by the latest known end offset.
@@ -202,5 +279,35 @@ impl RestoreConsumer {
             done.push((topic, partition));
         }
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RestoreStart;
+
+    #[test]
+    fn restore_starts_at_a_checkpoint_inside_the_changelog() {
+        let s = RestoreStart::decide(Some(40), 0, 100);
+        assert_eq!((s.from, s.remaining, s.stale), (40, 60, None));
+        let s = RestoreStart::decide(Some(100), 0, 100);
+        assert_eq!((s.from, s.remaining, s.stale), (100, 0, None));
+        let s = RestoreStart::decide(None, 5, 100);
+        assert_eq!((s.from, s.remaining, s.stale), (5, 95, None));
+    }
+
+    #[test]
+    fn a_checkpoint_outside_the_changelog_is_stale_and_restore_starts_over() {
+        // The topic was recreated: the local store is ahead of everything the changelog has.
+        let s = RestoreStart::decide(Some(500), 0, 20);
+        assert_eq!((s.from, s.remaining), (0, 20));
+        assert!(s.stale.unwrap().contains("beyond the changelog's end (20)"));
+        // Records the store never applied were deleted (log start moved past the checkpoint).
+        let s = RestoreStart::decide(Some(3), 10, 20);
+        assert_eq!((s.from, s.remaining), (10, 10));
+        assert!(s
+            .stale
+            .unwrap()
+            .contains("before the changelog's first offset (10)"));
     }
 }

@@ -11,6 +11,7 @@
 //! Nothing here knows about Kafka or tokio; the changelog is reached through
 //! [`ChangelogSink`].
 
+pub mod lock;
 pub mod rocks;
 
 use std::any::Any;
@@ -140,10 +141,24 @@ impl Cached {
     }
 }
 
+/// Where a cached entry stands with respect to RocksDB and the changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Same as RocksDB; may be dropped when the cache is full.
+    Clean,
+    /// Written since the last flush: goes to the changelog and RocksDB at the next commit.
+    Dirty,
+    /// Sent to the changelog by a commit that has not finished: it reaches RocksDB only if the
+    /// commit succeeds ([`TaskStores::commit_succeeded`]); if it fails it becomes dirty again
+    /// ([`TaskStores::commit_failed`]). It must stay cached until then, or reads would fall
+    /// through to RocksDB's older value.
+    Flushed,
+}
+
 #[derive(Debug)]
 struct Entry {
     value: Cached,
-    dirty: bool,
+    slot: Slot,
 }
 
 /// The write-back cache of one store. Keys are ordered so range scans can merge it with
@@ -155,20 +170,39 @@ struct StoreCache {
 }
 
 impl StoreCache {
+    fn recount(&mut self) {
+        self.dirty = self
+            .entries
+            .values()
+            .filter(|e| e.slot == Slot::Dirty)
+            .count();
+    }
+
+    /// Drops the clean entries (the others must stay until their commit is done).
+    fn evict_clean(&mut self) {
+        self.entries.retain(|_, e| e.slot != Slot::Clean);
+    }
+
     /// Writes `value` (dirty); returns what the cache held for the key before (`None`: nothing).
     fn write(&mut self, key: &[u8], value: Cached) -> Option<Entry> {
         match self.entries.get_mut(key) {
             Some(entry) => {
-                if !entry.dirty {
+                if entry.slot != Slot::Dirty {
                     self.dirty += 1;
                 }
-                let old = std::mem::replace(entry, Entry { value, dirty: true });
-                Some(old)
+                let dirty = Entry {
+                    value,
+                    slot: Slot::Dirty,
+                };
+                Some(std::mem::replace(entry, dirty))
             }
             None => {
                 self.dirty += 1;
-                self.entries
-                    .insert(key.to_vec(), Entry { value, dirty: true });
+                let dirty = Entry {
+                    value,
+                    slot: Slot::Dirty,
+                };
+                self.entries.insert(key.to_vec(), dirty);
                 None
             }
         }
@@ -229,7 +263,7 @@ impl TaskStores {
             touched[u.store] = true;
         }
         for (cache, _) in self.caches.iter_mut().zip(touched).filter(|(_, t)| *t) {
-            cache.dirty = cache.entries.values().filter(|e| e.dirty).count();
+            cache.recount();
         }
     }
 
@@ -277,13 +311,13 @@ impl TaskStores {
         if cache.entries.len() >= self.max_entries {
             // Full: drop the clean entries (dirty ones must stay until the next flush, which
             // `wants_flush` asks for once they alone fill the cache).
-            cache.entries.retain(|_, e| e.dirty);
+            cache.evict_clean();
         }
         cache.entries.insert(
             key.to_vec(),
             Entry {
                 value,
-                dirty: false,
+                slot: Slot::Clean,
             },
         );
         Ok(result)
@@ -346,8 +380,9 @@ impl TaskStores {
     }
 
     /// Sends every dirty entry to `changelog` and returns the batch that writes them to RocksDB,
-    /// plus, per store, whether it had changes. The entries become clean; clean entries are
-    /// dropped if the cache is over its bound.
+    /// plus, per store, whether it had changes. The entries stay cached, flushed, until the
+    /// commit ends: [`TaskStores::commit_succeeded`] once the batch is written,
+    /// [`TaskStores::commit_failed`] if it must not be.
     pub fn flush(
         &mut self,
         changelog: &mut dyn ChangelogSink,
@@ -359,7 +394,11 @@ impl TaskStores {
                 continue;
             }
             changed[store] = true;
-            for (key, entry) in cache.entries.iter_mut().filter(|(_, e)| e.dirty) {
+            for (key, entry) in cache
+                .entries
+                .iter_mut()
+                .filter(|(_, e)| e.slot == Slot::Dirty)
+            {
                 let bytes = entry.value.bytes().map_err(|e| StateError::Codec {
                     store: self.db.stores()[store].clone(),
                     key: String::from_utf8_lossy(key).into_owned(),
@@ -378,14 +417,39 @@ impl TaskStores {
                     Some(v) => self.db.batch_put(&mut batch, store, key, v),
                     None => self.db.batch_delete(&mut batch, store, key),
                 }
-                entry.dirty = false;
+                entry.slot = Slot::Flushed;
             }
             cache.dirty = 0;
-            if cache.entries.len() > self.max_entries {
-                cache.entries.clear();
-            }
         }
         Ok((batch, changed))
+    }
+
+    /// The last flush's batch is in RocksDB: its entries are clean now, and clean entries are
+    /// dropped if the cache is over its bound.
+    pub fn commit_succeeded(&mut self) {
+        for cache in &mut self.caches {
+            for entry in cache.entries.values_mut() {
+                if entry.slot == Slot::Flushed {
+                    entry.slot = Slot::Clean;
+                }
+            }
+            if cache.entries.len() > self.max_entries {
+                cache.evict_clean();
+            }
+        }
+    }
+
+    /// The last flush's batch must not be written (the offsets it goes with were not
+    /// committed): its entries are dirty again, so the next commit sends and writes them.
+    pub fn commit_failed(&mut self) {
+        for cache in &mut self.caches {
+            for entry in cache.entries.values_mut() {
+                if entry.slot == Slot::Flushed {
+                    entry.slot = Slot::Dirty;
+                }
+            }
+            cache.recount();
+        }
     }
 
     /// Forgets every cached entry, dirty or not (used when a task is closed without commit).
@@ -582,6 +646,43 @@ mod tests {
                 "reads fall through to RocksDB"
             );
         }
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_its_changes_cached_and_dirty() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bound of 1: a successful commit would evict everything it wrote.
+        let mut stores = open(dir.path(), 1);
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.put("a", &1).unwrap();
+        s.put("b", &2).unwrap();
+        let mut log = Recorder::default();
+        let (batch, _) = stores.flush(&mut log).unwrap();
+        assert_eq!(log.0.len(), 2);
+        drop(batch); // the offset commit failed: the batch is not written
+        stores.commit_failed();
+        assert_eq!(stores.dirty(), 2, "dirty again");
+        assert_eq!(
+            stores.db().get(0, b"a").unwrap(),
+            None,
+            "nothing in RocksDB"
+        );
+        // Reads still see the values (an over-full cache does not drop them)...
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.get("c").unwrap();
+        assert_eq!(s.get("a").unwrap(), Some(1));
+        assert_eq!(s.get("b").unwrap(), Some(2));
+        // ...and the next commit sends and writes them.
+        let mut log = Recorder::default();
+        let (batch, _) = stores.flush(&mut log).unwrap();
+        assert_eq!(log.0.len(), 2, "sent again");
+        stores.db().write(batch).unwrap();
+        stores.commit_succeeded();
+        assert_eq!(stores.dirty(), 0);
+        assert_eq!(
+            stores.db().get(0, b"b").unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
     }
 
     #[test]

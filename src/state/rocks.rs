@@ -11,6 +11,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
+use super::lock::DirLock;
 use super::StateError;
 
 /// Column family holding offsets (`changelog/<store>` → next changelog offset to restore from).
@@ -23,6 +24,8 @@ pub struct TaskDb {
     db: DB,
     path: PathBuf,
     stores: Vec<String>,
+    /// Held for as long as the database is open (declared last: dropped after `db` closes).
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for TaskDb {
@@ -67,14 +70,66 @@ fn changelog_key(store: &str) -> Vec<u8> {
 impl TaskDb {
     /// Opens (or creates) the database at `path` with one column family per store.
     ///
-    /// Fails with [`StateError::Locked`] while another handle still holds the directory (a task
-    /// that is moving between members of one process), and [`StateError::Open`] when the files
-    /// cannot be read; the caller wipes and rebuilds the directory in that case.
+    /// Fails with [`StateError::Locked`] while another handle holds the directory (a task that
+    /// is moving between members of one process, or another process using the same state
+    /// directory; see [`DirLock`]), and with [`StateError::Open`] when the files cannot be
+    /// opened (corrupt or unreadable); [`TaskDb::open_or_rebuild`] wipes them in that case.
     pub fn open(path: &Path, stores: &[String]) -> Result<Self, StateError> {
-        std::fs::create_dir_all(path).map_err(|e| StateError::Open {
+        let lock = Self::lock(path)?;
+        Self::open_locked(path, stores, lock)
+    }
+
+    /// Like [`TaskDb::open`], but a directory whose files cannot be opened is wiped and created
+    /// afresh (while the lock is held, so nobody else is using it); returns the reason it was
+    /// wiped, if it was. The caller then restores everything from the changelog.
+    pub fn open_or_rebuild(
+        path: &Path,
+        stores: &[String],
+    ) -> Result<(Self, Option<String>), StateError> {
+        let lock = Self::lock(path)?;
+        match Self::try_open(path, stores) {
+            Ok(db) => Ok((Self::wrap(db, path, stores, lock), None)),
+            Err(reason) => {
+                Self::wipe(path)?;
+                let db = Self::open_locked(path, stores, lock)?;
+                Ok((db, Some(reason)))
+            }
+        }
+    }
+
+    fn lock(path: &Path) -> Result<DirLock, StateError> {
+        match DirLock::try_acquire(path) {
+            Ok(Some(lock)) => Ok(lock),
+            Ok(None) => Err(StateError::Locked {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(StateError::Open {
+                path: path.to_path_buf(),
+                reason: format!("locking {}: {e}", DirLock::lock_path(path).display()),
+            }),
+        }
+    }
+
+    fn open_locked(path: &Path, stores: &[String], lock: DirLock) -> Result<Self, StateError> {
+        let db = Self::try_open(path, stores).map_err(|reason| StateError::Open {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason,
         })?;
+        Ok(Self::wrap(db, path, stores, lock))
+    }
+
+    fn wrap(db: DB, path: &Path, stores: &[String], lock: DirLock) -> Self {
+        Self {
+            db,
+            path: path.to_path_buf(),
+            stores: stores.to_vec(),
+            _lock: lock,
+        }
+    }
+
+    /// Opens RocksDB at `path`; the error is what RocksDB or the file system said.
+    fn try_open(path: &Path, stores: &[String]) -> Result<DB, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
         let opts = db_options();
         let mut cfs = vec![ColumnFamilyDescriptor::new(OFFSETS_CF, Options::default())];
         for store in stores {
@@ -83,28 +138,11 @@ impl TaskDb {
                 Options::default(),
             ));
         }
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
-            let reason = e.to_string();
-            if reason.contains("lock") || reason.contains("LOCK") {
-                StateError::Locked {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                StateError::Open {
-                    path: path.to_path_buf(),
-                    reason,
-                }
-            }
-        })?;
-        Ok(Self {
-            db,
-            path: path.to_path_buf(),
-            stores: stores.to_vec(),
-        })
+        DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| format!("{:?}: {e}", e.kind()))
     }
 
-    /// Deletes the database files at `path` (used when they are unreadable).
-    pub fn wipe(path: &Path) -> Result<(), StateError> {
+    /// Deletes the database files at `path`. Only for a directory whose lock the caller holds.
+    fn wipe(path: &Path) -> Result<(), StateError> {
         match std::fs::remove_dir_all(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -201,6 +239,23 @@ impl TaskDb {
         }
     }
 
+    /// Deletes every entry of `store` and its changelog offset, atomically: the store is then
+    /// as if nothing had ever been restored into it (used when its checkpoint is stale).
+    pub fn clear_store(&self, store: usize) -> Result<(), StateError> {
+        let mut batch = self.batch();
+        for item in self
+            .db
+            .iterator_cf(self.store_cf(store), IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            batch.inner.delete_cf(self.store_cf(store), k);
+        }
+        batch
+            .inner
+            .delete_cf(self.offsets_cf(), changelog_key(&self.stores[store]));
+        self.write(batch)
+    }
+
     /// Starts an empty batch.
     pub fn batch(&self) -> Batch {
         Batch {
@@ -286,6 +341,25 @@ mod tests {
     }
 
     #[test]
+    fn clear_store_empties_one_store_and_forgets_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TaskDb::open(dir.path(), &stores()).unwrap();
+        let mut batch = db.batch();
+        for k in ["a", "b", "c"] {
+            db.batch_put(&mut batch, 0, k.as_bytes(), b"x");
+        }
+        db.batch_put(&mut batch, 1, b"kept", b"y");
+        db.batch_changelog_offset(&mut batch, 0, 7);
+        db.batch_changelog_offset(&mut batch, 1, 9);
+        db.write(batch).unwrap();
+        db.clear_store(0).unwrap();
+        assert!(db.scan(0, b"", None).unwrap().is_empty());
+        assert_eq!(db.changelog_offset("a").unwrap(), None);
+        assert_eq!(db.get(1, b"kept").unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(db.changelog_offset("b").unwrap(), Some(9));
+    }
+
+    #[test]
     fn scan_is_ordered_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let db = TaskDb::open(dir.path(), &stores()).unwrap();
@@ -303,6 +377,45 @@ mod tests {
             .collect();
         assert_eq!(keys, vec![b"a1".to_vec(), b"a2".to_vec()]);
         assert_eq!(db.scan(0, b"", None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn corrupt_files_are_wiped_and_rebuilt_but_a_held_directory_is_not() {
+        let parent = tempfile::tempdir().unwrap();
+        // "clock": RocksDB's messages name the path, and a decision by substring ("lock")
+        // would take this corrupt directory for a locked one and wait for it forever.
+        let dir = parent.path().join("clock").join("0_0");
+        {
+            let db = TaskDb::open(&dir, &stores()).unwrap();
+            let mut batch = db.batch();
+            db.batch_put(&mut batch, 0, b"k", b"v");
+            db.batch_changelog_offset(&mut batch, 0, 3);
+            db.write(batch).unwrap();
+        }
+        // Corrupt it: RocksDB's CURRENT names a manifest that does not exist.
+        std::fs::write(dir.join("CURRENT"), "MANIFEST-999999\n").unwrap();
+        match TaskDb::open(&dir, &stores()) {
+            Err(StateError::Open { reason, .. }) => assert!(!reason.is_empty()),
+            other => panic!("expected Open, got {other:?}"),
+        }
+        let (db, wiped) = TaskDb::open_or_rebuild(&dir, &stores()).unwrap();
+        assert!(wiped.is_some(), "a corrupt directory is wiped");
+        assert_eq!(db.get(0, b"k").unwrap(), None);
+        assert_eq!(
+            db.changelog_offset("a").unwrap(),
+            None,
+            "restore starts over"
+        );
+
+        // While this handle holds the directory, a second open waits (Locked) and wipes nothing.
+        let mut batch = db.batch();
+        db.batch_put(&mut batch, 0, b"live", b"1");
+        db.write(batch).unwrap();
+        match TaskDb::open_or_rebuild(&dir, &stores()) {
+            Err(StateError::Locked { .. }) => {}
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert_eq!(db.get(0, b"live").unwrap().as_deref(), Some(&b"1"[..]));
     }
 
     #[test]

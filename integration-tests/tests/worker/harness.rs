@@ -1,10 +1,11 @@
-//! The harness itself: tansu starts, topics round-trip records, Drop stops the broker.
+//! The harness itself: the broker starts, topics round-trip records, Drop stops the broker;
+//! on Kafka also restart on the same log directory, pause, and compaction within a test.
 //! Needs no tributary binary.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use integration_tests::{unique_name, wait_until, Broker, Workload};
+use integration_tests::{unique_name, wait_until, Broker, BrokerKind, Workload};
 use serde_json::json;
 
 fn pid_alive(pid: u32) -> bool {
@@ -99,4 +100,98 @@ fn brokers_run_side_by_side() {
     a.produce_json(&t, &[("k".into(), json!({"n": 1}))]);
     assert_eq!(a.consume_all(&t).len(), 1);
     assert_eq!(b.consume_all(&t).len(), 0);
+}
+
+/// Kafka only: a SIGTERM'd broker restarted on its log directory still has every record, and
+/// a paused one answers again once resumed.
+#[test]
+fn kafka_broker_restarts_on_its_log_dir_and_pauses() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
+    let mut broker = Broker::start();
+    let topic = unique_name("harness-restart");
+    broker.create_topic(&topic, 2);
+    let w = Workload::new(500, 10, 2);
+    broker.produce_json(&topic, &w.records);
+    let first_pid = broker.pid();
+    broker.stop();
+    assert!(
+        !pid_alive(first_pid),
+        "stop() waits for the process to exit"
+    );
+    broker.restart();
+    assert_ne!(broker.pid(), first_pid);
+    assert_eq!(
+        broker.consume_all(&topic).len(),
+        500,
+        "records survive a restart"
+    );
+
+    broker.pause();
+    broker.resume();
+    broker.produce_json(&topic, &w.records[..10]);
+    assert_eq!(broker.consume_all(&topic).len(), 510);
+}
+
+/// Kafka only: the test settings make the log cleaner compact a compacted topic within seconds
+/// (what the changelog tests rely on), and a tombstoned key disappears from it.
+#[test]
+fn kafka_compacts_within_a_test() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
+    let broker = Broker::start();
+    let topic = unique_name("harness-compact");
+    broker.create_compacted_topic(&topic, 1);
+    assert_eq!(
+        broker
+            .topic_config(&topic)
+            .get("cleanup.policy")
+            .map(String::as_str),
+        Some("compact")
+    );
+    // Rounds of updates to 5 keys, spread over time so that segments roll between them.
+    for round in 0..4 {
+        let recs: Vec<(String, serde_json::Value)> = (0..200)
+            .map(|i| (format!("k{}", i % 5), json!({"round": round, "i": i})))
+            .collect();
+        broker.produce_json(&topic, &recs);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let compacted = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        broker.consume_all(&topic).len() < 400
+    });
+    assert!(
+        compacted,
+        "800 updates of 5 keys were not compacted within 60 s"
+    );
+    let last = broker.last_value_per_key(&topic);
+    assert_eq!(last.len(), 5);
+    assert_eq!(last["k4"], json!({"round": 3, "i": 199}));
+}
+
+/// docker/compose.yaml runs the Apache Kafka version the tests run against.
+#[test]
+fn compose_uses_the_tested_kafka_version() {
+    let root = integration_tests::repo_root();
+    let script = std::fs::read_to_string(root.join("scripts/install-kafka")).unwrap();
+    let pinned = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("VERSIONS=(\"${KAFKA_VERSION:-"))
+        .and_then(|rest| rest.split('}').next())
+        .expect("scripts/install-kafka pins a version")
+        .to_string();
+    let compose = std::fs::read_to_string(root.join("docker/compose.yaml")).unwrap();
+    let images: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: apache/kafka:"))
+        .collect();
+    assert!(!images.is_empty(), "compose.yaml runs apache/kafka");
+    for image in images {
+        assert_eq!(
+            image, pinned,
+            "compose.yaml's Kafka vs scripts/install-kafka's"
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! End-to-end tests: real tansu brokers, the built `tributary` binary as child processes.
+//! End-to-end tests: real brokers (Apache Kafka; tansu with `TRIBUTARY_TEST_BROKER=tansu`), the
+//! built `tributary` binary as child processes.
 //!
 //! One test binary (to limit link time), one module per theme. Each test starts its own
 //! broker and uses its own topics and app id, so tests may run in parallel; the heavy ones
@@ -7,8 +8,10 @@
 //! Run: `cargo build --release --bin tributary && cargo test -p integration-tests --release`
 //! (`-- harness` runs only the tests of the harness itself, which need no tributary binary).
 
+mod changelog;
 mod config;
 mod harness;
+mod outage;
 mod pipelines;
 mod rebalance;
 mod recovery;

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use integration_tests::{
-    check_at_least, check_exact, expected_totals, serial, unique_name, wait_until, Broker,
-    ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
+    check_at_least, check_exact, committed_offsets, duplicates, expected_totals, serial,
+    unique_name, wait_until, watermarks, Broker, ContinuousProducer, KeyedView, TotalsConfig,
+    WorkerProcess,
 };
 
 use crate::{running, state_dir, wait_for_totals, CONSUMED, LONG, READY, RESTORED, RUNNING};
@@ -170,7 +171,26 @@ fn kill9_under_load() {
         describe(&[&w1, &w2, &w3])
     );
     let_records_flow(&producer, 1_000);
+    let (_, tasks) = w2.get("/tasks").expect("victim's /tasks");
+    let victim: Vec<i32> = serde_json::from_str::<serde_json::Value>(&tasks)
+        .expect("/tasks is JSON")
+        .as_array()
+        .expect("/tasks is a list")
+        .iter()
+        .filter_map(|t| t["partition"].as_i64().map(|p| p as i32))
+        .collect();
+    assert!(!victim.is_empty(), "the victim owns partitions: {tasks}");
     w2.kill9();
+    // Records counted twice can only be the victim's, between its last commit and its death:
+    // at most, per partition it owned, the end offset now minus the offset it committed.
+    let committed = committed_offsets(&broker.bootstrap(), &app, &input).unwrap();
+    let bound: i64 = victim
+        .iter()
+        .map(|&p| {
+            let (low, high) = watermarks(&broker.bootstrap(), &input, p).unwrap();
+            high - committed.get(&p).copied().unwrap_or(low)
+        })
+        .sum();
 
     // Survivors notice through the session timeout, take over and restore.
     let_records_flow(&producer, 2_000);
@@ -189,6 +209,17 @@ fn kill9_under_load() {
             records.len()
         );
     }
+    let dups = duplicates(&expected, &view.map);
+    eprintln!(
+        "kill -9 under load: {} records, {dups} counted twice (bound {bound}: the victim's \
+         partitions {victim:?} between its last commit and its death)",
+        records.len()
+    );
+    assert!(
+        dups as i64 <= bound,
+        "{dups} records counted twice, but only {bound} were processed by the victim after its \
+         last commit (partitions {victim:?})"
+    );
 
     let restored = w1.metric(RESTORED).unwrap_or(0.0) + w3.metric(RESTORED).unwrap_or(0.0);
     assert!(

@@ -1,0 +1,96 @@
+//! A broker that stops answering in the middle of a run.
+
+use std::time::Duration;
+
+use integration_tests::{
+    check_at_least, committed_offsets, expected_totals, serial, unique_name, Broker,
+    ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
+};
+
+use crate::{state_dir, wait_for_totals, CONSUMED, LONG, READY};
+
+/// A commit whose produced records are never acknowledged (the broker froze with them in
+/// flight) fails after `processing.commit_timeout_ms` instead of hanging until librdkafka's
+/// own delivery timeout (here 10 minutes): the worker exits non-zero, saying why and naming
+/// the key, with nothing committed beyond what was durable. A new worker, once the broker is
+/// back, loses nothing.
+#[test]
+fn a_commit_that_cannot_complete_times_out() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("frozen-in");
+    let output = unique_name("frozen-out");
+    broker.create_topic(&input, 2);
+    broker.create_topic(&output, 2);
+    let state = state_dir();
+    let mut cfg = TotalsConfig::new(
+        &unique_name("app-frozen"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        state.path(),
+    );
+    // librdkafka would fail undelivered records only after 10 minutes; and output waits in the
+    // producer until a commit flushes it (linger), so a commit always has records to wait for.
+    cfg.extra =
+        "[kafka.properties]\n\"message.timeout.ms\" = \"600000\"\n\"linger.ms\" = \"1000\"\n"
+            .into();
+    let toml = cfg.to_toml().replace(
+        "commit_interval_ms = 500",
+        "commit_interval_ms = 200\ncommit_timeout_ms = 3000",
+    );
+    let producer = ContinuousProducer::start(
+        &broker.bootstrap(),
+        &input,
+        50,
+        0x5eed_0201,
+        100,
+        Duration::from_millis(20),
+        1_000_000,
+    );
+    let mut w1 = WorkerProcess::spawn_named("w1", &toml);
+    w1.wait_ready(READY);
+    assert!(
+        integration_tests::wait_until(LONG, Duration::from_millis(200), || {
+            w1.metric(CONSUMED).unwrap_or(0.0) >= 2_000.0
+        }),
+        "w1 did not get going"
+    );
+
+    // Freeze the broker while records flow: the worker's next commit waits for acknowledgements
+    // that cannot come.
+    broker.pause();
+    let status = w1.wait_exit(Duration::from_secs(120));
+    broker.resume();
+    let status = status.expect("the worker gave up on the commit instead of hanging");
+    assert!(
+        !status.success(),
+        "a failed commit is an error exit: {status}"
+    );
+    let logs = w1.logs();
+    assert!(
+        logs.contains("processing.commit_timeout_ms"),
+        "the error names the key that bounds the wait:\n{}",
+        logs.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+
+    // Nothing was lost: a new worker picks up from the last commit. (Resumed, the broker first
+    // fences itself, re-elects its partition leaders and reloads its group coordinator; wait
+    // until it answers for the group again.)
+    let records = producer.stop();
+    assert!(
+        integration_tests::wait_until(LONG, Duration::from_millis(500), || {
+            committed_offsets(&broker.bootstrap(), &cfg.app_id, &input).is_ok()
+        }),
+        "the broker does not answer for the group after SIGCONT"
+    );
+    let expected = expected_totals(&records);
+    let mut w2 = WorkerProcess::spawn_named("w2", &cfg.to_toml());
+    w2.wait_ready(READY);
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2]);
+    if let Err(e) = check_at_least(&expected, &view.map) {
+        panic!("after a commit timed out: {e}");
+    }
+    assert_eq!(w2.terminate().code(), Some(0));
+}
