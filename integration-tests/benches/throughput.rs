@@ -2,11 +2,12 @@
 //! raw rdkafka consumer reads from the same broker.
 //!
 //! ```sh
-//! scripts/bench          # installs tansu, builds target/release/tributary, runs this
+//! scripts/bench          # installs Kafka, builds target/release/tributary, runs this
 //! cargo bench -p integration-tests --bench throughput    # the release binary must exist
 //! ```
 //!
-//! On one fresh tansu broker (in-memory storage), in one run:
+//! On one fresh broker (Apache Kafka 4.1 in KRaft mode, from `scripts/install-kafka`; tansu with
+//! `TRIBUTARY_TEST_BROKER=tansu`), in one run:
 //!
 //! 1. load: `tributary generate` writes N records (`BENCH_RECORDS`, default 1,000,000) of
 //!    `{"user","amount","ts"}` over 10,000 keys (seed 42) into a 6-partition topic;
@@ -40,7 +41,7 @@
 //! - `BENCH_PERF_DIR`: `perf record` samples each worker over the measured interval into
 //!   `<dir>/<scenario>.perf.data`; `BENCH_PERF_ARGS` replaces its sampling options;
 //! - `BENCH_RDKAFKA_DEBUG`: librdkafka `debug` contexts for the raw consumer (log on stderr);
-//! - `TRIBUTARY_BIN`, `TANSU_BIN`: the binaries (see the harness).
+//! - `TRIBUTARY_BIN`, `KAFKA_HOME`, `TANSU_BIN`: the binaries (see the harness).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,8 +49,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    free_port, http_get, parse_metric, run_cli_timeout, tansu_bin, tributary_bin, unique_name,
-    Broker, WorkerProcess,
+    free_port, http_get, kafka_home, parse_metric, run_cli_timeout, tansu_bin, tributary_bin,
+    unique_name, Broker, BrokerKind, WorkerProcess,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -201,7 +202,7 @@ impl CpuSnap {
             .map(|(tid, name, s)| format!("{name}[{tid}] {:.0}%", pct(*s)))
             .collect();
         format!(
-            "    cpu over {wall:.2} s: {who} {proc_s:.2} s ({:.0}% of one core), tansu {broker_s:.2} s ({:.0}%), \
+            "    cpu over {wall:.2} s: {who} {proc_s:.2} s ({:.0}% of one core), broker {broker_s:.2} s ({:.0}%), \
              together {:.0}% of 2 cores; everything else on the machine (this bench included when it is not the measured process) {:.0}% of one core\n    busiest {who} threads: {}",
             pct(proc_s),
             pct(broker_s),
@@ -718,12 +719,28 @@ fn main() {
         std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "raw,agg,sink,stateless,window".into());
     let wants = |s: &str| scenarios.split(',').any(|x| x.trim() == s);
 
-    let tansu = tansu_bin().expect("tansu");
-    let tansu_version = Command::new(&tansu)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let broker_desc = match BrokerKind::from_env() {
+        BrokerKind::Kafka => {
+            let home = kafka_home().expect("Apache Kafka (scripts/install-kafka)");
+            format!(
+                "Apache Kafka {} ({}), KRaft, one node, log directory on local disk",
+                home.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .trim_start_matches("kafka-"),
+                home.display()
+            )
+        }
+        BrokerKind::Tansu => {
+            let tansu = tansu_bin().expect("tansu");
+            let version = Command::new(&tansu)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            format!("{version} ({}), storage memory://", tansu.display())
+        }
+    };
     let bin = tributary_bin();
     println!("tributary throughput bench");
     println!(
@@ -731,10 +748,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
-    println!(
-        "  broker: {tansu_version} ({}), storage memory://",
-        tansu.display()
-    );
+    println!("  broker: {broker_desc}");
     println!("  worker binary: {}", bin.display());
 
     let broker = Broker::start();
