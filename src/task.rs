@@ -76,6 +76,14 @@ pub enum TaskError {
     /// Records could not be produced.
     #[error(transparent)]
     Collector(#[from] CollectorError),
+    /// Input offsets could not be committed, time after time.
+    #[error("offset commits failed {attempts} times in a row, the last with: {reason}")]
+    OffsetCommits {
+        /// Failures in a row.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
 }
 
 /// Where a task's records go: the Kafka producer in a worker ([`Collector`]), memory in the
@@ -528,7 +536,11 @@ impl Task {
     }
 
     /// First half of a commit: sends every dirty entry to the changelog and returns the state
-    /// batch that is written once the changelog is acknowledged.
+    /// batch that is written once the changelog is acknowledged and the input offsets are
+    /// committed ([`Task::finish_commit`]). If the offset commit fails, the caller drops the
+    /// batch: the local checkpoint stays at the last commit known to have succeeded, and the
+    /// changes wait in the cache for the next commit (or are dropped with the task, dirty, if
+    /// its partition turns out to be lost).
     pub fn prepare_commit(&mut self, collector: &dyn RecordSink) -> Result<Batch, TaskError> {
         let mut writer = ChangelogWriter {
             collector,
@@ -591,14 +603,6 @@ impl Task {
         })?;
         self.stores.commit_succeeded();
         Ok(())
-    }
-
-    /// The commit that [`Task::prepare_commit`] began failed (its input offsets were not
-    /// committed): its state batch is dropped, not written, so the local checkpoint stays at
-    /// the last commit known to have succeeded; the changes it held are flushed again by the
-    /// next commit. If the partition turns out to be lost, closing the task dirty drops them.
-    pub fn commit_failed(&mut self) {
-        self.stores.commit_failed();
     }
 
     /// Drops everything not committed (queued records, dirty cache entries): used when the

@@ -674,8 +674,9 @@ async fn failed_offset_commits_leave_the_checkpoint_alone() {
     })
     .await;
 
-    // Every commit fails for a while (commits run every 100 ms).
-    cluster.fail_offset_commits(150).unwrap();
+    // Every commit fails for a while (commits run every 100 ms; the member gives up after 30
+    // failures in a row).
+    cluster.fail_offset_commits(25).unwrap();
     let input = keyed_records(200, 10);
     let landed = produce(&bootstrap, INPUT, &input).await;
     let mut sink = blocking(|| Reader::open(&bootstrap, SINK, 2));
@@ -701,6 +702,7 @@ async fn failed_offset_commits_leave_the_checkpoint_alone() {
         );
     }
     assert_eq!(committed(&bootstrap, APP, INPUT, 2), vec![None, None]);
+    let sent = changelog.records.len();
 
     // Once commits go through, the checkpoints and the offsets move.
     run.wait_until("the checkpoints are written", |r| {
@@ -712,6 +714,12 @@ async fn failed_offset_commits_leave_the_checkpoint_alone() {
     .await;
     run.stop().await.expect("the worker stops cleanly");
     blocking(|| sink.read_to_end());
+    blocking(|| changelog.read_to_end());
+    assert_eq!(
+        changelog.records.len(),
+        sent,
+        "changes already in the changelog are not sent again by later commits"
+    );
     let ends: Vec<Option<i64>> = (0..2)
         .map(|p| {
             landed
@@ -733,6 +741,48 @@ async fn failed_offset_commits_leave_the_checkpoint_alone() {
             .or_default() += 1;
     }
     assert_count_sequences(&sink.values_per_key(), &expected);
+}
+
+/// Offset commits that keep failing stop the member (and the worker) with an error saying so,
+/// instead of keeping ever more uncommitted changes in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offset_commits_failing_for_good_stop_the_worker() {
+    init_tracing();
+    const APP: &str = "commit-fails-for-good";
+    const INPUT: &str = "events";
+    const SINK: &str = "event-counts";
+    let cluster = cluster(&[
+        (INPUT, 1),
+        (SINK, 1),
+        ("commit-fails-for-good-counts-changelog", 1),
+    ]);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline = placeholder_pipeline(INPUT, SINK);
+    let settings = Settings {
+        app: APP,
+        threads: 1,
+        processing: "",
+        pipeline: &pipeline,
+    };
+    let config = load_config(dir.path(), &bootstrap, state.path(), &settings);
+    let worker = Worker::builder(config)
+        .topology(count_topology(INPUT, SINK, Duration::ZERO))
+        .build()
+        .expect("worker builds");
+    cluster.fail_offset_commits(1_000).unwrap();
+    let run = Running::start(worker);
+    produce(&bootstrap, INPUT, &keyed_records(10, 10)).await;
+    let err = run
+        .join()
+        .await
+        .expect_err("the worker stops with an error");
+    assert!(
+        err.to_string()
+            .contains("offset commits failed 30 times in a row"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -112,7 +112,12 @@ pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientC
     c.set("group.id", format!("{}.restore", cfg.app.id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A restore position that no longer exists (records deleted under it) must be an error:
+        // librdkafka's default would jump to the end and skip, silently, the records still
+        // there. The member then stops; on restart the checkpoint is found stale (before the
+        // log start) and the store is rebuilt from the beginning.
+        .set("auto.offset.reset", "error");
     c
 }
 

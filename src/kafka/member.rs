@@ -50,6 +50,8 @@ const POLL_BATCH: usize = 2000;
 const PROCESS_BUDGET: Duration = Duration::from_millis(100);
 /// Changelog records applied per loop turn.
 const RESTORE_BATCH: usize = 10_000;
+/// Offset commits that may fail in a row before the member gives up.
+const MAX_FAILED_COMMITS: u32 = 30;
 /// How often the member republishes its status.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -169,6 +171,11 @@ struct Core {
     joined: bool,
     last_commit: Instant,
     last_status: Instant,
+    /// Changelog offsets acknowledged for commits that failed: the next successful commit's
+    /// checkpoints cover them too.
+    pending_acks: HashMap<(String, i32), i64>,
+    /// Offset commits failed in a row.
+    failed_commits: u32,
     /// Incremented by every rebalance callback.
     epoch: Arc<AtomicU64>,
 }
@@ -744,7 +751,11 @@ impl Core {
         }
         let timeout = Duration::from_millis(self.setup.config.processing.commit_timeout_ms);
         self.collector.flush(timeout)?;
-        let acks = self.collector.take_changelog_acks();
+        let mut acks = std::mem::take(&mut self.pending_acks);
+        for (partition, offset) in self.collector.take_changelog_acks() {
+            let slot = acks.entry(partition).or_insert(offset);
+            *slot = (*slot).max(offset);
+        }
         let mut tpl = TopicPartitionList::new();
         for task in self.tasks.values() {
             for (topic, partition, offset) in task.offsets_to_commit() {
@@ -754,7 +765,10 @@ impl Core {
         }
         if tpl.count() > 0 {
             match commit_offsets(consumer, &tpl) {
-                Ok(()) => self.tasks.values_mut().for_each(Task::offsets_committed),
+                Ok(()) => {
+                    self.failed_commits = 0;
+                    self.tasks.values_mut().for_each(Task::offsets_committed);
+                }
                 Err(e) => {
                     // The state batches must not reach RocksDB: their checkpoint would claim
                     // input the group never recorded as processed, and a fenced member's
@@ -763,11 +777,18 @@ impl Core {
                     // stay in the cache and go out again with the next commit. A partition
                     // that was lost is closed dirty by the rebalance that follows.
                     self.setup.metrics.commit_failures.inc();
-                    tracing::warn!(member = self.member(), error = %e, "committing input offsets failed; the local checkpoints stay at the last successful commit");
-                    for (id, _batch) in batches {
-                        if let Some(task) = self.tasks.get_mut(&id) {
-                            task.commit_failed();
-                        }
+                    self.failed_commits += 1;
+                    tracing::warn!(member = self.member(), error = %e, failed_in_a_row = self.failed_commits, "committing input offsets failed; the local checkpoints stay at the last successful commit");
+                    drop(batches);
+                    self.pending_acks = acks;
+                    if self.failed_commits >= MAX_FAILED_COMMITS {
+                        // Changes wait in memory for a commit that keeps failing: stop rather
+                        // than grow without bound (nothing is lost; a restart re-reads from the
+                        // last commit).
+                        return Err(TaskError::OffsetCommits {
+                            attempts: self.failed_commits,
+                            reason: e.to_string(),
+                        });
                     }
                     return Ok(());
                 }
@@ -911,6 +932,8 @@ impl Member {
             joined: false,
             last_commit: Instant::now(),
             last_status: Instant::now(),
+            pending_acks: HashMap::new(),
+            failed_commits: 0,
             epoch: epoch.clone(),
             setup: setup.clone(),
         }));

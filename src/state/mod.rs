@@ -148,10 +148,10 @@ enum Slot {
     Clean,
     /// Written since the last flush: goes to the changelog and RocksDB at the next commit.
     Dirty,
-    /// Sent to the changelog by a commit that has not finished: it reaches RocksDB only if the
-    /// commit succeeds ([`TaskStores::commit_succeeded`]); if it fails it becomes dirty again
-    /// ([`TaskStores::commit_failed`]). It must stay cached until then, or reads would fall
-    /// through to RocksDB's older value.
+    /// Sent to the changelog (and acknowledged, once the commit's flush succeeded) but not yet
+    /// in RocksDB: it is written by the first commit that succeeds
+    /// ([`TaskStores::commit_succeeded`]), which may be a later one if this one fails. It must
+    /// stay cached until then, or reads would fall through to RocksDB's older value.
     Flushed,
 }
 
@@ -166,16 +166,17 @@ struct Entry {
 #[derive(Debug, Default)]
 struct StoreCache {
     entries: BTreeMap<Vec<u8>, Entry>,
+    /// Entries in [`Slot::Dirty`].
     dirty: usize,
+    /// Entries in [`Slot::Flushed`] (left by commits that failed).
+    flushed: usize,
 }
 
 impl StoreCache {
     fn recount(&mut self) {
-        self.dirty = self
-            .entries
-            .values()
-            .filter(|e| e.slot == Slot::Dirty)
-            .count();
+        let count = |slot| self.entries.values().filter(|e| e.slot == slot).count();
+        self.dirty = count(Slot::Dirty);
+        self.flushed = count(Slot::Flushed);
     }
 
     /// Drops the clean entries (the others must stay until their commit is done).
@@ -187,8 +188,13 @@ impl StoreCache {
     fn write(&mut self, key: &[u8], value: Cached) -> Option<Entry> {
         match self.entries.get_mut(key) {
             Some(entry) => {
-                if entry.slot != Slot::Dirty {
-                    self.dirty += 1;
+                match entry.slot {
+                    Slot::Dirty => {}
+                    Slot::Flushed => {
+                        self.flushed -= 1;
+                        self.dirty += 1;
+                    }
+                    Slot::Clean => self.dirty += 1,
                 }
                 let dirty = Entry {
                     value,
@@ -380,9 +386,10 @@ impl TaskStores {
     }
 
     /// Sends every dirty entry to `changelog` and returns the batch that writes them to RocksDB,
-    /// plus, per store, whether it had changes. The entries stay cached, flushed, until the
-    /// commit ends: [`TaskStores::commit_succeeded`] once the batch is written,
-    /// [`TaskStores::commit_failed`] if it must not be.
+    /// plus, per store, whether it had changes. The batch also holds the entries flushed by
+    /// earlier commits that failed (they are in the changelog already and are not sent again).
+    /// Every entry in the batch stays cached, flushed, until a commit succeeds
+    /// ([`TaskStores::commit_succeeded`]); if this one fails, the caller just drops the batch.
     pub fn flush(
         &mut self,
         changelog: &mut dyn ChangelogSink,
@@ -390,35 +397,38 @@ impl TaskStores {
         let mut batch = self.db.batch();
         let mut changed = vec![false; self.caches.len()];
         for (store, cache) in self.caches.iter_mut().enumerate() {
-            if cache.dirty == 0 {
+            if cache.dirty == 0 && cache.flushed == 0 {
                 continue;
             }
             changed[store] = true;
             for (key, entry) in cache
                 .entries
                 .iter_mut()
-                .filter(|(_, e)| e.slot == Slot::Dirty)
+                .filter(|(_, e)| e.slot != Slot::Clean)
             {
                 let bytes = entry.value.bytes().map_err(|e| StateError::Codec {
                     store: self.db.stores()[store].clone(),
                     key: String::from_utf8_lossy(key).into_owned(),
                     reason: e.to_string(),
                 })?;
-                changelog
-                    .send(store, key, bytes.as_deref())
-                    .map_err(|reason| StateError::Io {
-                        path: self.db.path().to_path_buf(),
-                        reason: format!(
-                            "sending to the changelog of store {}: {reason}",
-                            self.db.stores()[store]
-                        ),
-                    })?;
+                if entry.slot == Slot::Dirty {
+                    changelog
+                        .send(store, key, bytes.as_deref())
+                        .map_err(|reason| StateError::Io {
+                            path: self.db.path().to_path_buf(),
+                            reason: format!(
+                                "sending to the changelog of store {}: {reason}",
+                                self.db.stores()[store]
+                            ),
+                        })?;
+                }
                 match &bytes {
                     Some(v) => self.db.batch_put(&mut batch, store, key, v),
                     None => self.db.batch_delete(&mut batch, store, key),
                 }
                 entry.slot = Slot::Flushed;
             }
+            cache.flushed += cache.dirty;
             cache.dirty = 0;
         }
         Ok((batch, changed))
@@ -433,23 +443,16 @@ impl TaskStores {
                     entry.slot = Slot::Clean;
                 }
             }
+            cache.flushed = 0;
             if cache.entries.len() > self.max_entries {
                 cache.evict_clean();
             }
         }
     }
 
-    /// The last flush's batch must not be written (the offsets it goes with were not
-    /// committed): its entries are dirty again, so the next commit sends and writes them.
-    pub fn commit_failed(&mut self) {
-        for cache in &mut self.caches {
-            for entry in cache.entries.values_mut() {
-                if entry.slot == Slot::Flushed {
-                    entry.slot = Slot::Dirty;
-                }
-            }
-            cache.recount();
-        }
+    /// Entries flushed to the changelog by commits that failed, waiting for one that succeeds.
+    pub fn flushed(&self) -> usize {
+        self.caches.iter().map(|c| c.flushed).sum()
     }
 
     /// Forgets every cached entry, dirty or not (used when a task is closed without commit).
@@ -457,6 +460,7 @@ impl TaskStores {
         for cache in &mut self.caches {
             cache.entries.clear();
             cache.dirty = 0;
+            cache.flushed = 0;
         }
     }
 }
@@ -589,6 +593,7 @@ mod tests {
         );
         stores.db().batch_changelog_offset(&mut batch, 0, 2);
         stores.db().write(batch).unwrap();
+        stores.commit_succeeded();
         assert_eq!(
             stores.db().get(0, b"k").unwrap().as_deref(),
             Some(&b"9"[..])
@@ -649,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_keeps_its_changes_cached_and_dirty() {
+    fn a_failed_commit_keeps_its_changes_cached_for_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         // A bound of 1: a successful commit would evict everything it wrote.
         let mut stores = open(dir.path(), 1);
@@ -660,28 +665,37 @@ mod tests {
         let (batch, _) = stores.flush(&mut log).unwrap();
         assert_eq!(log.0.len(), 2);
         drop(batch); // the offset commit failed: the batch is not written
-        stores.commit_failed();
-        assert_eq!(stores.dirty(), 2, "dirty again");
         assert_eq!(
             stores.db().get(0, b"a").unwrap(),
             None,
             "nothing in RocksDB"
         );
+        assert_eq!(
+            (stores.dirty(), stores.flushed()),
+            (0, 2),
+            "not dirty (no commit is due for them), but waiting for a commit"
+        );
+        assert!(!stores.wants_flush());
         // Reads still see the values (an over-full cache does not drop them)...
         let mut s = stores.store::<u64>("counts").unwrap();
         s.get("c").unwrap();
         assert_eq!(s.get("a").unwrap(), Some(1));
-        assert_eq!(s.get("b").unwrap(), Some(2));
-        // ...and the next commit sends and writes them.
+        s.put("b", &3).unwrap();
+        // ...and the next commit writes them, sending to the changelog only what changed since.
         let mut log = Recorder::default();
         let (batch, _) = stores.flush(&mut log).unwrap();
-        assert_eq!(log.0.len(), 2, "sent again");
+        assert_eq!(log.0, vec![(0, b"b".to_vec(), Some(b"3".to_vec()))]);
+        assert_eq!(batch.len(), 2, "a (flushed before) and b");
         stores.db().write(batch).unwrap();
         stores.commit_succeeded();
-        assert_eq!(stores.dirty(), 0);
+        assert_eq!((stores.dirty(), stores.flushed()), (0, 0));
+        assert_eq!(
+            stores.db().get(0, b"a").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
         assert_eq!(
             stores.db().get(0, b"b").unwrap().as_deref(),
-            Some(&b"2"[..])
+            Some(&b"3"[..])
         );
     }
 
