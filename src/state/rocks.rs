@@ -37,6 +37,23 @@ impl std::fmt::Debug for TaskDb {
     }
 }
 
+/// Why RocksDB could not open a directory.
+struct OpenError {
+    /// The files are damaged or missing: wiping the directory and restoring is the remedy.
+    rebuild: bool,
+    reason: String,
+}
+
+impl From<rocksdb::Error> for OpenError {
+    fn from(e: rocksdb::Error) -> Self {
+        use rocksdb::ErrorKind;
+        OpenError {
+            rebuild: matches!(e.kind(), ErrorKind::Corruption | ErrorKind::NotFound),
+            reason: format!("{:?}: {e}", e.kind()),
+        }
+    }
+}
+
 /// An atomic set of state changes and offsets; nothing of it is visible until [`TaskDb::write`].
 pub struct Batch {
     inner: WriteBatch,
@@ -89,11 +106,21 @@ impl TaskDb {
         let lock = Self::lock(path)?;
         match Self::try_open(path, stores) {
             Ok(db) => Ok((Self::wrap(db, path, stores, lock), None)),
-            Err(reason) => {
+            // Damaged or missing files: only a rebuild helps. Anything else (no space, no
+            // permission, too many open files) would fail the same way after a wipe, which
+            // would only throw away state that is fine: report it instead.
+            Err(OpenError {
+                rebuild: true,
+                reason,
+            }) => {
                 Self::wipe(path)?;
                 let db = Self::open_locked(path, stores, lock)?;
                 Ok((db, Some(reason)))
             }
+            Err(OpenError { reason, .. }) => Err(StateError::Open {
+                path: path.to_path_buf(),
+                reason,
+            }),
         }
     }
 
@@ -111,9 +138,9 @@ impl TaskDb {
     }
 
     fn open_locked(path: &Path, stores: &[String], lock: DirLock) -> Result<Self, StateError> {
-        let db = Self::try_open(path, stores).map_err(|reason| StateError::Open {
+        let db = Self::try_open(path, stores).map_err(|e| StateError::Open {
             path: path.to_path_buf(),
-            reason,
+            reason: e.reason,
         })?;
         Ok(Self::wrap(db, path, stores, lock))
     }
@@ -127,18 +154,39 @@ impl TaskDb {
         }
     }
 
-    /// Opens RocksDB at `path`; the error is what RocksDB or the file system said.
-    fn try_open(path: &Path, stores: &[String]) -> Result<DB, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+    /// Opens RocksDB at `path` with the column families of `stores`. Stores the directory has
+    /// but the topology no longer declares are dropped (with their checkpoints), so removing
+    /// a store does not cost the others a full restore.
+    fn try_open(path: &Path, stores: &[String]) -> Result<DB, OpenError> {
+        std::fs::create_dir_all(path).map_err(|e| OpenError {
+            rebuild: false,
+            reason: e.to_string(),
+        })?;
         let opts = db_options();
-        let mut cfs = vec![ColumnFamilyDescriptor::new(OFFSETS_CF, Options::default())];
-        for store in stores {
-            cfs.push(ColumnFamilyDescriptor::new(
-                format!("{STORE_CF_PREFIX}{store}"),
-                Options::default(),
-            ));
+        let wanted: Vec<String> = stores
+            .iter()
+            .map(|s| format!("{STORE_CF_PREFIX}{s}"))
+            .collect();
+        // A new directory has no column families to list yet.
+        let existing = DB::list_cf(&opts, path).unwrap_or_default();
+        let unused: Vec<&String> = existing
+            .iter()
+            .filter(|cf| cf.starts_with(STORE_CF_PREFIX) && !wanted.contains(cf))
+            .collect();
+        let names = std::iter::once(OFFSETS_CF.to_string())
+            .chain(wanted.iter().cloned())
+            .chain(unused.iter().map(|cf| cf.to_string()));
+        let cfs = names.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let mut db = DB::open_cf_descriptors(&opts, path, cfs).map_err(OpenError::from)?;
+        for cf in unused {
+            let store = &cf[STORE_CF_PREFIX.len()..];
+            tracing::info!(path = %path.display(), store, "dropping a store the topology no longer has");
+            let offsets = db.cf_handle(OFFSETS_CF).expect("invariant: opened above");
+            db.delete_cf(offsets, changelog_key(store))
+                .map_err(OpenError::from)?;
+            db.drop_cf(cf).map_err(OpenError::from)?;
         }
-        DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| format!("{:?}: {e}", e.kind()))
+        Ok(db)
     }
 
     /// Deletes the database files at `path`. Only for a directory whose lock the caller holds.
@@ -392,8 +440,9 @@ mod tests {
             db.batch_changelog_offset(&mut batch, 0, 3);
             db.write(batch).unwrap();
         }
-        // Corrupt it: RocksDB's CURRENT names a manifest that does not exist.
-        std::fs::write(dir.join("CURRENT"), "MANIFEST-999999\n").unwrap();
+        // Corrupt it: garbage in the manifest CURRENT names.
+        let manifest = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+        std::fs::write(dir.join(manifest.trim()), vec![0xAB; 4096]).unwrap();
         match TaskDb::open(&dir, &stores()) {
             Err(StateError::Open { reason, .. }) => assert!(!reason.is_empty()),
             other => panic!("expected Open, got {other:?}"),
@@ -416,6 +465,30 @@ mod tests {
             other => panic!("expected Locked, got {other:?}"),
         }
         assert_eq!(db.get(0, b"live").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_store_removed_from_the_topology_is_dropped_and_the_others_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("0_1");
+        {
+            let db = TaskDb::open(&dir, &stores()).unwrap();
+            let mut batch = db.batch();
+            db.batch_put(&mut batch, 0, b"k", b"kept");
+            db.batch_put(&mut batch, 1, b"k", b"gone");
+            db.batch_changelog_offset(&mut batch, 0, 5);
+            db.batch_changelog_offset(&mut batch, 1, 6);
+            db.write(batch).unwrap();
+        }
+        let (db, wiped) = TaskDb::open_or_rebuild(&dir, &["a".to_string()]).unwrap();
+        assert_eq!(wiped, None, "not a reason to wipe");
+        assert_eq!(db.get(0, b"k").unwrap().as_deref(), Some(&b"kept"[..]));
+        assert_eq!(db.changelog_offset("a").unwrap(), Some(5));
+        assert_eq!(db.changelog_offset("b").unwrap(), None);
+        drop(db);
+        // Declared again later, it starts empty (and restores from its changelog).
+        let db = TaskDb::open(&dir, &stores()).unwrap();
+        assert_eq!(db.get(1, b"k").unwrap(), None);
     }
 
     #[test]
