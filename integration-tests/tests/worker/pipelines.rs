@@ -416,7 +416,7 @@ fn avro_through_a_real_schema_registry() {
     let click = |i: u32| {
         let user = Avro::String(format!("u{}", i % 7));
         let amount = Avro::Double(f64::from(i) + 0.5);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let v = Avro::Record(vec![("user".into(), user), ("amount".into(), amount)]);
             wire(v1_id, &v1, v)
         } else {
