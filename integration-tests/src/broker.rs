@@ -129,7 +129,7 @@ pub fn kafka_home() -> Result<PathBuf> {
 }
 
 /// Runs `scripts/<name>` once at a time; returns its stdout.
-fn run_installer(name: &str) -> Result<String> {
+pub(crate) fn run_installer(name: &str) -> Result<String> {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let script = repo_root().join("scripts").join(name);

@@ -7,6 +7,9 @@
 //! * Kafka helpers ([`create_topic`], [`produce_json`], [`consume_all`],
 //!   [`last_value_per_key`], [`TopicReader`], [`KeyedView`], [`ContinuousProducer`]) built on
 //!   rdkafka; exact on Kafka, tolerant of tansu's deviations (see [`TopicReader::read_to_end`]).
+//! * [`SchemaRegistry`]: a real Confluent-compatible schema registry (Apicurio Registry, in
+//!   memory, built from Maven Central by `scripts/install-registry`) on a free loopback port,
+//!   one per test, stopped on drop.
 //! * [`Workload`]: deterministic input records and their expected per-key totals.
 //! * [`WorkerProcess`]: the built `tributary` binary run as a child process (`run -c FILE`),
 //!   with kill -9, SIGTERM, `/ready` and `/metrics` helpers; [`run_cli`] for one-shot commands.
@@ -15,6 +18,7 @@
 
 mod broker;
 mod kafka;
+mod registry;
 pub mod sig;
 mod worker;
 mod workload;
@@ -25,6 +29,7 @@ pub use kafka::{
     describe_topic_config, last_value_per_key, produce_json, produce_transaction, watermarks,
     ContinuousProducer, KeyedView, Rec, TopicReader,
 };
+pub use registry::{registry_home, SchemaRegistry};
 pub use worker::{
     http_get, parse_metric, run_cli, run_cli_timeout, tributary_bin, TotalsConfig, WorkerProcess,
 };

@@ -1,11 +1,12 @@
 //! The harness itself: the broker starts, topics round-trip records, Drop stops the broker;
-//! on Kafka also restart on the same log directory, pause, and compaction within a test.
+//! on Kafka also restart on the same log directory, pause, and compaction within a test; the
+//! real schema registry starts, keeps schemas and versions, and stops on drop.
 //! Needs no tributary binary.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use integration_tests::{unique_name, wait_until, Broker, BrokerKind, Workload};
+use integration_tests::{unique_name, wait_until, Broker, BrokerKind, SchemaRegistry, Workload};
 use serde_json::json;
 
 fn pid_alive(pid: u32) -> bool {
@@ -194,4 +195,39 @@ fn compose_uses_the_tested_kafka_version() {
             "compose.yaml's Kafka vs scripts/install-kafka's"
         );
     }
+}
+
+/// The real registry (Apicurio, in memory) through its Confluent API: registering returns an
+/// id, the same schema again the same id and no new version, another schema a new id and
+/// version; schemas come back by id; unknown ids and subjects are absent; Drop stops it.
+#[test]
+fn schema_registry_keeps_schemas_and_stops_on_drop() {
+    const V1: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#;
+    const V2: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"},{"name":"b","type":"string","default":""}]}"#;
+    let registry = SchemaRegistry::start();
+    let pid = registry.pid();
+    assert!(pid_alive(pid));
+    assert!(
+        registry.url().starts_with("http://127.0.0.1:")
+            && registry.url().ends_with("/apis/ccompat/v7"),
+        "{}",
+        registry.url()
+    );
+
+    let subject = format!("{}-value", unique_name("harness-registry"));
+    assert!(registry.versions(&subject).is_empty());
+    let id1 = registry.register(&subject, V1);
+    assert_eq!(registry.register(&subject, V1), id1, "same schema, same id");
+    assert_eq!(registry.versions(&subject), vec![id1]);
+    let id2 = registry.register(&subject, V2);
+    assert_ne!(id2, id1);
+    assert_eq!(registry.versions(&subject), vec![id1, id2]);
+
+    let as_json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+    assert_eq!(registry.schema(id1).map(|s| as_json(&s)), Some(as_json(V1)));
+    assert_eq!(registry.schema(id2).map(|s| as_json(&s)), Some(as_json(V2)));
+    assert_eq!(registry.schema(id1.max(id2) + 1000), None);
+
+    drop(registry);
+    assert!(!pid_alive(pid), "the registry process is gone after drop");
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use integration_tests::{
-    serial, unique_name, wait_until, Broker, TotalsConfig, WorkerProcess, Workload,
+    serial, unique_name, wait_until, Broker, Rec, SchemaRegistry, TotalsConfig, WorkerProcess,
+    Workload,
 };
 use serde_json::{json, Value};
 use tributary::pipeline::partitioner::partition_for_key;
@@ -260,11 +261,10 @@ fn avro_wire(id: u32, user: &str, x: f64) -> Vec<u8> {
     out
 }
 
-/// Avro in and out through the broker and a worker process, with schemas from a registry.
-/// No real schema registry can run here (Confluent's and Karapace are not in the package
-/// registries this machine reaches), so the registry is the test kit's in-process one, reached
-/// by the worker over loopback HTTP; the bytes are checked against the wire format written out
-/// by hand.
+/// Avro in and out through the broker and a worker process, with schemas from the test kit's
+/// in-process registry (`MockSchemaRegistry`, what users get for their own tests), reached by
+/// the worker over loopback HTTP; the bytes are checked against the wire format written out
+/// by hand. `avro_through_a_real_schema_registry` does the same against a real registry.
 #[test]
 fn avro_with_a_schema_registry_end_to_end() {
     let _serial = serial();
@@ -341,6 +341,173 @@ fn avro_with_a_schema_registry_end_to_end() {
     assert_eq!(
         dlq[0].header("tributary.step").as_deref(),
         Some("source.format")
+    );
+    assert_eq!(worker.terminate().code(), Some(0));
+}
+
+/// `Click` with a field added (with a default): a second version of the input's subject.
+const CLICK_V2_SCHEMA: &str = r#"{"type":"record","name":"Click","fields":[{"name":"user","type":"string"},{"name":"amount","type":"double"},{"name":"country","type":"string","default":"-"}]}"#;
+
+/// The Confluent wire format of `value` under schema `id`, the datum written by apache-avro
+/// (not by tributary's codec).
+fn wire(id: u32, schema: &apache_avro::Schema, value: apache_avro::types::Value) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(schema, value).expect("encode test input"));
+    out
+}
+
+/// Decodes an output record as a reader of the topic would: the schema id from the wire
+/// format, the writer schema fetched from the registry by that id, the datum decoded with it
+/// (and nothing left over). Returns (schema id, key, user, doubled).
+fn decode_doubled(registry: &SchemaRegistry, rec: &Rec) -> (u32, String, String, f64) {
+    use apache_avro::types::Value as Avro;
+    let bytes = rec.value.as_deref().expect("a value");
+    assert!(
+        bytes.len() > 5 && bytes[0] == 0,
+        "not the wire format: {bytes:?}"
+    );
+    let id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
+    let text = registry
+        .schema(id)
+        .unwrap_or_else(|| panic!("output schema id {id} is not in the registry"));
+    let schema = apache_avro::Schema::parse_str(&text).expect("the registry's schema parses");
+    let mut datum = &bytes[5..];
+    let value = apache_avro::from_avro_datum(&schema, &mut datum, None).expect("decodes");
+    assert!(datum.is_empty(), "{} bytes after the datum", datum.len());
+    let Avro::Record(fields) = value else {
+        panic!("not a record: {value:?}")
+    };
+    match fields.as_slice() {
+        [(u, Avro::String(user)), (d, Avro::Double(doubled))] if u == "user" && d == "doubled" => {
+            (id, rec.key_str().expect("a key"), user.clone(), *doubled)
+        }
+        other => panic!("not a Doubled record: {other:?}"),
+    }
+}
+
+/// Avro in and out through a real schema registry (Apicurio Registry's Confluent API, see
+/// `SchemaRegistry`): input written under two versions of its subject, registered in the
+/// registry, and one record with an id the registry does not know; the worker fetches each
+/// writer schema by id, registers its sink's schema, and writes the wire format. The output
+/// is decoded through the registry (id from the record, schema from the registry) and checked
+/// exactly; the unknown id is dead-lettered with the registry's answer.
+#[test]
+fn avro_through_a_real_schema_registry() {
+    use apache_avro::types::Value as Avro;
+    let _serial = serial();
+    let registry = SchemaRegistry::start();
+    let broker = Broker::start();
+    let input = unique_name("avro-real-in");
+    let output = unique_name("avro-real-out");
+    broker.create_topic(&input, 2);
+    broker.create_topic(&output, 2);
+
+    let v1 = apache_avro::Schema::parse_str(CLICK_SCHEMA).unwrap();
+    let v2 = apache_avro::Schema::parse_str(CLICK_V2_SCHEMA).unwrap();
+    let subject = format!("{input}-value");
+    let v1_id = registry.register(&subject, CLICK_SCHEMA);
+    let v2_id = registry.register(&subject, CLICK_V2_SCHEMA);
+    assert_eq!(registry.versions(&subject), vec![v1_id, v2_id]);
+    let unknown_id = v1_id.max(v2_id) + 1000;
+    assert_eq!(registry.schema(unknown_id), None);
+
+    // Even i under version 1, odd i under version 2.
+    let click = |i: u32| {
+        let user = Avro::String(format!("u{}", i % 7));
+        let amount = Avro::Double(f64::from(i) + 0.5);
+        if i.is_multiple_of(2) {
+            let v = Avro::Record(vec![("user".into(), user), ("amount".into(), amount)]);
+            wire(v1_id, &v1, v)
+        } else {
+            let country = Avro::String(format!("c{i}"));
+            let fields = vec![
+                ("user".into(), user),
+                ("amount".into(), amount),
+                ("country".into(), country),
+            ];
+            wire(v2_id, &v2, Avro::Record(fields))
+        }
+    };
+    let orphan = {
+        let mut bytes = click(60);
+        bytes[1..5].copy_from_slice(&unknown_id.to_be_bytes());
+        bytes
+    };
+    let records: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("u{}", i % 7), click(i)))
+        .chain([("orphan".to_string(), orphan.clone())])
+        .collect();
+    broker.produce_raw(&input, &records);
+
+    let dir = state_dir();
+    let schema = dir.path().join("doubled.avsc");
+    std::fs::write(&schema, DOUBLED_SCHEMA).unwrap();
+    let mut cfg = TotalsConfig::new(
+        &unique_name("app-avro-real"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        dir.path(),
+    );
+    cfg.pipeline = "avro".into();
+    cfg.on_error = "dlq".into();
+    cfg.source_keys = format!(r#", format = "avro", registry_url = "{}""#, registry.url());
+    cfg.sink_keys = format!(
+        r#", format = "avro", registry_url = "{}", schema = "{}""#,
+        registry.url(),
+        schema.display()
+    );
+    cfg.steps = "steps = [ { filter = \"amount >= 50.0\" }, { map = \"{'user': user, 'doubled': amount * 2.0}\" } ]\n".into();
+    let mut worker = WorkerProcess::spawn_named("worker", &cfg.to_toml());
+    worker.wait_ready(READY);
+
+    let dlq_topic = format!("{}-dlq", cfg.app_id);
+    let (mut out, mut dlq) = (Vec::new(), Vec::new());
+    let done = wait_until(LONG, Duration::from_secs(2), || {
+        assert!(worker.try_status().is_none(), "worker exited");
+        out = broker.consume_all(&output);
+        dlq = broker.consume_all(&dlq_topic);
+        out.len() >= 50 && !dlq.is_empty()
+    });
+    assert!(done, "{} outputs, {} dead letters", out.len(), dlq.len());
+
+    let out_ids = registry.versions(&format!("{output}-value"));
+    assert_eq!(out_ids.len(), 1, "the sink registered its schema once");
+    let registered = registry.schema(out_ids[0]).unwrap();
+    assert_eq!(
+        apache_avro::Schema::parse_str(&registered).unwrap(),
+        apache_avro::Schema::parse_str(DOUBLED_SCHEMA).unwrap(),
+        "the sink registered its schema file"
+    );
+    let mut got: Vec<(u32, String, String, f64)> =
+        out.iter().map(|r| decode_doubled(&registry, r)).collect();
+    let mut want: Vec<(u32, String, String, f64)> = (50..100)
+        .map(|i| {
+            let user = format!("u{}", i % 7);
+            (out_ids[0], user.clone(), user, (f64::from(i) + 0.5) * 2.0)
+        })
+        .collect();
+    let order = |a: &(u32, String, String, f64), b: &(u32, String, String, f64)| {
+        (&a.1, &a.2, a.3.to_bits()).cmp(&(&b.1, &b.2, b.3.to_bits()))
+    };
+    got.sort_by(order);
+    want.sort_by(order);
+    assert_eq!(
+        got, want,
+        "every record with amount >= 50 (of both input versions), doubled, under the sink's id"
+    );
+
+    assert_eq!(dlq.len(), 1, "only the record with the unknown id failed");
+    assert_eq!(dlq[0].value.as_deref(), Some(orphan.as_slice()));
+    assert_eq!(
+        dlq[0].header("tributary.step").as_deref(),
+        Some("source.format")
+    );
+    let reason = dlq[0].header("tributary.error").unwrap_or_default();
+    assert!(
+        reason.contains(&format!("schema id {unknown_id}")) && reason.contains("404"),
+        "the reason names the id and the registry's answer: {reason}"
     );
     assert_eq!(worker.terminate().code(), Some(0));
 }
