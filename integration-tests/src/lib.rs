@@ -7,6 +7,8 @@
 //! * Kafka helpers ([`create_topic`], [`produce_json`], [`consume_all`],
 //!   [`last_value_per_key`], [`TopicReader`], [`KeyedView`], [`ContinuousProducer`]) built on
 //!   rdkafka; exact on Kafka, tolerant of tansu's deviations (see [`TopicReader::read_to_end`]).
+//! * [`describe_group`]: a consumer group's protocol, assignor, state and size as the broker
+//!   reports them.
 //! * [`Workload`]: deterministic input records and their expected per-key totals.
 //! * [`WorkerProcess`]: the built `tributary` binary run as a child process (`run -c FILE`),
 //!   with kill -9, SIGTERM, `/ready` and `/metrics` helpers; [`run_cli`] for one-shot commands.
@@ -14,12 +16,14 @@
 //! Only loopback addresses (127.0.0.1) are ever used.
 
 mod broker;
+mod group;
 mod kafka;
 pub mod sig;
 mod worker;
 mod workload;
 
 pub use broker::{kafka_home, tansu_bin, Broker, BrokerKind};
+pub use group::{describe_group, GroupDescription};
 pub use kafka::{
     committed_offsets, consume_all, create_compacted_topic, create_topic, delete_topic,
     describe_topic_config, last_value_per_key, produce_json, produce_transaction, watermarks,
