@@ -4,13 +4,14 @@
 //! `group.consumer.session.timeout.ms` (10 s on the test broker).
 //!
 //! Graceful joins and leaves are exact; a kill -9 is at least once (the classic protocol's
-//! equivalents are in `rebalance`).
+//! equivalents are in `rebalance`). Apache Kafka only: skipped on tansu, which does not speak
+//! the consumer protocol.
 
 use std::time::Duration;
 
 use integration_tests::{
-    check_exact, expected_totals, serial, unique_name, wait_until, Broker, ContinuousProducer,
-    KeyedView, TotalsConfig, WorkerProcess,
+    check_exact, expected_totals, serial, unique_name, wait_until, Broker, BrokerKind,
+    ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
 };
 
 use crate::rebalance::kill9_under_load_with;
@@ -44,6 +45,9 @@ fn wait_members(broker: &Broker, app: &str, n: usize) {
 /// arriving throughout, and the sink's totals match the input exactly.
 #[test]
 fn consumer_protocol_join_and_leave() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
     let _serial = serial();
     let broker = Broker::start();
     let input = unique_name("kip848-in");
@@ -153,5 +157,8 @@ fn consumer_protocol_join_and_leave() {
 /// at least the input's, with duplicates reported and bounded (see `rebalance`).
 #[test]
 fn consumer_protocol_kill9_under_load() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
     kill9_under_load_with(Protocol::Consumer);
 }
