@@ -431,6 +431,12 @@ impl Broker {
             .unwrap_or_else(|e| panic!("describe configs of {topic}: {e:#}"))
     }
 
+    /// The consumer group `group` as the broker describes it (protocol, assignor, state).
+    pub fn describe_group(&self, group: &str) -> crate::GroupDescription {
+        crate::describe_group(&self.bootstrap(), group)
+            .unwrap_or_else(|e| panic!("describe group {group}: {e:#}"))
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         crate::create_topic(&self.bootstrap(), name, partitions)
             .unwrap_or_else(|e| panic!("create topic {name}: {e:#}"));

@@ -10,6 +10,8 @@
 //! * [`SchemaRegistry`]: a real Confluent-compatible schema registry (Apicurio Registry, in
 //!   memory, built from Maven Central by `scripts/install-registry`) on a free loopback port,
 //!   one per test, stopped on drop.
+//! * [`describe_group`]: a consumer group's protocol, assignor, state and size as the broker
+//!   reports them.
 //! * [`Workload`]: deterministic input records and their expected per-key totals.
 //! * [`WorkerProcess`]: the built `tributary` binary run as a child process (`run -c FILE`),
 //!   with kill -9, SIGTERM, `/ready` and `/metrics` helpers; [`run_cli`] for one-shot commands.
@@ -17,6 +19,7 @@
 //! Only loopback addresses (127.0.0.1) are ever used.
 
 mod broker;
+mod group;
 mod kafka;
 mod registry;
 pub mod sig;
@@ -24,6 +27,7 @@ mod worker;
 mod workload;
 
 pub use broker::{kafka_home, tansu_bin, Broker, BrokerKind};
+pub use group::{describe_group, GroupDescription};
 pub use kafka::{
     committed_offsets, consume_all, create_compacted_topic, create_topic, delete_topic,
     describe_topic_config, last_value_per_key, produce_json, produce_transaction, watermarks,

@@ -516,7 +516,11 @@ pub struct TotalsConfig {
     pub app_id: String,
     pub threads: u32,
     pub bootstrap: String,
+    /// `group.session_timeout_ms`, written when `group` is None.
     pub session_timeout_ms: u64,
+    /// The body of the `[group]` table; None: `session_timeout_ms = <session_timeout_ms>`
+    /// (the classic protocol). See [`TotalsConfig::consumer_protocol`].
+    pub group: Option<String>,
     pub commit_interval_ms: u64,
     pub state_dir: PathBuf,
     pub http_listen: String,
@@ -566,6 +570,7 @@ impl TotalsConfig {
             threads: 1,
             bootstrap: bootstrap.to_string(),
             session_timeout_ms: 6000,
+            group: None,
             commit_interval_ms: 500,
             state_dir: state_dir.to_path_buf(),
             http_listen: format!("127.0.0.1:{}", free_port()),
@@ -589,6 +594,15 @@ impl TotalsConfig {
         }
     }
 
+    /// The same config with the KIP-848 consumer group protocol (`group.protocol =
+    /// "consumer"`, the default remote assignor); the session timeout is then the broker's.
+    pub fn consumer_protocol(self) -> TotalsConfig {
+        TotalsConfig {
+            group: Some("protocol = \"consumer\"\n".to_string()),
+            ..self
+        }
+    }
+
     /// The changelog topic of the pipeline's store: `<app.id>-<pipeline>-changelog`.
     pub fn changelog_topic(&self) -> String {
         format!("{}-{}-changelog", self.app_id, self.pipeline)
@@ -604,8 +618,7 @@ impl TotalsConfig {
              bootstrap_servers = {bootstrap}\n\
              \n\
              [group]\n\
-             session_timeout_ms = {session}\n\
-             \n\
+             {group}\n\
              [processing]\n\
              commit_interval_ms = {commit}\n\
              on_error = {on_error}\n\
@@ -626,7 +639,10 @@ impl TotalsConfig {
             app = toml_str(&self.app_id),
             threads = self.threads,
             bootstrap = toml_str(&self.bootstrap),
-            session = self.session_timeout_ms,
+            group = self
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("session_timeout_ms = {}\n", self.session_timeout_ms)),
             commit = self.commit_interval_ms,
             state = toml_str(&self.state_dir.to_string_lossy()),
             http = toml_str(&self.http_listen),
@@ -695,5 +711,13 @@ mod tests {
         assert_eq!(http_listen_of(&toml), Some(c.http_listen.clone()));
         assert!(toml.contains("id = \"app\""));
         assert_eq!(c.changelog_topic(), "app-totals-changelog");
+        assert!(toml.contains("[group]\nsession_timeout_ms = 6000\n\n[processing]"));
+
+        let toml = c.consumer_protocol().to_toml();
+        assert!(
+            toml.contains("[group]\nprotocol = \"consumer\"\n\n[processing]"),
+            "{toml}"
+        );
+        assert!(!toml.contains("session_timeout_ms"), "{toml}");
     }
 }

@@ -329,25 +329,86 @@ pub struct KafkaConfig {
 }
 
 /// `[group]`: consumer-group membership.
+///
+/// Two group protocols exist, and some keys belong to one of them only: `assignment` and
+/// `session_timeout_ms` to the classic protocol (the members assign partitions; the client sets
+/// the session timeout), `remote_assignor` to the consumer protocol (KIP-848: the broker
+/// assigns, and the session and heartbeat intervals are the broker's `group.consumer.*`
+/// settings). A key set under the protocol it does not belong to is an error, not silently
+/// ignored: a session timeout that the group never uses would mislead whoever reads the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
-    /// `assignment` (default `"cooperative-sticky"`): the partition assignment strategy.
+    /// `protocol` (default `"classic"`): the group membership protocol.
+    pub protocol: GroupProtocol,
+    /// `assignment` (classic protocol only; default `"cooperative-sticky"`): the partition
+    /// assignment strategy.
     pub assignment: Assignment,
-    /// `session_timeout_ms` (milliseconds, default 10000, at least 1): how long the group
-    /// waits for a silent member before reassigning its partitions.
+    /// `remote_assignor` (consumer protocol only; default `"uniform"`): the broker-side
+    /// assignor.
+    pub remote_assignor: RemoteAssignor,
+    /// `session_timeout_ms` (classic protocol only; milliseconds, default 10000, at least 1):
+    /// how long the group waits for a silent member before reassigning its partitions.
     pub session_timeout_ms: u64,
 }
 
 impl Default for GroupConfig {
     fn default() -> Self {
         Self {
+            protocol: GroupProtocol::default(),
             assignment: Assignment::default(),
+            remote_assignor: RemoteAssignor::default(),
             session_timeout_ms: 10_000,
         }
     }
 }
 
-/// `group.assignment`: how partitions are spread over group members.
+/// `group.protocol`: how members join the group and get their partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// `"classic"` (default): JoinGroup/SyncGroup; one member computes the assignment with
+    /// `group.assignment`; the session timeout is `group.session_timeout_ms`.
+    #[default]
+    Classic,
+    /// `"consumer"`: KIP-848 (Apache Kafka 4.0 or later). The broker computes the assignment
+    /// with `group.remote_assignor` and hands it out through heartbeats; rebalances are always
+    /// incremental; the session timeout and heartbeat interval are the broker's
+    /// `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`.
+    Consumer,
+}
+
+spelled!(GroupProtocol { Classic => "classic", Consumer => "consumer" });
+
+impl GroupProtocol {
+    /// The value for librdkafka's `group.protocol`.
+    pub fn librdkafka_name(&self) -> &'static str {
+        self.as_str()
+    }
+
+    /// The `[group]` keys that do not apply under this protocol, each with the reason (what
+    /// governs that setting instead).
+    pub fn inapplicable_keys(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Classic => &[(
+                "remote_assignor",
+                "the classic protocol's members assign partitions themselves, with \
+                 `group.assignment`",
+            )],
+            Self::Consumer => &[
+                (
+                    "assignment",
+                    "the broker assigns partitions; choose its assignor with \
+                     `group.remote_assignor`",
+                ),
+                (
+                    "session_timeout_ms",
+                    "the broker's group.consumer.session.timeout.ms sets it",
+                ),
+            ],
+        }
+    }
+}
+
+/// `group.assignment`: how partitions are spread over group members (classic protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Assignment {
     /// `"cooperative-sticky"` (default): incremental rebalancing; only moved partitions are
@@ -368,6 +429,26 @@ spelled!(Assignment {
 
 impl Assignment {
     /// The value for librdkafka's `partition.assignment.strategy`.
+    pub fn librdkafka_name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// `group.remote_assignor`: the broker-side assignor (consumer protocol). Both are sticky:
+/// a rebalance moves only the partitions it has to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteAssignor {
+    /// `"uniform"` (default): spreads partitions evenly over the members.
+    #[default]
+    Uniform,
+    /// `"range"`: co-partitioned topics get the same partition numbers on a member.
+    Range,
+}
+
+spelled!(RemoteAssignor { Uniform => "uniform", Range => "range" });
+
+impl RemoteAssignor {
+    /// The value for librdkafka's `group.remote.assignor`.
     pub fn librdkafka_name(&self) -> &'static str {
         self.as_str()
     }

@@ -18,6 +18,9 @@ pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
     let app = app(&mut cx, &mut top);
     let kafka = kafka(&mut cx, &mut top);
     let group = group(&mut cx, &mut top);
+    // After `[group]`: which properties the worker cannot pass on depends on the protocol.
+    cx.issues
+        .extend(check_properties(&kafka.properties, group.protocol));
     let processing = processing(&mut cx, &mut top);
     let state = state(&mut cx, &mut top);
     let http = http(&mut cx, &mut top);
@@ -66,7 +69,6 @@ fn kafka(cx: &mut Cx, top: &mut Table<'_>) -> KafkaConfig {
         .unwrap_or_default();
     let properties = t.opt_with(cx, "properties", properties).unwrap_or_default();
     t.finish(cx);
-    cx.issues.extend(check_properties(&properties));
     KafkaConfig {
         bootstrap_servers,
         properties,
@@ -111,16 +113,56 @@ fn flatten_properties(
 fn group(cx: &mut Cx, top: &mut Table<'_>) -> GroupConfig {
     let mut t = top.section(cx, "group");
     let d = GroupConfig::default();
+    let explicit = t.has("protocol");
+    let protocol = t.opt(cx, "protocol", read::choice::<GroupProtocol>);
+    // Keys of the other protocol are reported as such (the fix is to remove them), not read.
+    // With an unreadable `protocol` (reported already) it is unknown which keys apply.
+    let mut inapplicable: Vec<&'static str> = Vec::new();
+    if let Some(p) = protocol.or((!explicit).then_some(d.protocol)) {
+        let default = if explicit { "" } else { " (the default)" };
+        for &(key, why) in p.inapplicable_keys() {
+            if t.has(key) {
+                t.get(key);
+                inapplicable.push(key);
+                cx.issue(
+                    t.key_path(key),
+                    format!("does not apply with group.protocol = \"{p}\"{default}: {why}"),
+                );
+            }
+        }
+    }
     let group = GroupConfig {
-        assignment: t
-            .opt(cx, "assignment", read::choice)
+        protocol: protocol.unwrap_or(d.protocol),
+        assignment: opt_unless(cx, &mut t, "assignment", &inapplicable, read::choice)
             .unwrap_or(d.assignment),
-        session_timeout_ms: t
-            .opt(cx, "session_timeout_ms", read::positive)
-            .unwrap_or(d.session_timeout_ms),
+        remote_assignor: opt_unless(cx, &mut t, "remote_assignor", &inapplicable, read::choice)
+            .unwrap_or(d.remote_assignor),
+        session_timeout_ms: opt_unless(
+            cx,
+            &mut t,
+            "session_timeout_ms",
+            &inapplicable,
+            read::positive,
+        )
+        .unwrap_or(d.session_timeout_ms),
     };
     t.finish(cx);
     group
+}
+
+/// Reads optional `key` unless it is in `skip` (reported already).
+fn opt_unless<T>(
+    cx: &mut Cx,
+    t: &mut Table<'_>,
+    key: &'static str,
+    skip: &[&str],
+    read: impl FnOnce(&Value) -> Result<T, String>,
+) -> Option<T> {
+    if skip.contains(&key) {
+        None
+    } else {
+        t.opt(cx, key, read)
+    }
 }
 
 fn processing(cx: &mut Cx, top: &mut Table<'_>) -> ProcessingConfig {

@@ -17,8 +17,9 @@ bootstrap_servers = "127.0.0.1:9092"   # "embedded" = in-process cluster, for tr
 # "security.protocol" = "sasl_ssl"
 
 [group]
-assignment = "cooperative-sticky"      # or "range", "roundrobin"
-session_timeout_ms = 10000
+protocol = "classic"                   # or "consumer" (KIP-848, Kafka 4.0+: the broker assigns)
+assignment = "cooperative-sticky"      # classic: or "range", "roundrobin"
+session_timeout_ms = 10000             # classic only (consumer: a broker setting)
 
 [processing]
 guarantee = "at_least_once"            # or "exactly_once"
@@ -152,6 +153,7 @@ fn contract_example_loads() {
     assert_eq!(config.app.instance_id, None);
     assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
     assert!(config.kafka.properties.is_empty());
+    assert_eq!(config.group.protocol, GroupProtocol::Classic);
     assert_eq!(config.group.assignment, Assignment::CooperativeSticky);
     assert_eq!(
         config.group.assignment.librdkafka_name(),
@@ -206,7 +208,9 @@ fn defaults() {
     assert_eq!(config.app.instance_id, None);
     assert!(config.kafka.properties.is_empty());
     assert_eq!(config.group, GroupConfig::default());
+    assert_eq!(config.group.protocol, GroupProtocol::Classic);
     assert_eq!(config.group.assignment, Assignment::CooperativeSticky);
+    assert_eq!(config.group.remote_assignor, RemoteAssignor::Uniform);
     assert_eq!(config.group.session_timeout_ms, 10_000);
     assert_eq!(config.processing.guarantee, Guarantee::AtLeastOnce);
     assert_eq!(config.processing.commit_interval_ms, 1000);
@@ -677,4 +681,170 @@ sink = { topic = "out", format = "avro" }
         &["`schema`", "`registry_url`"],
     );
     assert_eq!(issues.len(), 9, "{issues:#?}");
+}
+
+/// `MINIMAL` with `group` as the body of a `[group]` table and `properties` (may be empty) as
+/// the body of `[kafka.properties]`.
+fn with_group(group: &str, properties: &str) -> String {
+    MINIMAL.replace(
+        "[[pipeline]]",
+        &format!("[kafka.properties]\n{properties}\n[group]\n{group}\n[[pipeline]]"),
+    )
+}
+
+/// The consumer protocol and its broker-side assignor are read as written.
+#[test]
+fn consumer_protocol_and_remote_assignor() {
+    let config = load_str(&with_group(
+        "protocol = \"consumer\"\nremote_assignor = \"range\"",
+        "",
+    ))
+    .expect("valid");
+    assert_eq!(config.group.protocol, GroupProtocol::Consumer);
+    assert_eq!(config.group.protocol.librdkafka_name(), "consumer");
+    assert_eq!(config.group.remote_assignor, RemoteAssignor::Range);
+    assert_eq!(config.group.remote_assignor.librdkafka_name(), "range");
+
+    let config = load_str(&with_group("protocol = \"consumer\"", "")).expect("valid");
+    assert_eq!(config.group.remote_assignor, RemoteAssignor::Uniform);
+
+    let issues = rejected(&with_group(
+        "protocol = \"kip848\"\nremote_assignor = \"sticky\"",
+        "",
+    ));
+    assert_issue(
+        &issues,
+        "group.protocol",
+        &["expected one of \"classic\", \"consumer\", found string \"kip848\""],
+    );
+    // With the protocol unreadable, no key is called inapplicable; each is read as usual.
+    assert_issue(
+        &issues,
+        "group.remote_assignor",
+        &["expected one of \"uniform\", \"range\""],
+    );
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+}
+
+/// The classic protocol's keys set with the consumer protocol are errors naming the key and
+/// what sets it there; a bad value in such a key is not reported on top (the fix is to remove
+/// it).
+#[test]
+fn classic_keys_do_not_apply_with_the_consumer_protocol() {
+    let issues = rejected(&with_group(
+        "protocol = \"consumer\"\nassignment = \"range\"\nsession_timeout_ms = \"ten\"",
+        "",
+    ));
+    let lines: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "group.assignment: does not apply with group.protocol = \"consumer\": the broker \
+             assigns partitions; choose its assignor with `group.remote_assignor`",
+            "group.session_timeout_ms: does not apply with group.protocol = \"consumer\": the \
+             broker's group.consumer.session.timeout.ms sets it",
+        ]
+    );
+
+    // The same keys are fine with the classic protocol, written or defaulted.
+    for group in [
+        "protocol = \"classic\"\nassignment = \"range\"\nsession_timeout_ms = 6000",
+        "assignment = \"range\"\nsession_timeout_ms = 6000",
+    ] {
+        let config = load_str(&with_group(group, "")).expect("valid");
+        assert_eq!(config.group.assignment, Assignment::Range);
+        assert_eq!(config.group.session_timeout_ms, 6000);
+    }
+}
+
+/// `remote_assignor` with the classic protocol (written or the default) is an error.
+#[test]
+fn remote_assignor_does_not_apply_with_the_classic_protocol() {
+    let issues = rejected(&with_group("remote_assignor = \"uniform\"", ""));
+    assert_issue(
+        &issues,
+        "group.remote_assignor",
+        &[
+            "does not apply with group.protocol = \"classic\" (the default): ",
+            "`group.assignment`",
+        ],
+    );
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+
+    let issues = rejected(&with_group(
+        "protocol = \"classic\"\nremote_assignor = \"range\"",
+        "",
+    ));
+    assert_issue(
+        &issues,
+        "group.remote_assignor",
+        &["does not apply with group.protocol = \"classic\": "],
+    );
+    assert!(!issues[0].message.contains("(the default)"), "{issues:#?}");
+}
+
+/// Passthrough properties: librdkafka's group protocol keys are Tributary's; the classic-only
+/// heartbeat interval is refused with the consumer protocol only.
+#[test]
+fn group_protocol_properties() {
+    let issues = rejected(&with_group(
+        "protocol = \"consumer\"",
+        "\"group.protocol\" = \"consumer\"\n\"group.remote.assignor\" = \"range\"\n\
+         \"heartbeat.interval.ms\" = 500\n\"group.protocol.type\" = \"consumer\"\n\
+         \"session.timeout.ms\" = 6000",
+    ));
+    assert_issue(
+        &issues,
+        "kafka.properties.\"group.protocol\"",
+        &["set by Tributary", "set `group.protocol` instead"],
+    );
+    assert_issue(
+        &issues,
+        "kafka.properties.\"group.remote.assignor\"",
+        &["set `group.remote_assignor` instead"],
+    );
+    assert_issue(
+        &issues,
+        "kafka.properties.\"heartbeat.interval.ms\"",
+        &[
+            "does not apply with group.protocol = \"consumer\"",
+            "group.consumer.heartbeat.interval.ms",
+        ],
+    );
+    assert_issue(
+        &issues,
+        "kafka.properties.\"group.protocol.type\"",
+        &["does not apply with group.protocol = \"consumer\""],
+    );
+    assert_issue(
+        &issues,
+        "kafka.properties.\"session.timeout.ms\"",
+        &["group.consumer.session.timeout.ms"],
+    );
+    assert_eq!(issues.len(), 5, "{issues:#?}");
+
+    // With the classic protocol the heartbeat interval passes through.
+    let config = load_str(&with_group("", "\"heartbeat.interval.ms\" = 500")).expect("valid");
+    assert_eq!(config.kafka.properties["heartbeat.interval.ms"], "500");
+}
+
+/// The protocol can come from the environment, and the file's classic keys are then reported.
+#[test]
+fn protocol_from_the_environment() {
+    let path = file(&with_group("", ""));
+    let config = load_with_env(
+        std::slice::from_ref(&path),
+        env(&[("TRIBUTARY_GROUP__PROTOCOL", "consumer")]),
+    )
+    .expect("valid");
+    assert_eq!(config.group.protocol, GroupProtocol::Consumer);
+
+    let path = file(&with_group("session_timeout_ms = 6000", ""));
+    let issues = load_with_env(&[path], env(&[("TRIBUTARY_GROUP__PROTOCOL", "consumer")]))
+        .expect_err("rejected");
+    assert_issue(
+        &issues,
+        "group.session_timeout_ms",
+        &["does not apply with group.protocol = \"consumer\""],
+    );
 }

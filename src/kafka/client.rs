@@ -3,7 +3,7 @@
 
 use rdkafka::ClientConfig;
 
-use crate::config::Config;
+use crate::config::{Config, GroupProtocol};
 
 /// How long librdkafka waits before fetching again once `queued.min.messages` are queued. With
 /// one poll queue for all partitions it compares that limit with the *total* queued, and one
@@ -66,8 +66,8 @@ fn is_producer_property(key: &str) -> bool {
 }
 
 /// The group member's consumer. The worker owns group id, commits, offset storage and the
-/// assignor; fetch settings default to values that keep throughput high (DESIGN.md measured
-/// them) and can be overridden.
+/// group protocol settings; fetch settings default to values that keep throughput high
+/// (DESIGN.md measured them) and can be overridden.
 pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}", cfg.app.id));
     c.set("fetch.wait.max.ms", "10")
@@ -79,25 +79,41 @@ pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     c.set("group.id", &cfg.app.id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set(
-            "partition.assignment.strategy",
-            cfg.group.assignment.librdkafka_name(),
-        )
-        .set(
-            "session.timeout.ms",
-            cfg.group.session_timeout_ms.to_string(),
-        );
-    // librdkafka requires heartbeat.interval.ms < session.timeout.ms; its default (3 s) breaks
-    // short session timeouts.
-    if !cfg.kafka.properties.contains_key("heartbeat.interval.ms") {
-        let hb = (cfg.group.session_timeout_ms / 3).clamp(100, 3000);
-        c.set("heartbeat.interval.ms", hb.to_string());
-    }
+        .set("enable.partition.eof", "false");
+    set_group_protocol(&mut c, cfg);
     if let Some(instance) = &cfg.app.instance_id {
         c.set("group.instance.id", format!("{instance}-{member}"));
     }
     c
+}
+
+/// The `[group]` settings. librdkafka refuses to create a consumer-protocol consumer with any
+/// of the classic settings set (`partition.assignment.strategy`, `session.timeout.ms`,
+/// `heartbeat.interval.ms`), even to their defaults, so they are only set for the classic one.
+fn set_group_protocol(c: &mut ClientConfig, cfg: &Config) {
+    let group = &cfg.group;
+    c.set("group.protocol", group.protocol.librdkafka_name());
+    match group.protocol {
+        GroupProtocol::Classic => {
+            c.set(
+                "partition.assignment.strategy",
+                group.assignment.librdkafka_name(),
+            )
+            .set("session.timeout.ms", group.session_timeout_ms.to_string());
+            // librdkafka requires heartbeat.interval.ms < session.timeout.ms; its default
+            // (3 s) breaks short session timeouts.
+            if !cfg.kafka.properties.contains_key("heartbeat.interval.ms") {
+                let hb = (group.session_timeout_ms / 3).clamp(100, 3000);
+                c.set("heartbeat.interval.ms", hb.to_string());
+            }
+        }
+        GroupProtocol::Consumer => {
+            c.set(
+                "group.remote.assignor",
+                group.remote_assignor.librdkafka_name(),
+            );
+        }
+    }
 }
 
 /// The changelog restore consumer: no group, reads assigned partitions only.
@@ -140,4 +156,76 @@ pub fn admin(cfg: &Config, bootstrap: &str) -> ClientConfig {
     with_user_properties(c, cfg, |k| {
         !is_consumer_property(k) && !is_producer_property(k)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::*;
+
+    /// Nothing listens on port 9 (discard); creating a consumer does not need a broker.
+    const NO_BROKER: &str = "127.0.0.1:9";
+
+    fn config(group: &str) -> Config {
+        crate::config::load_str(&format!(
+            "[app]\nid = \"app\"\n[kafka]\nbootstrap_servers = \"{NO_BROKER}\"\n\
+             [group]\n{group}\n[[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n"
+        ))
+        .expect("valid config")
+    }
+
+    /// The classic protocol's settings, each with a value valid there.
+    const CLASSIC_ONLY: [(&str, &str); 3] = [
+        ("partition.assignment.strategy", "range"),
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "2000"),
+    ];
+
+    #[test]
+    fn classic_protocol_sets_assignor_and_session_timeout() {
+        let c = consumer(
+            &config("assignment = \"range\"\nsession_timeout_ms = 6000"),
+            NO_BROKER,
+            0,
+        );
+        assert_eq!(c.get("group.protocol"), Some("classic"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("2000"));
+        assert_eq!(c.get("group.remote.assignor"), None);
+        c.create::<BaseConsumer>().expect("librdkafka accepts it");
+    }
+
+    /// The consumer protocol gets its assignor and none of the classic settings, which
+    /// librdkafka refuses there.
+    #[test]
+    fn consumer_protocol_leaves_out_the_classic_settings() {
+        let c = consumer(
+            &config("protocol = \"consumer\"\nremote_assignor = \"range\""),
+            NO_BROKER,
+            0,
+        );
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+        assert_eq!(c.get("group.remote.assignor"), Some("range"));
+        for (key, _) in CLASSIC_ONLY {
+            assert_eq!(c.get(key), None, "{key} is not set");
+        }
+        c.create::<BaseConsumer>().expect("librdkafka accepts it");
+
+        // What the check guards against: any one of them makes librdkafka refuse the consumer.
+        for (key, value) in CLASSIC_ONLY {
+            let mut bad = c.clone();
+            bad.set(key, value);
+            let err = bad
+                .create::<BaseConsumer>()
+                .err()
+                .unwrap_or_else(|| panic!("{key} with the consumer protocol is refused"));
+            assert!(
+                err.to_string()
+                    .contains("not supported for `group.protocol=consumer`"),
+                "{key}: {err}"
+            );
+        }
+    }
 }

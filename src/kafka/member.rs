@@ -277,11 +277,15 @@ fn commit_offsets(consumer: &MemberConsumer, tpl: &TopicPartitionList) -> KafkaR
     }
 }
 
-/// Commit errors that say "not now" rather than "not yours".
+/// Commit errors that say "not now" rather than "not yours". `StaleMemberEpoch` (consumer
+/// protocol): the broker moved the member to a new epoch in a heartbeat whose answer had not
+/// arrived yet; librdkafka sends the next heartbeat at once on this error but does not retry
+/// a manual commit itself.
 fn commit_retriable(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::StaleMemberEpoch
             | RDKafkaErrorCode::RequestTimedOut
             | RDKafkaErrorCode::CoordinatorLoadInProgress
             | RDKafkaErrorCode::CoordinatorNotAvailable

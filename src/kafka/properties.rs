@@ -1,9 +1,12 @@
 //! Checks the librdkafka properties passed through `[kafka.properties]`.
 //!
-//! Two kinds of key are rejected:
+//! Three kinds of key are rejected:
 //!
 //! - keys the worker sets itself, because its commit protocol, group membership or delivery
 //!   guarantee depends on them; the message names the Tributary key to use instead;
+//! - keys that do not apply under the configured `group.protocol` (librdkafka refuses to create
+//!   a consumer-protocol consumer with `heartbeat.interval.ms`, for instance: it is a broker
+//!   setting there), named with what sets them instead;
 //! - keys or values that librdkafka itself rejects. Each property is set on a fresh native
 //!   librdkafka configuration object, which validates it locally: no client is created and
 //!   nothing touches the network.
@@ -13,7 +16,7 @@ use std::collections::BTreeMap;
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
-use crate::config::ConfigIssue;
+use crate::config::{ConfigIssue, GroupProtocol};
 
 /// librdkafka properties that Tributary sets itself, and what to configure instead.
 pub const RESERVED: &[(&str, &str)] = &[
@@ -44,16 +47,37 @@ pub const RESERVED: &[(&str, &str)] = &[
     ),
     (
         "partition.assignment.strategy",
-        "set `group.assignment` instead",
+        "set `group.assignment` instead (`group.remote_assignor` with group.protocol = \"consumer\")",
     ),
     (
         "session.timeout.ms",
-        "set `group.session_timeout_ms` instead",
+        "set `group.session_timeout_ms` instead (with group.protocol = \"consumer\" the broker's \
+         group.consumer.session.timeout.ms sets it)",
+    ),
+    ("group.protocol", "set `group.protocol` instead"),
+    (
+        "group.remote.assignor",
+        "set `group.remote_assignor` instead",
     ),
     ("isolation.level", "it follows `processing.guarantee`"),
     ("transactional.id", "it follows `processing.guarantee`"),
     ("enable.idempotence", "it follows `processing.guarantee`"),
     ("enable.partition.eof", "Tributary manages it itself"),
+];
+
+/// librdkafka properties that the consumer protocol (KIP-848) does not accept, and what sets
+/// them there. librdkafka only checks this when it creates the consumer, so `validate` would
+/// not see it otherwise. (`session.timeout.ms` and `partition.assignment.strategy` are
+/// [`RESERVED`] under either protocol.)
+pub const NOT_WITH_CONSUMER_PROTOCOL: &[(&str, &str)] = &[
+    (
+        "heartbeat.interval.ms",
+        "the broker's group.consumer.heartbeat.interval.ms sets it",
+    ),
+    (
+        "group.protocol.type",
+        "the consumer protocol has no protocol type",
+    ),
 ];
 
 /// The config path of property `key`: `kafka.properties."<key>"`.
@@ -62,15 +86,28 @@ pub fn property_path(key: &str) -> String {
 }
 
 /// Checks every property, returning one issue per rejected key (path
-/// `kafka.properties."<key>"`): keys that Tributary sets itself (see [`RESERVED`]), and keys
-/// or values that librdkafka rejects, with librdkafka's own message.
-pub fn check_properties(props: &BTreeMap<String, String>) -> Vec<ConfigIssue> {
+/// `kafka.properties."<key>"`): keys that Tributary sets itself (see [`RESERVED`]), keys that
+/// `protocol` does not accept (see [`NOT_WITH_CONSUMER_PROTOCOL`]), and keys or values that
+/// librdkafka rejects, with librdkafka's own message.
+pub fn check_properties(
+    props: &BTreeMap<String, String>,
+    protocol: GroupProtocol,
+) -> Vec<ConfigIssue> {
+    let not_applicable: &[(&str, &str)] = match protocol {
+        GroupProtocol::Classic => &[],
+        GroupProtocol::Consumer => NOT_WITH_CONSUMER_PROTOCOL,
+    };
     props
         .iter()
         .filter_map(|(key, value)| {
-            let message = match RESERVED.iter().find(|(reserved, _)| reserved == key) {
-                Some((_, instead)) => format!("set by Tributary, not allowed here: {instead}"),
-                None => librdkafka_check(key, value).err()?,
+            let reserved = RESERVED.iter().find(|(reserved, _)| reserved == key);
+            let inapplicable = not_applicable.iter().find(|(k, _)| k == key);
+            let message = match (reserved, inapplicable) {
+                (Some((_, instead)), _) => format!("set by Tributary, not allowed here: {instead}"),
+                (None, Some((_, why))) => {
+                    format!("does not apply with group.protocol = \"{protocol}\": {why}")
+                }
+                (None, None) => librdkafka_check(key, value).err()?,
             };
             Some(ConfigIssue::new(property_path(key), message))
         })
@@ -103,7 +140,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        check_properties(&props)
+        check_properties(&props, GroupProtocol::Classic)
     }
 
     #[test]

@@ -131,3 +131,74 @@ fn config_errors_exit_2() {
         assert!(all.contains(key), "run names {key}:\n{all}");
     }
 }
+
+/// With `group.protocol = "consumer"`, `validate` accepts the consumer protocol's keys and
+/// refuses, one line each and exit 2, the classic keys that cannot apply (and `run` refuses
+/// the config the same way instead of starting with settings it would ignore).
+#[test]
+fn consumer_protocol_keys_that_do_not_apply_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = good_config(dir.path());
+
+    let mut consumer = good.clone().consumer_protocol();
+    consumer.group = Some("protocol = \"consumer\"\nremote_assignor = \"range\"\n".to_string());
+    let path = dir.path().join("consumer.toml");
+    std::fs::write(&path, consumer.to_toml()).unwrap();
+    let out = run_cli(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a consumer-protocol config validates:\n{}",
+        text(&out)
+    );
+
+    let mut bad = good.clone();
+    bad.group = Some(
+        "protocol = \"consumer\"\nassignment = \"cooperative-sticky\"\nsession_timeout_ms = 6000\n"
+            .to_string(),
+    );
+    bad.extra = "[kafka.properties]\n\"heartbeat.interval.ms\" = 1000\n".to_string();
+    let bad_path = dir.path().join("bad-consumer.toml");
+    std::fs::write(&bad_path, bad.to_toml()).unwrap();
+    let expected = [
+        "group.assignment: does not apply with group.protocol = \"consumer\": the broker assigns \
+         partitions; choose its assignor with `group.remote_assignor`",
+        "group.session_timeout_ms: does not apply with group.protocol = \"consumer\": the broker's \
+         group.consumer.session.timeout.ms sets it",
+        "kafka.properties.\"heartbeat.interval.ms\": does not apply with group.protocol = \
+         \"consumer\": the broker's group.consumer.heartbeat.interval.ms sets it",
+    ];
+    for command in ["validate", "run"] {
+        let out = run_cli_timeout(
+            &[command, "-c", bad_path.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        let all = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command} of a consumer-protocol config with classic keys exits 2:\n{all}"
+        );
+        for line in expected {
+            assert!(
+                all.lines().any(|l| l.trim() == line),
+                "{command} prints the line {line:?}:\n{all}"
+            );
+        }
+    }
+
+    // `remote_assignor` with the (default) classic protocol is refused too.
+    let mut bad = good;
+    bad.group = Some("remote_assignor = \"uniform\"\n".to_string());
+    let bad_path = dir.path().join("bad-classic.toml");
+    std::fs::write(&bad_path, bad.to_toml()).unwrap();
+    let out = run_cli(&["validate", "-c", bad_path.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.lines().any(|l| l.starts_with(
+            "group.remote_assignor: does not apply with group.protocol = \"classic\" (the default)"
+        )),
+        "{all}"
+    );
+}

@@ -13,6 +13,7 @@ mod config;
 mod harness;
 mod outage;
 mod pipelines;
+mod protocol;
 mod rebalance;
 mod recovery;
 mod totals;
@@ -20,7 +21,10 @@ mod totals;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use integration_tests::{reached, KeyedView, Totals, WorkerProcess};
+use integration_tests::{
+    committed_offsets, reached, wait_until, watermarks, Broker, BrokerKind, ContinuousProducer,
+    KeyedView, Totals, TotalsConfig, WorkerProcess,
+};
 
 /// Generous bound for anything that should take seconds (machines here are noisy).
 pub const LONG: Duration = Duration::from_secs(300);
@@ -30,6 +34,44 @@ pub const READY: Duration = Duration::from_secs(180);
 pub const RUNNING: &str = "tributary_tasks{state=\"running\"}";
 pub const CONSUMED: &str = "tributary_records_consumed_total";
 pub const RESTORED: &str = "tributary_restored_records_total";
+pub const REBALANCES: &str = "tributary_rebalances_total";
+
+/// The consumer-group protocol a scenario's workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `group.protocol = "classic"` (the default) with its default assignor.
+    Classic,
+    /// `group.protocol = "consumer"` (KIP-848) with its default remote assignor.
+    Consumer,
+}
+
+impl Protocol {
+    /// `config` with this protocol.
+    pub fn apply(self, config: TotalsConfig) -> TotalsConfig {
+        match self {
+            Protocol::Classic => config,
+            Protocol::Consumer => config.consumer_protocol(),
+        }
+    }
+
+    /// Asserts that the broker runs group `app` under this protocol, with its default assignor
+    /// (on Apache Kafka; tansu has no group type to describe).
+    pub fn assert_group(self, broker: &Broker, app: &str) {
+        if broker.kind() != BrokerKind::Kafka {
+            return;
+        }
+        let (kind, assignor) = match self {
+            Protocol::Classic => ("Classic", "cooperative-sticky"),
+            Protocol::Consumer => ("Consumer", "uniform"),
+        };
+        let group = broker.describe_group(app);
+        assert_eq!(
+            (group.kind.as_str(), group.assignor.as_str()),
+            (kind, assignor),
+            "group {app} as the broker describes it: {group:?}"
+        );
+    }
+}
 
 /// A fresh state directory for one worker.
 pub fn state_dir() -> tempfile::TempDir {
@@ -75,7 +117,7 @@ pub fn wait_for_totals(
             .filter(|(k, e)| {
                 map.get(*k)
                     .and_then(|v| v["count"].as_f64())
-                    .map_or(true, |c| c < e.count as f64)
+                    .is_none_or(|c| c < e.count as f64)
             })
             .count();
         let want: u64 = expected.values().map(|t| t.count).sum();
@@ -100,4 +142,67 @@ pub fn wait_for_totals(
             metrics.join("; ")
         );
     }
+}
+
+/// Running tasks and records consumed of each worker, for failure messages.
+pub fn describe(ws: &[&WorkerProcess]) -> String {
+    ws.iter()
+        .map(|w| {
+            format!(
+                "{}: running {:?} consumed {:?}",
+                w.name(),
+                w.metric(RUNNING),
+                w.metric(CONSUMED)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Waits until each worker reports running tasks > 0 and, together, all `partitions`.
+pub fn wait_all_running(ws: &[&WorkerProcess], partitions: i32, what: &str) {
+    let ok = wait_until(READY, Duration::from_millis(500), || {
+        let r: Vec<f64> = ws.iter().map(|w| running(w)).collect();
+        r.iter().all(|&n| n > 0.0) && r.iter().sum::<f64>() == partitions as f64
+    });
+    assert!(
+        ok,
+        "{what}: workers did not share the {partitions} partitions: {}",
+        describe(ws)
+    );
+}
+
+/// Waits until the producer has acknowledged `more` records beyond what it had now.
+pub fn let_records_flow(p: &ContinuousProducer, more: usize) {
+    let target = p.produced() + more;
+    assert!(
+        wait_until(LONG, Duration::from_millis(100), || p.produced() >= target
+            || p.is_finished()),
+        "producer stalled at {}",
+        p.produced()
+    );
+}
+
+/// Waits until group `app` has committed every partition of `input` up to its end: every
+/// input record is processed and its output acknowledged (offsets are committed only after
+/// that), so the sink holds everything the workers will write without another rebalance.
+pub fn wait_all_committed(bootstrap: &str, app: &str, input: &str, partitions: i32) {
+    let mut last = String::new();
+    let ok = wait_until(LONG, Duration::from_millis(500), || {
+        let Ok(committed) = committed_offsets(bootstrap, app, input) else {
+            return false;
+        };
+        let behind: Vec<String> = (0..partitions)
+            .filter_map(|p| match watermarks(bootstrap, input, p) {
+                Ok((_, high)) => {
+                    let at = committed.get(&p).copied().unwrap_or(-1);
+                    (at < high).then(|| format!("{input}/{p} committed {at} of {high}"))
+                }
+                Err(e) => Some(format!("{input}/{p}: {e:#}")),
+            })
+            .collect();
+        last = behind.join(", ");
+        behind.is_empty()
+    });
+    assert!(ok, "{app} did not commit its input to the end: {last}");
 }

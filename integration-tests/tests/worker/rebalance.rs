@@ -8,49 +8,12 @@ use integration_tests::{
     WorkerProcess,
 };
 
-use crate::{running, state_dir, wait_for_totals, CONSUMED, LONG, READY, RESTORED, RUNNING};
+use crate::{
+    describe, let_records_flow, state_dir, wait_all_committed, wait_all_running, wait_for_totals,
+    Protocol, CONSUMED, LONG, READY, REBALANCES, RESTORED,
+};
 
 const PARTITIONS: i32 = 6;
-const REBALANCES: &str = "tributary_rebalances_total";
-
-fn describe(ws: &[&WorkerProcess]) -> String {
-    ws.iter()
-        .map(|w| {
-            format!(
-                "{}: running {:?} consumed {:?}",
-                w.name(),
-                w.metric(RUNNING),
-                w.metric(CONSUMED)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Waits until each worker reports running tasks > 0 and, together, all partitions.
-fn wait_all_running(ws: &[&WorkerProcess], what: &str) {
-    let ok = wait_until(READY, Duration::from_millis(500), || {
-        let r: Vec<f64> = ws.iter().map(|w| running(w)).collect();
-        r.iter().all(|&n| n > 0.0) && r.iter().sum::<f64>() == PARTITIONS as f64
-    });
-    assert!(
-        ok,
-        "{what}: workers did not share the {PARTITIONS} partitions: {}",
-        describe(ws)
-    );
-}
-
-/// Waits until the producer has acknowledged `more` records beyond what it had now.
-fn let_records_flow(p: &ContinuousProducer, more: usize) {
-    let target = p.produced() + more;
-    assert!(
-        wait_until(LONG, Duration::from_millis(100), || p.produced() >= target
-            || p.is_finished()),
-        "producer stalled at {}",
-        p.produced()
-    );
-}
-
 #[test]
 fn rebalance_join_and_leave() {
     let _serial = serial();
@@ -80,7 +43,7 @@ fn rebalance_join_and_leave() {
     let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
     w1.wait_ready(READY);
     w2.wait_ready(READY);
-    wait_all_running(&[&w1, &w2], "two workers");
+    wait_all_running(&[&w1, &w2], PARTITIONS, "two workers");
     let_records_flow(&producer, 2_000);
 
     // A third member joins while records keep arriving.
@@ -92,7 +55,7 @@ fn rebalance_join_and_leave() {
     let before = rebalances(&[&w1, &w2]);
     let mut w3 = WorkerProcess::spawn_named("w3", &c3.to_toml());
     w3.wait_ready(READY);
-    wait_all_running(&[&w1, &w2, &w3], "three workers");
+    wait_all_running(&[&w1, &w2, &w3], PARTITIONS, "three workers");
     // w1 and w2 each gave up partitions to w3.
     assert!(
         rebalances(&[&w1, &w2]) > before,
@@ -107,7 +70,7 @@ fn rebalance_join_and_leave() {
         Some(0),
         "w1 clean exit after SIGTERM: {status}"
     );
-    wait_all_running(&[&w2, &w3], "after w1 left");
+    wait_all_running(&[&w2, &w3], PARTITIONS, "after w1 left");
     let_records_flow(&producer, 2_000);
 
     let records = producer.stop();
@@ -133,6 +96,14 @@ fn rebalance_join_and_leave() {
 
 #[test]
 fn kill9_under_load() {
+    kill9_under_load_with(Protocol::Classic);
+}
+
+/// Three workers under load, one killed with SIGKILL: the survivors take its partitions
+/// once the group notices (the session timeout), restore its state, and the sink's totals
+/// are at least the input's, over-counted by no more than the victim processed after its
+/// last commit.
+pub fn kill9_under_load_with(protocol: Protocol) {
     let _serial = serial();
     let broker = Broker::start();
     let input = unique_name("kill-in");
@@ -152,14 +123,21 @@ fn kill9_under_load() {
     );
 
     let dirs = [state_dir(), state_dir(), state_dir()];
-    let c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dirs[0].path());
+    let c1 = protocol.apply(TotalsConfig::new(
+        &app,
+        &broker.bootstrap(),
+        &input,
+        &output,
+        dirs[0].path(),
+    ));
     let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
     let mut w2 = WorkerProcess::spawn_named("w2", &c1.for_another_worker(dirs[1].path()).to_toml());
     let mut w3 = WorkerProcess::spawn_named("w3", &c1.for_another_worker(dirs[2].path()).to_toml());
     for w in [&mut w1, &mut w2, &mut w3] {
         w.wait_ready(READY);
     }
-    wait_all_running(&[&w1, &w2, &w3], "three workers");
+    wait_all_running(&[&w1, &w2, &w3], PARTITIONS, "three workers");
+    protocol.assert_group(&broker, &app);
 
     // The victim has processed (and so has state and changelog records) before it dies.
     assert!(
@@ -194,14 +172,14 @@ fn kill9_under_load() {
 
     // Survivors notice through the session timeout, take over and restore.
     let_records_flow(&producer, 2_000);
-    wait_all_running(&[&w1, &w3], "after w2 was killed");
+    wait_all_running(&[&w1, &w3], PARTITIONS, "after w2 was killed");
     let_records_flow(&producer, 2_000);
 
     let records = producer.stop();
     let expected = expected_totals(&records);
     let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
     wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w3]);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
     view.refresh().unwrap();
     if let Err(e) = check_at_least(&expected, &view.map) {
         panic!(
@@ -211,7 +189,7 @@ fn kill9_under_load() {
     }
     let dups = duplicates(&expected, &view.map);
     eprintln!(
-        "kill -9 under load: {} records, {dups} counted twice (bound {bound}: the victim's \
+        "kill -9 under load ({protocol:?} protocol): {} records, {dups} counted twice (bound {bound}: the victim's \
          partitions {victim:?} between its last commit and its death)",
         records.len()
     );

@@ -1,0 +1,164 @@
+//! The KIP-848 consumer group protocol (`group.protocol = "consumer"`) on Apache Kafka 4.x:
+//! the broker assigns partitions and hands them out through heartbeats, rebalances are
+//! incremental, and a dead member is noticed through the broker's
+//! `group.consumer.session.timeout.ms` (10 s on the test broker).
+//!
+//! Graceful joins and leaves are exact; a kill -9 is at least once (the classic protocol's
+//! equivalents are in `rebalance`). Apache Kafka only: skipped on tansu, which does not speak
+//! the consumer protocol.
+
+use std::time::Duration;
+
+use integration_tests::{
+    check_exact, expected_totals, serial, unique_name, wait_until, Broker, BrokerKind,
+    ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
+};
+
+use crate::rebalance::kill9_under_load_with;
+use crate::{
+    describe, let_records_flow, state_dir, wait_all_committed, wait_all_running, wait_for_totals,
+    Protocol, LONG, READY, REBALANCES,
+};
+
+const PARTITIONS: i32 = 6;
+const COMMIT_FAILURES: &str = "tributary_commit_failures_total";
+
+/// Rebalances (revokes, losses, assignments) counted by a worker.
+fn rebalances(w: &WorkerProcess) -> f64 {
+    w.metric(REBALANCES).unwrap_or(0.0)
+}
+
+/// Waits until the broker counts `n` members in group `app`.
+fn wait_members(broker: &Broker, app: &str, n: usize) {
+    let mut last = None;
+    let ok = wait_until(READY, Duration::from_millis(500), || {
+        let group = broker.describe_group(app);
+        let done = group.members == n;
+        last = Some(group);
+        done
+    });
+    assert!(ok, "group {app} did not get to {n} members: {last:?}");
+}
+
+/// One worker runs alone; a second and a third join it one at a time, each taking a share
+/// of the partitions from those already there; then the first leaves on SIGTERM. Records keep
+/// arriving throughout, and the sink's totals match the input exactly.
+#[test]
+fn consumer_protocol_join_and_leave() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("kip848-in");
+    let output = unique_name("kip848-out");
+    broker.create_topic(&input, PARTITIONS);
+    broker.create_topic(&output, PARTITIONS);
+    let app = unique_name("app-kip848");
+
+    let producer = ContinuousProducer::start(
+        &broker.bootstrap(),
+        &input,
+        150,
+        0x5eed_0848,
+        200,
+        Duration::from_millis(100),
+        400_000,
+    );
+
+    let (s1, s2, s3) = (state_dir(), state_dir(), state_dir());
+    let c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, s1.path())
+        .consumer_protocol();
+    let c2 = c1.for_another_worker(s2.path());
+    let c3 = c1.for_another_worker(s3.path());
+
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    w1.wait_ready(READY);
+    wait_all_running(&[&w1], PARTITIONS, "one worker");
+    // The worker joined as a consumer-protocol member: the broker runs the group, with the
+    // default remote assignor.
+    Protocol::Consumer.assert_group(&broker, &app);
+    let_records_flow(&producer, 2_000);
+
+    // A second member joins: the broker moves some of w1's partitions to it.
+    let before = rebalances(&w1);
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w2.wait_ready(READY);
+    wait_all_running(&[&w1, &w2], PARTITIONS, "after w2 joined");
+    assert!(
+        rebalances(&w1) > before,
+        "w1 gave up partitions to w2: rebalances {before} before, {} after",
+        rebalances(&w1)
+    );
+    let_records_flow(&producer, 2_000);
+
+    // A third joins while records keep arriving.
+    let before = rebalances(&w1) + rebalances(&w2);
+    let mut w3 = WorkerProcess::spawn_named("w3", &c3.to_toml());
+    w3.wait_ready(READY);
+    wait_all_running(&[&w1, &w2, &w3], PARTITIONS, "after w3 joined");
+    assert!(
+        rebalances(&w1) + rebalances(&w2) > before,
+        "w1 and w2 gave up partitions to w3: {}",
+        describe(&[&w1, &w2, &w3])
+    );
+    wait_members(&broker, &app, 3);
+    let_records_flow(&producer, 2_000);
+
+    let no_failed_commits = |w: &WorkerProcess| {
+        assert_eq!(
+            w.metric(COMMIT_FAILURES),
+            Some(0.0),
+            "{}: graceful rebalances fail no offset commit",
+            w.name()
+        )
+    };
+    no_failed_commits(&w1);
+    // The first leaves gracefully: it commits, gives its partitions up and leaves the group
+    // at once (no session timeout to wait for).
+    let status = w1.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "w1 clean exit after SIGTERM: {status}"
+    );
+    wait_members(&broker, &app, 2);
+    wait_all_running(&[&w2, &w3], PARTITIONS, "after w1 left");
+    let_records_flow(&producer, 2_000);
+
+    let records = producer.stop();
+    let expected = expected_totals(&records);
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2, &mut w3]);
+    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
+    view.refresh().unwrap();
+    if let Err(e) = check_exact(&expected, &view.map) {
+        panic!(
+            "after {} records, joins and a leave with the consumer protocol: {e}",
+            records.len()
+        );
+    }
+
+    no_failed_commits(&w2);
+    no_failed_commits(&w3);
+    for w in [&mut w2, &mut w3] {
+        let status = w.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+    }
+}
+
+/// kill -9 of one of three consumer-protocol workers under load: the broker expels it after
+/// its session timeout, the survivors take its partitions and restore its state; totals are
+/// at least the input's, with duplicates reported and bounded (see `rebalance`).
+#[test]
+fn consumer_protocol_kill9_under_load() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
+    kill9_under_load_with(Protocol::Consumer);
+}
