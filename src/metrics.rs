@@ -18,6 +18,8 @@ pub struct Metrics {
     pub records_dead_lettered: IntCounterVec,
     /// Records skipped under `on_error = "skip"`, by source topic.
     pub records_skipped: IntCounterVec,
+    /// Records dropped for arriving after their windows closed, by pipeline (topology).
+    pub late_records: IntCounterVec,
     /// Consumer lag per assigned partition, from librdkafka's statistics.
     pub consumer_lag: IntGaugeVec,
     /// Rebalance callbacks, by member and kind (assign / revoke / lost).
@@ -89,6 +91,11 @@ impl Metrics {
                 "tributary_records_skipped_total",
                 "Bad records skipped (on_error = skip)",
                 &["topic"],
+            ),
+            late_records: counter(
+                "tributary_late_records_total",
+                "Records dropped because every window they fall in had closed",
+                &["pipeline"],
             ),
             consumer_lag: gauge(
                 "tributary_consumer_lag",

@@ -97,6 +97,8 @@ pub struct Context<'a> {
     pub(crate) task: &'a TaskInfo,
     pub(crate) stores: &'a mut TaskStores,
     pub(crate) outputs: &'a mut Vec<OutputRecord>,
+    /// Records dropped as late while handling this record (see [`Context::drop_late`]).
+    late: u64,
 }
 
 impl<'a> Context<'a> {
@@ -110,7 +112,21 @@ impl<'a> Context<'a> {
             task,
             stores,
             outputs,
+            late: 0,
         }
+    }
+
+    /// Notes that the record being processed was dropped for being late (too old for every
+    /// window it falls in). The task counts it in `tributary_late_records_total{pipeline}` once
+    /// `process` returns `Ok`: a late record is not an error, so it is neither failed,
+    /// skipped nor dead-lettered.
+    pub fn drop_late(&mut self) {
+        self.late += 1;
+    }
+
+    /// How many times [`Context::drop_late`] was called while processing this record.
+    pub fn late_records(&self) -> u64 {
+        self.late
     }
 
     /// The task being processed.

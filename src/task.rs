@@ -418,12 +418,19 @@ impl Task {
     ) -> Result<(), TaskError> {
         self.outputs.clear();
         self.stores.begin_record();
-        let result = {
+        let (result, late) = {
             let mut ctx = Context::new(&self.info, &mut self.stores, &mut self.outputs);
-            self.processor.process(rec, &mut ctx)
+            let result = self.processor.process(rec, &mut ctx);
+            (result, ctx.late_records())
         };
         match result {
             Ok(()) => {
+                if late > 0 {
+                    self.metrics
+                        .late_records
+                        .with_label_values(&[&self.info.topology])
+                        .inc_by(late);
+                }
                 for out in &self.outputs {
                     let o = Outgoing {
                         topic: &out.topic,

@@ -325,6 +325,15 @@ impl TestDriver {
         Ok(self.tasks.get_mut(&id).expect("invariant: inserted above"))
     }
 
+    /// Records of pipeline (topology) `pipeline` dropped as late so far, as the worker counts
+    /// them in `tributary_late_records_total`.
+    pub fn late_records(&self, pipeline: &str) -> u64 {
+        self.metrics
+            .late_records
+            .get_metric_with_label_values(&[pipeline])
+            .map_or(0, |c| c.get())
+    }
+
     /// Takes the records written to `topic` so far (sinks, repartition and dead-letter topics).
     pub fn read(&mut self, topic: &str) -> Vec<TestRecord> {
         self.outputs

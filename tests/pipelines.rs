@@ -257,7 +257,7 @@ fn tumbling_update_emits_every_change_with_window_bounds() {
 }
 
 #[test]
-fn tumbling_final_emits_once_after_grace_takes_out_of_order_and_rejects_late() {
+fn tumbling_final_emits_once_after_grace_takes_out_of_order_and_drops_late() {
     let mut d = sink_driver(
         r#"{ aggregate = { window = { kind = "tumbling", size = "10s", grace = "2s" }, fields = { n = "count()" }, emit = "final" } }"#,
     );
@@ -276,15 +276,12 @@ fn tumbling_final_emits_once_after_grace_takes_out_of_order_and_rejects_late() {
         )]
     );
     assert_eq!(out[0].timestamp, Some(9_999));
-    // Too late for [0,10s): dead-lettered, and the window is not emitted again.
+    // Too late for [0,10s): dropped and counted, not an error (so not dead-lettered), and the
+    // window is not emitted again.
+    assert_eq!(d.late_records("p"), 0);
     d.pipe("in", Some("a"), "{}", 8_000).unwrap();
-    let dlq = d.read("t-dlq");
-    assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].header("tributary.step"), Some("steps[0].aggregate"));
-    assert!(dlq[0]
-        .header("tributary.error")
-        .unwrap()
-        .starts_with("late record"));
+    assert!(d.read("t-dlq").is_empty(), "a late record is not an error");
+    assert_eq!(d.late_records("p"), 1);
     d.pipe("in", Some("c"), "{}", 30_000).unwrap();
     assert_eq!(
         keyed(&d.read("out")),
@@ -389,7 +386,35 @@ fn session_final_emits_after_gap_and_grace() {
         )]
     );
     d.pipe("in", Some("a"), "{}", 3_000).unwrap(); // its session is closed: late
-    assert_eq!(d.read("t-dlq").len(), 1);
+    assert!(d.read("t-dlq").is_empty(), "a late record is not an error");
+    assert!(d.read("out").is_empty(), "nor does it change a result");
+    assert_eq!(d.late_records("p"), 1);
+}
+
+/// Under `on_error = "fail"` a late record does not stop anything: it is dropped and counted,
+/// and the results around it are exact. A record with one window still open is not late.
+#[test]
+fn late_records_are_dropped_and_counted_even_under_fail() {
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "hopping", size = "10s", advance = "5s" }, fields = { n = "count()" } } }"#,
+    )
+    .on_error(config::OnError::Fail, "t-dlq");
+    d.pipe("in", Some("a"), "{}", 1_000).unwrap(); // [-5s,5s) and [0,10s)
+    d.pipe("in", Some("a"), "{}", 12_000).unwrap(); // closes [-5s,5s) and [0,10s)
+    d.pipe("in", Some("a"), "{}", 4_000).unwrap(); // late: both its windows are closed
+    d.pipe("in", Some("a"), "{}", 7_000).unwrap(); // [5s,15s) is open: counted there only
+    assert_eq!(d.late_records("p"), 1);
+    assert_eq!(
+        values(&d.read("out")),
+        [
+            json!({"n":1,"window_start":-5000,"window_end":5000}),
+            json!({"n":1,"window_start":0,"window_end":10000}),
+            json!({"n":1,"window_start":5000,"window_end":15000}),
+            json!({"n":1,"window_start":10000,"window_end":20000}),
+            json!({"n":2,"window_start":5000,"window_end":15000}),
+        ]
+    );
+    assert!(d.read("t-dlq").is_empty());
 }
 
 #[test]

@@ -422,13 +422,12 @@ impl Aggregate {
                     .collect(),
             };
             if open.is_empty() {
-                let rule = match w {
-                    Windows::Session { .. } => "a session record older than stream time - grace",
-                    _ => "past the close of its windows (end + grace)",
-                };
-                return Err(self.fail(format!(
-                    "late record: event time {t} is {rule}, at stream time {now}"
-                )));
+                // Late: dropped and counted, as Kafka Streams does. Late data is normal in a
+                // stream and says nothing wrong about the record, so it must not stop the
+                // worker under `on_error = "fail"` (nor fill the dead-letter topic).
+                tracing::debug!(step = %self.label, event_time = t, stream_time = now, "late record dropped: every window it falls in has closed");
+                ctx.drop_late();
+                return Ok(());
             }
             let mut store = ctx.store::<AggState>(&self.store)?;
             for (start, end) in open {

@@ -9,9 +9,10 @@
 //! Streams calls it a sub-topology).
 //!
 //! Inside a stage, records are CEL values ([`cel::Value`]) flowing one way: decode → steps →
-//! sink or repartition. A step failing for a record (bad input, an expression that fails, a
-//! late record) fails the record with the step's key path, and the worker's
-//! `processing.on_error` decides what happens to it.
+//! sink or repartition. A step failing for a record (bad input, an expression that fails) fails
+//! the record with the step's key path, and the worker's `processing.on_error` decides what
+//! happens to it. A record too late for its windows is not a failure: the aggregate drops it
+//! and counts it ([`crate::processor::Context::drop_late`]).
 
 pub mod aggregate;
 pub mod dedup;

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use integration_tests::{
-    serial, unique_name, wait_until, Broker, Rec, SchemaRegistry, TotalsConfig, WorkerProcess,
-    Workload,
+    committed_offsets, serial, unique_name, wait_until, Broker, Rec, SchemaRegistry, TotalsConfig,
+    WorkerProcess, Workload,
 };
 use serde_json::{json, Value};
 use tributary::pipeline::partitioner::partition_for_key;
@@ -510,4 +510,79 @@ fn avro_through_a_real_schema_registry() {
         "the reason names the id and the registry's answer: {reason}"
     );
     assert_eq!(worker.terminate().code(), Some(0));
+}
+
+/// A record too late for its window, under `on_error = "fail"`: the worker drops it, counts it
+/// in `tributary_late_records_total{pipeline}` and keeps running; every window result is exact
+/// (without the late record), and the input offsets are committed past it.
+#[test]
+fn a_late_record_is_dropped_and_counted_not_an_error() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("late-in");
+    let output = unique_name("late-out");
+    // One partition: one task, one stream time for all records, in this order.
+    broker.create_topic(&input, 1);
+    broker.create_topic(&output, 1);
+    let rec =
+        |key: &str, ts: u64, amount: u64| (key.to_string(), json!({"ts": ts, "amount": amount}));
+    let records = [
+        rec("a", 1_000, 1),
+        rec("a", 2_000, 2),
+        rec("b", 3_000, 4),
+        rec("a", 15_000, 8), // stream time 15 s: [0, 10 s) has closed (no grace)
+        rec("a", 4_000, 16), // late: its only window has closed
+        rec("b", 16_000, 32),
+    ];
+    broker.produce_json(&input, &records);
+    let window = |count: u64, total: u64, start: u64| json!({"count": count, "total": total, "window_start": start, "window_end": start + 10_000});
+    let expected = BTreeMap::from([
+        (("a".to_string(), 0), window(2, 3, 0)),
+        (("b".to_string(), 0), window(1, 4, 0)),
+        (("a".to_string(), 10_000), window(1, 8, 10_000)),
+        (("b".to_string(), 10_000), window(1, 32, 10_000)),
+    ]);
+
+    let state = state_dir();
+    let mut cfg = TotalsConfig::new(
+        &unique_name("app-late"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        state.path(),
+    );
+    assert_eq!(cfg.on_error, "fail");
+    cfg.pipeline = "late".into();
+    cfg.source_keys = r#", format = "json", time = "ts""#.into();
+    cfg.steps = r#"[[pipeline.steps]]
+[pipeline.steps.aggregate]
+window = { kind = "tumbling", size = "10s" }
+fields = { count = "count()", total = "sum(amount)" }
+"#
+    .into();
+    let mut w = WorkerProcess::spawn_named("w", &cfg.to_toml());
+    w.wait_ready(READY);
+
+    let late = "tributary_late_records_total{pipeline=\"late\"}";
+    let mut got = BTreeMap::new();
+    let mut committed = None;
+    let done = wait_until(LONG, Duration::from_millis(500), || {
+        assert!(
+            w.try_status().is_none(),
+            "the worker exited on a late record"
+        );
+        got = last_windows(&broker, &output);
+        committed = committed_offsets(&broker.bootstrap(), &cfg.app_id, &input)
+            .ok()
+            .and_then(|c| c.get(&0).copied());
+        got == expected && committed == Some(records.len() as i64) && w.metric(late) == Some(1.0)
+    });
+    assert!(
+        done,
+        "want windows {expected:?}, got {got:?}; committed {committed:?}; late {:?}",
+        w.metric(late)
+    );
+    assert!(w.is_alive(), "still running");
+    let status = w.terminate();
+    assert_eq!(status.code(), Some(0), "clean exit after SIGTERM: {status}");
 }
