@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -19,8 +19,26 @@ pub struct TopicSpec {
     pub name: String,
     /// Partition count (at least this many must exist).
     pub partitions: i32,
-    /// Topic configs to create it with (e.g. `cleanup.policy = compact`).
+    /// Topic configs to create it with (e.g. `cleanup.policy = compact`). When they ask for
+    /// compaction, an existing topic must be compacted too (see [`Admin::ensure`]).
     pub configs: BTreeMap<String, String>,
+}
+
+/// The topic config naming the cleanup policy.
+const CLEANUP_POLICY: &str = "cleanup.policy";
+
+/// True when a `cleanup.policy` value (a list such as `compact,delete`) includes `compact`.
+fn compacts(policy: &str) -> bool {
+    policy.split(',').any(|p| p.trim() == "compact")
+}
+
+impl TopicSpec {
+    /// True when the topic must be compacted (a changelog).
+    pub fn compacted(&self) -> bool {
+        self.configs
+            .get(CLEANUP_POLICY)
+            .is_some_and(|p| compacts(p))
+    }
 }
 
 /// Errors of topic administration.
@@ -39,6 +57,20 @@ pub enum AdminError {
     /// A source topic is missing.
     #[error("source topic {0:?} does not exist (create it before starting the worker)")]
     MissingSource(String),
+    /// A topic that must be compacted (a changelog) exists with a `cleanup.policy` without
+    /// `compact`.
+    #[error(
+        "topic {topic:?} has cleanup.policy={policy} but must be compacted: it is a changelog, \
+         and a restore reads it from the beginning, so a policy that deletes old records loses \
+         state; set cleanup.policy=compact on it (or delete it, and the worker creates it \
+         compacted)"
+    )]
+    NotCompacted {
+        /// The topic.
+        topic: String,
+        /// Its `cleanup.policy`.
+        policy: String,
+    },
     /// A topic exists with fewer partitions than the worker needs.
     #[error(
         "topic {topic:?} has {actual} partitions but needs {expected} (one per input partition)"
@@ -106,9 +138,60 @@ impl Admin {
             .ok_or_else(|| AdminError::MissingSource(topic.to_string()))
     }
 
-    /// Creates each topic that is missing; checks the partition count of those that exist.
+    /// True when the cluster is librdkafka's mock cluster, which calls itself `mockCluster<n>`
+    /// (a Kafka cluster id is a base64 UUID, so this can't match a real cluster).
+    fn is_embedded_cluster(&self) -> bool {
+        self.client
+            .inner()
+            .fetch_cluster_id(TIMEOUT)
+            .is_some_and(|id| id.starts_with("mockCluster"))
+    }
+
+    /// The `cleanup.policy` of each of `topics` (DescribeConfigs; the broker's default when the
+    /// topic does not set one), in order.
+    pub async fn cleanup_policies(&self, topics: &[&str]) -> Result<Vec<String>, AdminError> {
+        if topics.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resources: Vec<ResourceSpecifier<'_>> =
+            topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(TIMEOUT));
+        let what = || format!("reading the configs of topics {topics:?}");
+        let results = self
+            .client
+            .describe_configs(resources.iter(), &opts)
+            .await
+            .map_err(|source| AdminError::Kafka {
+                what: what(),
+                source,
+            })?;
+        topics
+            .iter()
+            .zip(results)
+            .map(|(topic, result)| {
+                let resource = result.map_err(|code| AdminError::Kafka {
+                    what: format!("reading the configs of topic {topic:?}"),
+                    source: KafkaError::AdminOp(code),
+                })?;
+                Ok(resource
+                    .get(CLEANUP_POLICY)
+                    .and_then(|e| e.value.clone())
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Creates each topic that is missing; checks the partition count of those that exist, and
+    /// that those that must be compacted are.
+    ///
+    /// An existing changelog that is not compacted is refused rather than altered: changing a
+    /// topic's retention is the operator's decision (the topic may be configured so on purpose,
+    /// and the worker may not be allowed to alter configs), and switching it to `compact` would
+    /// hide, not undo, what the old policy already deleted: a restore from it would silently
+    /// miss those changes.
     pub async fn ensure(&self, specs: &[TopicSpec]) -> Result<(), AdminError> {
         let mut missing = Vec::new();
+        let mut to_compact = Vec::new();
         for spec in specs {
             match self.partitions(&spec.name)? {
                 Some(actual) if actual < spec.partitions => {
@@ -118,8 +201,25 @@ impl Admin {
                         expected: spec.partitions,
                     })
                 }
+                Some(_) if spec.compacted() => to_compact.push(spec.name.as_str()),
                 Some(_) => {}
                 None => missing.push(spec),
+            }
+        }
+        if !to_compact.is_empty() && self.is_embedded_cluster() {
+            // librdkafka's mock cluster (the embedded cluster, in this process or, as in
+            // `tributary demo`, another one) has no topic configs: it answers no DescribeConfigs
+            // and neither deletes nor compacts anything.
+            tracing::debug!("the embedded cluster keeps no topic configs; not checking the changelogs' cleanup.policy");
+            to_compact.clear();
+        }
+        let policies = self.cleanup_policies(&to_compact).await?;
+        for (topic, policy) in to_compact.iter().zip(policies) {
+            if !compacts(&policy) {
+                return Err(AdminError::NotCompacted {
+                    topic: topic.to_string(),
+                    policy,
+                });
             }
         }
         if missing.is_empty() {
@@ -172,5 +272,29 @@ impl Admin {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_compacts_when_it_lists_compact() {
+        assert!(compacts("compact"));
+        assert!(compacts("compact,delete"));
+        assert!(compacts("delete, compact"));
+        assert!(!compacts("delete"));
+        assert!(!compacts(""));
+        let spec = |policy: Option<&str>| TopicSpec {
+            name: "t".into(),
+            partitions: 1,
+            configs: policy
+                .map(|p| BTreeMap::from([(CLEANUP_POLICY.to_string(), p.to_string())]))
+                .unwrap_or_default(),
+        };
+        assert!(spec(Some("compact")).compacted());
+        assert!(!spec(Some("delete")).compacted());
+        assert!(!spec(None).compacted());
     }
 }

@@ -333,3 +333,48 @@ fn closed_windows_stay_deleted_after_a_restore() {
     );
     assert_eq!(got.len(), 18, "windows 0..60 s for 3 users: {got:?}");
 }
+
+/// An existing changelog whose `cleanup.policy` does not compact (here Kafka's default,
+/// `delete`, which would drop old state changes that a restore needs) stops the worker at
+/// start-up with an error naming the topic and its policy; the topic is left as it was.
+#[test]
+fn a_changelog_that_is_not_compacted_is_refused() {
+    if !on_kafka() {
+        return;
+    }
+    let _serial = serial();
+    let state = state_dir();
+    let (broker, cfg) = setup("not-compacted", 2, state.path());
+    let changelog = cfg.changelog_topic();
+    broker.create_topic(&changelog, 2);
+    let policy = |broker: &Broker| {
+        broker
+            .topic_config(&changelog)
+            .get("cleanup.policy")
+            .cloned()
+    };
+    assert_eq!(policy(&broker).as_deref(), Some("delete"));
+
+    let mut w = WorkerProcess::spawn_named("w", &cfg.to_toml());
+    let status = w.wait_exit(READY).expect("the worker exits by itself");
+    let logs = w.logs();
+    assert!(
+        !status.success(),
+        "the worker refuses to run: {status}\n{logs}"
+    );
+    let error = logs
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line on stderr:\n{logs}"));
+    assert!(
+        error.contains(&format!(
+            "topic {changelog:?} has cleanup.policy=delete but must be compacted"
+        )),
+        "the error names the topic and its policy: {error}"
+    );
+    assert_eq!(
+        policy(&broker).as_deref(),
+        Some("delete"),
+        "the topic is left alone"
+    );
+}
