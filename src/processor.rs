@@ -1,7 +1,7 @@
 //! The library API for processing: a [`Processor`] is called once per record with a
 //! [`Context`] that gives the task's stores and a way to send records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -165,7 +165,9 @@ pub struct Topology {
     /// Name; used in logs and the `tributary.pipeline` DLQ header.
     pub name: String,
     /// Source topics; they must have the same partition count (co-partitioned): task `n` reads
-    /// partition `n` of each.
+    /// partition `n` of each. More than one needs an assignor that keeps partition `n` of
+    /// every topic on one member (`group.assignment = "range"`; see
+    /// [`crate::config::GroupConfig::co_partitioning_issue`]).
     pub sources: Vec<String>,
     /// Store names; each gets a column family and the changelog `<app.id>-<store>-changelog`.
     pub stores: Vec<String>,
@@ -219,9 +221,44 @@ impl Topology {
         self.sinks.push(topic.into());
         self
     }
+
+    /// The source topics missing from `held`, the topics of which a member holds one task's
+    /// partition: when some are missing (but not all), the task's input is split between
+    /// members, and another member may be running the same task.
+    pub fn missing_sources<'a>(&'a self, held: &BTreeSet<Arc<str>>) -> Vec<&'a str> {
+        self.sources
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !held.iter().any(|h| **h == **s))
+            .collect()
+    }
 }
 
 /// The changelog topic of a store.
 pub fn changelog_topic(app_id: &str, store: &str) -> String {
     format!("{app_id}-{store}-changelog")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Processor for Nothing {
+        fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn missing_sources_are_the_topics_a_member_does_not_hold() {
+        let t = Topology::new("t", ["a", "b", "c"], |_: &TaskInfo| Nothing);
+        let held = |topics: &[&str]| topics.iter().map(|t| Arc::from(*t)).collect();
+        assert_eq!(
+            t.missing_sources(&held(&["a", "b", "c"])),
+            Vec::<&str>::new()
+        );
+        assert_eq!(t.missing_sources(&held(&["b"])), ["a", "c"]);
+        assert_eq!(t.missing_sources(&held(&[])), ["a", "b", "c"]);
+    }
 }

@@ -108,6 +108,10 @@ impl WorkerBuilder {
                     "has no source topic".into(),
                 ));
             }
+            // Pipelines were checked with the config (naming the pipeline); this covers
+            // topologies added in code.
+            let what = format!("topology {:?}", t.name);
+            issues.extend(self.config.group.co_partitioning_issue(&what, &t.sources));
             for s in &t.stores {
                 if !stores.insert(s.clone()) {
                     issues.push(issue(
@@ -224,9 +228,17 @@ impl Worker {
             }
             let distinct: BTreeSet<i32> = counts.values().copied().collect();
             if distinct.len() > 1 {
+                let found: Vec<String> = counts
+                    .iter()
+                    .map(|(topic, n)| format!("{topic:?} has {n}"))
+                    .collect();
                 return Err(WorkerError::Config(vec![ConfigIssue {
                     path: format!("topology {}", t.name),
-                    message: format!("source topics must have the same partition count (co-partitioned), found {counts:?}"),
+                    message: format!(
+                        "source topics must have the same partition count (task n reads \
+                         partition n of each), but {}",
+                        found.join(", ")
+                    ),
                 }]));
             }
             let n = distinct.into_iter().next().unwrap_or(1);
@@ -426,6 +438,66 @@ mod tests {
                 .any(|i| i.contains("source topic \"in\" is also read by \"p\"")),
             "{issues:?}"
         );
+    }
+
+    struct Nothing;
+    impl crate::Processor for Nothing {
+        fn process(
+            &mut self,
+            _: &crate::Record<'_>,
+            _: &mut crate::Context<'_>,
+        ) -> Result<(), crate::ProcessError> {
+            Ok(())
+        }
+    }
+
+    /// A library topology over two topics is refused unless the assignor co-partitions.
+    #[test]
+    fn a_topology_over_several_topics_needs_range() {
+        let two = || Topology::new("both", ["a", "b"], |_: &crate::TaskInfo| Nothing);
+        let err = Worker::builder(config(""))
+            .topology(two())
+            .build()
+            .unwrap_err();
+        let issues = issues(err);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with(
+                "group.assignment: topology \"both\" reads 2 topics (a, b); only \"range\""
+            ),
+            "{issues:?}"
+        );
+        let range = config("[group]\nassignment = \"range\"");
+        assert!(Worker::builder(range).topology(two()).build().is_ok());
+    }
+
+    /// At start-up, the source topics of one topology must have the same partition count; the
+    /// error names each topic with its count.
+    #[test]
+    fn source_topics_of_a_topology_need_the_same_partition_count() {
+        let range = config("[group]\nassignment = \"range\"");
+        let worker = Worker::builder(range)
+            .topology(Topology::new("both", ["a", "b"], |_: &crate::TaskInfo| {
+                Nothing
+            }))
+            .build()
+            .unwrap();
+        let counts = |a: i32, b: i32| {
+            move |topic: &str| match topic {
+                "a" => Ok(a),
+                "b" => Ok(b),
+                other => Err(AdminError::MissingSource(other.to_string())),
+            }
+        };
+        let err = worker.source_partitions(counts(2, 3)).unwrap_err();
+        assert_eq!(
+            issues(err),
+            [
+                "topology both: source topics must have the same partition count (task n reads \
+              partition n of each), but \"a\" has 2, \"b\" has 3"
+            ]
+        );
+        assert_eq!(worker.source_partitions(counts(4, 4)).unwrap(), [4]);
     }
 
     #[test]

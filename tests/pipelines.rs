@@ -652,7 +652,9 @@ steps = [
 fn validation_catches_topics_named_twice_and_final_without_window() {
     let toml = [
         HEADER,
-        r#"[[pipeline]]
+        r#"[group]
+assignment = "range"
+[[pipeline]]
 name = "p"
 source = { topics = ["in", "in"] }
 sink = { topic = "out" }

@@ -526,7 +526,11 @@ pub struct TotalsConfig {
     pub http_listen: String,
     pub pipeline: String,
     pub input: String,
+    /// Further source topics of the pipeline, after `input` (default none).
+    pub more_inputs: Vec<String>,
     pub output: String,
+    /// `group.assignment` (default: not set, the worker's default).
+    pub assignment: Option<String>,
     /// Raw TOML inserted before `[[pipeline]]` (extra tables such as `[kafka.properties]`).
     pub extra: String,
     /// `processing.on_error`.
@@ -576,7 +580,9 @@ impl TotalsConfig {
             http_listen: format!("127.0.0.1:{}", free_port()),
             pipeline: "totals".to_string(),
             input: input.to_string(),
+            more_inputs: Vec::new(),
             output: output.to_string(),
+            assignment: None,
             extra: String::new(),
             on_error: "fail".to_string(),
             source_keys: ", format = \"json\"".to_string(),
@@ -639,16 +645,27 @@ impl TotalsConfig {
             app = toml_str(&self.app_id),
             threads = self.threads,
             bootstrap = toml_str(&self.bootstrap),
-            group = self
-                .group
-                .clone()
-                .unwrap_or_else(|| format!("session_timeout_ms = {}\n", self.session_timeout_ms)),
+            group = self.group.clone().unwrap_or_else(|| {
+                let assignment = self
+                    .assignment
+                    .as_ref()
+                    .map(|a| format!("assignment = {}\n", toml_str(a)))
+                    .unwrap_or_default();
+                format!(
+                    "session_timeout_ms = {}\n{assignment}",
+                    self.session_timeout_ms
+                )
+            }),
             commit = self.commit_interval_ms,
             state = toml_str(&self.state_dir.to_string_lossy()),
             http = toml_str(&self.http_listen),
             extra = self.extra,
             pipeline = toml_str(&self.pipeline),
-            input = toml_str(&self.input),
+            input = std::iter::once(&self.input)
+                .chain(&self.more_inputs)
+                .map(|t| toml_str(t))
+                .collect::<Vec<_>>()
+                .join(", "),
             output = toml_str(&self.output),
             on_error = toml_str(&self.on_error),
             source_keys = self.source_keys,
@@ -710,14 +727,24 @@ mod tests {
         let toml = c.to_toml();
         assert_eq!(http_listen_of(&toml), Some(c.http_listen.clone()));
         assert!(toml.contains("id = \"app\""));
+        assert!(toml.contains("source = { topics = [\"in\"], format = \"json\" }"));
+        assert!(!toml.contains("assignment"));
         assert_eq!(c.changelog_topic(), "app-totals-changelog");
         assert!(toml.contains("[group]\nsession_timeout_ms = 6000\n\n[processing]"));
 
-        let toml = c.consumer_protocol().to_toml();
+        let toml = c.clone().consumer_protocol().to_toml();
         assert!(
             toml.contains("[group]\nprotocol = \"consumer\"\n\n[processing]"),
             "{toml}"
         );
         assert!(!toml.contains("session_timeout_ms"), "{toml}");
+        let two = TotalsConfig {
+            more_inputs: vec!["in2".into()],
+            assignment: Some("range".into()),
+            ..c
+        };
+        let toml = two.to_toml();
+        assert!(toml.contains("source = { topics = [\"in\", \"in2\"], format = \"json\" }"));
+        assert!(toml.contains("[group]\nsession_timeout_ms = 6000\nassignment = \"range\"\n"));
     }
 }

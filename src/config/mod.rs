@@ -30,7 +30,8 @@
 //! - required keys that are missing (not reported when a file failed to load, since the key
 //!   may well be in that file);
 //! - rules that span keys: window shapes, duplicate pipeline names, a sink or dead-letter topic
-//!   that is also a source topic;
+//!   that is also a source topic, a pipeline with several source topics under an assignor
+//!   that does not co-partition them (`group.assignment` other than `"range"`);
 //! - `kafka.properties` that librdkafka rejects or that Tributary sets itself
 //!   (see [`crate::kafka::properties::check_properties`]).
 //!
@@ -341,7 +342,9 @@ pub struct GroupConfig {
     /// `protocol` (default `"classic"`): the group membership protocol.
     pub protocol: GroupProtocol,
     /// `assignment` (classic protocol only; default `"cooperative-sticky"`): the partition
-    /// assignment strategy.
+    /// assignment strategy. A pipeline (or topology) reading several topics needs `"range"`,
+    /// the only one that keeps partition `n` of every topic on one member
+    /// ([`GroupConfig::co_partitioning_issue`]).
     pub assignment: Assignment,
     /// `remote_assignor` (consumer protocol only; default `"uniform"`): the broker-side
     /// assignor.
@@ -415,7 +418,8 @@ pub enum Assignment {
     /// revoked.
     #[default]
     CooperativeSticky,
-    /// `"range"`: eager; co-partitioned topics get the same partition numbers on a member.
+    /// `"range"`: eager; co-partitioned topics get the same partition numbers on a member
+    /// (needed by pipelines with several source topics).
     Range,
     /// `"roundrobin"`: eager; partitions dealt out one by one.
     RoundRobin,
@@ -431,6 +435,84 @@ impl Assignment {
     /// The value for librdkafka's `partition.assignment.strategy`.
     pub fn librdkafka_name(&self) -> &'static str {
         self.as_str()
+    }
+
+    /// True when the assignor gives partition `n` of every subscribed topic to one member
+    /// (given the same partition count and the same subscription on every member, which all
+    /// members of one app have): only `range`, which deals out each topic's partitions over the
+    /// members in the same order. The sticky and round-robin assignors balance partitions one
+    /// by one across topics, so partition 3 of `a` and partition 3 of `b` may land apart.
+    pub fn co_partitions(self) -> bool {
+        self == Self::Range
+    }
+}
+
+/// The partition assignor a configuration chooses, and whether it co-partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignor {
+    /// The key choosing it, e.g. `group.assignment`.
+    pub key: &'static str,
+    /// Its name as configured, e.g. `"cooperative-sticky"`.
+    pub name: &'static str,
+    /// Whether it keeps partition `n` of every source topic on one member.
+    pub co_partitions: bool,
+}
+
+impl Assignor {
+    /// An assignor chosen by `key`, named `name`.
+    pub const fn new(key: &'static str, name: &'static str, co_partitions: bool) -> Self {
+        Self {
+            key,
+            name,
+            co_partitions,
+        }
+    }
+}
+
+impl GroupConfig {
+    /// The assignor in effect.
+    pub fn assignor(&self) -> Assignor {
+        match self.protocol {
+            GroupProtocol::Classic => Assignor::new(
+                "group.assignment",
+                self.assignment.as_str(),
+                self.assignment.co_partitions(),
+            ),
+            // KIP-848: the broker assigns. Its "range" assignor gives each member the same
+            // partition numbers of topics with equal partition counts; "uniform" spreads them.
+            GroupProtocol::Consumer => Assignor::new(
+                "group.remote_assignor",
+                self.remote_assignor.as_str(),
+                self.remote_assignor == RemoteAssignor::Range,
+            ),
+        }
+    }
+
+    /// Why `what` (`pipeline "x"`, `topology "x"`), reading `sources`, cannot run under this
+    /// group's assignor, if it cannot. A topology keeps one task per partition number: partition
+    /// `n` of all its sources is processed by one task, with one store and one changelog
+    /// partition. Unless the assignor keeps those partitions on one member, two members would
+    /// each open that task and write the same changelog partition at once.
+    pub fn co_partitioning_issue(&self, what: &str, sources: &[String]) -> Option<ConfigIssue> {
+        let topics: std::collections::BTreeSet<&str> = sources.iter().map(String::as_str).collect();
+        let assignor = self.assignor();
+        if topics.len() < 2 || assignor.co_partitions {
+            return None;
+        }
+        let list: Vec<&str> = topics.into_iter().collect();
+        Some(ConfigIssue::new(
+            assignor.key,
+            format!(
+                "{what} reads {} topics ({}); only \"range\" keeps partition n of every source \
+                 topic on one member, and with {:?} two members could run the same task (one \
+                 store, one changelog partition) at once: set {} = \"range\", or give the \
+                 pipeline one source topic",
+                list.len(),
+                list.join(", "),
+                assignor.name,
+                assignor.key,
+            ),
+        ))
     }
 }
 

@@ -33,6 +33,7 @@ pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
     top.finish(&mut cx);
 
     check_dlq_topic(&mut cx, &app, &processing, &pipelines);
+    check_co_partitioning(&mut cx, &group, &pipelines);
     let config = Config {
         app,
         kafka,
@@ -556,5 +557,20 @@ fn check_dlq_topic(
                 p.name
             ),
         );
+    }
+}
+
+/// A pipeline reading several topics needs an assignor that co-partitions them
+/// ([`GroupConfig::co_partitioning_issue`]).
+fn check_co_partitioning(cx: &mut Cx, group: &GroupConfig, pipelines: &[(usize, PipelineConfig)]) {
+    // A bad value of the assignor's own key was reported already (and replaced by the default).
+    let key = group.assignor().key;
+    if cx.issues.iter().any(|i| i.path == key) {
+        return;
+    }
+    for (_, p) in pipelines {
+        let what = format!("pipeline {:?}", p.name);
+        cx.issues
+            .extend(group.co_partitioning_issue(&what, &p.source.topics));
     }
 }

@@ -563,6 +563,8 @@ fn topic_rules_across_keys() {
 id = "app"
 [kafka]
 bootstrap_servers = "k:9092"
+[group]
+assignment = "range"
 [processing]
 on_error = "dlq"
 [[pipeline]]
@@ -602,6 +604,73 @@ source = { topics = "z" }
         &["duplicate pipeline name \"p\"", "pipeline[0]"],
     );
     assert_eq!(issues.len(), 1, "{issues:#?}");
+}
+
+/// A pipeline reading several topics runs one task per partition number over all of them: only
+/// an assignor that keeps partition n of every topic on one member may run it.
+#[test]
+fn several_source_topics_need_a_co_partitioning_assignor() {
+    let two_topics = |group: &str| {
+        format!(
+            "[app]\nid = \"app\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n{group}\n\
+             [[pipeline]]\nname = \"x\"\nsource = {{ topics = [\"a\", \"b\"] }}\n\
+             [[pipeline]]\nname = \"one\"\nsource = {{ topics = [\"c\"] }}\n"
+        )
+    };
+    // The default (cooperative-sticky) and roundrobin deal partitions out one by one.
+    for (group, name) in [
+        ("", "cooperative-sticky"),
+        (
+            "[group]\nassignment = \"cooperative-sticky\"",
+            "cooperative-sticky",
+        ),
+        ("[group]\nassignment = \"roundrobin\"", "roundrobin"),
+    ] {
+        let issues = rejected(&two_topics(group));
+        assert_issue(
+            &issues,
+            "group.assignment",
+            &[
+                "pipeline \"x\" reads 2 topics (a, b)",
+                "only \"range\" keeps partition n of every source topic on one member",
+                &format!("with {name:?} two members could run the same task"),
+            ],
+        );
+        assert_eq!(issues.len(), 1, "only the two-topic pipeline: {issues:#?}");
+    }
+    // Range co-partitions.
+    let config = load_str(&two_topics("[group]\nassignment = \"range\"")).unwrap();
+    assert_eq!(config.group.assignment, Assignment::Range);
+    // One source topic needs nothing of the assignor.
+    assert!(load_str(MINIMAL).is_ok());
+    // A bad assignment value is one problem, not two.
+    let issues = rejected(&two_topics("[group]\nassignment = \"sticky\""));
+    assert_eq!(paths(&issues), ["group.assignment"], "{issues:#?}");
+    assert!(issues[0].message.contains("\"sticky\""), "{issues:#?}");
+}
+
+#[test]
+fn the_assignor_names_its_key() {
+    let group = |assignment| GroupConfig {
+        assignment,
+        ..GroupConfig::default()
+    };
+    assert_eq!(
+        group(Assignment::Range).assignor(),
+        Assignor::new("group.assignment", "range", true)
+    );
+    for a in [Assignment::CooperativeSticky, Assignment::RoundRobin] {
+        assert_eq!(
+            group(a).assignor(),
+            Assignor::new("group.assignment", a.as_str(), false)
+        );
+        // The same topic twice is one topic (reported elsewhere as read twice).
+        let same = ["t".to_string(), "t".to_string()];
+        assert_eq!(
+            group(a).co_partitioning_issue("pipeline \"p\"", &same),
+            None
+        );
+    }
 }
 
 #[test]

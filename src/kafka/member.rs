@@ -333,9 +333,23 @@ impl Core {
             .unwrap_or_default()
     }
 
+    /// Warns when this member holds only some of a task's source partitions. The config
+    /// allows several source topics only with an assignor that co-partitions them, so this
+    /// should never happen; if it does, another member may be running the same task.
+    fn warn_if_split(&self, id: TaskId) {
+        let Some(held) = self.assigned.get(&id) else {
+            return;
+        };
+        let missing = self.setup.topologies[id.topology].missing_sources(held);
+        if !missing.is_empty() {
+            tracing::warn!(member = self.member(), task = %id, partition = id.partition, ?missing, "this member holds only some of task {id}'s source partitions: another member may run the same task and write its changelog partition (the assignor does not co-partition the source topics)");
+        }
+    }
+
     fn on_assign(&mut self, consumer: &MemberConsumer, tps: &[(String, i32)]) {
         self.joined = true;
         let mut new_tasks = BTreeSet::new();
+        let mut touched = BTreeSet::new();
         for (topic, partition) in tps {
             let Some(route) = self.routes.get(topic).cloned() else {
                 tracing::warn!(topic, "assigned a topic no topology reads; ignoring it");
@@ -349,9 +363,13 @@ impl Core {
                 .entry(id)
                 .or_default()
                 .insert(route.topic.clone());
+            touched.insert(id);
             if !self.tasks.contains_key(&id) {
                 new_tasks.insert(id);
             }
+        }
+        for &id in &touched {
+            self.warn_if_split(id);
         }
         for id in new_tasks {
             self.pending_open.insert(id);
@@ -458,6 +476,8 @@ impl Core {
                 self.fail(e.to_string());
             }
         }
+        // Tasks that keep some of their source partitions.
+        let mut kept = BTreeSet::new();
         for (topic, partition) in tps {
             self.setup
                 .metrics
@@ -479,7 +499,12 @@ impl Core {
             if now_empty {
                 self.assigned.remove(&id);
                 self.close_task(id, lost || self.failed.is_some());
+            } else {
+                kept.insert(id);
             }
+        }
+        for id in kept {
+            self.warn_if_split(id);
         }
         self.publish_status();
     }

@@ -202,3 +202,50 @@ fn consumer_protocol_keys_that_do_not_apply_exit_2() {
         "{all}"
     );
 }
+
+/// A pipeline over two topics is refused by `validate` and `run` (exit 2, one line naming
+/// `group.assignment`) under the default assignor, which does not keep partition n of both
+/// topics on one member; with `range` it validates.
+#[test]
+fn several_source_topics_need_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = good_config(dir.path());
+    cfg.more_inputs = vec!["config-in-2".into()];
+    let path = dir.path().join("two-topics.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+
+    for command in ["validate", "run"] {
+        let out = run_cli_timeout(
+            &[command, "-c", path.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{command} exits 2:\n{all}");
+        let lines: Vec<&str> = all
+            .lines()
+            .filter(|l| l.starts_with("group.assignment: "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{command}: one line names the key:\n{all}");
+        for part in [
+            "pipeline \"totals\" reads 2 topics (config-in, config-in-2)",
+            "only \"range\" keeps partition n of every source topic on one member",
+            "\"cooperative-sticky\"",
+        ] {
+            assert!(
+                lines[0].contains(part),
+                "{command}: {part:?} in {:?}",
+                lines[0]
+            );
+        }
+    }
+
+    cfg.assignment = Some("range".into());
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let out = run_cli(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "range validates:\n{}",
+        text(&out)
+    );
+}

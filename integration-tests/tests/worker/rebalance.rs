@@ -1,11 +1,12 @@
 //! Membership changes: graceful joins and leaves are exact; a kill -9 is at least once.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use integration_tests::{
     check_at_least, check_exact, committed_offsets, duplicates, expected_totals, serial,
     unique_name, wait_until, watermarks, Broker, ContinuousProducer, KeyedView, TotalsConfig,
-    WorkerProcess,
+    WorkerProcess, Workload,
 };
 
 use crate::{
@@ -211,6 +212,123 @@ pub fn kill9_under_load_with(protocol: Protocol) {
             status.code(),
             Some(0),
             "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+    }
+}
+
+/// The task ids a worker reports on `/tasks` (empty when it does not answer), and the source
+/// topics each task has processed records of.
+fn tasks(w: &WorkerProcess) -> Vec<(String, BTreeSet<String>)> {
+    let Ok((200, body)) = w.get("/tasks") else {
+        return Vec::new();
+    };
+    let list: serde_json::Value = serde_json::from_str(&body).expect("/tasks is JSON");
+    list.as_array()
+        .expect("/tasks is a list")
+        .iter()
+        .map(|t| {
+            let id = t["id"].as_str().expect("a task has an id").to_string();
+            let topics = t["positions"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            (id, topics)
+        })
+        .collect()
+}
+
+/// A pipeline over two co-partitioned topics, shared by two workers with `range`: partition n of
+/// both topics goes to the same worker, so no task runs on both workers, every task reads both
+/// topics, and each key's totals over both topics are exact.
+#[test]
+fn two_topics_two_workers_with_range() {
+    // An odd count: the sticky and round-robin assignors, dealing the 2 x 3 partitions out one
+    // by one, put partition n of the two topics on different workers (with cooperative-sticky
+    // this test fails: every task runs on both workers).
+    const P: i32 = 3;
+    let _serial = serial();
+    let broker = Broker::start();
+    let (a, b) = (unique_name("copart-a"), unique_name("copart-b"));
+    let output = unique_name("copart-out");
+    for t in [&a, &b, &output] {
+        broker.create_topic(t, P);
+    }
+    // Every key's records are spread over both topics; the producer puts a key in the same
+    // partition number of each (same partitioner, same count).
+    let w = Workload::new(6_000, 60, 0x5eed_0201);
+    let (to_a, to_b): (Vec<_>, Vec<_>) = w
+        .records
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let strip = |v: Vec<(usize, (String, serde_json::Value))>| -> Vec<_> {
+        v.into_iter().map(|(_, r)| r).collect()
+    };
+    broker.produce_json(&a, &strip(to_a));
+    broker.produce_json(&b, &strip(to_b));
+
+    let (s1, s2) = (state_dir(), state_dir());
+    let mut c1 = TotalsConfig::new(
+        &unique_name("app-copart"),
+        &broker.bootstrap(),
+        &a,
+        &output,
+        s1.path(),
+    );
+    c1.more_inputs = vec![b.clone()];
+    c1.assignment = Some("range".into());
+    let c2 = c1.for_another_worker(s2.path());
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w1.wait_ready(READY);
+    w2.wait_ready(READY);
+
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &w.expected(), LONG, &mut [&mut w1, &mut w2]);
+    // Settled: both workers run tasks, together one per partition number, each reading both.
+    let mut last = String::new();
+    let settled = wait_until(READY, Duration::from_millis(500), || {
+        let (t1, t2) = (tasks(&w1), tasks(&w2));
+        last = format!("w1 {t1:?}, w2 {t2:?}");
+        let read_both = t1.iter().chain(&t2).all(|(_, topics)| topics.len() == 2);
+        !t1.is_empty() && !t2.is_empty() && t1.len() + t2.len() == P as usize && read_both
+    });
+    assert!(
+        settled,
+        "the two workers did not settle on {P} tasks reading both topics: {last}"
+    );
+    let (t1, t2) = (tasks(&w1), tasks(&w2));
+    let ids1: BTreeSet<&String> = t1.iter().map(|(id, _)| id).collect();
+    let ids2: BTreeSet<&String> = t2.iter().map(|(id, _)| id).collect();
+    assert!(
+        ids1.is_disjoint(&ids2),
+        "a task runs on both workers: w1 {ids1:?}, w2 {ids2:?}"
+    );
+    assert_eq!(
+        ids1.len() + ids2.len(),
+        P as usize,
+        "w1 {ids1:?}, w2 {ids2:?}"
+    );
+    for (_, topics) in t1.iter().chain(&t2) {
+        assert_eq!(topics, &BTreeSet::from([a.clone(), b.clone()]));
+    }
+    view.refresh().unwrap();
+    if let Err(e) = check_exact(&w.expected(), &view.map) {
+        panic!("two topics over two workers: {e}");
+    }
+    for w in [&mut w1, &mut w2] {
+        let status = w.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+        assert!(
+            !w.logs().contains("holds only some of task"),
+            "{}: no task was split between members",
             w.name()
         );
     }
