@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -324,6 +326,12 @@ impl Worker {
             ),
             None => None,
         };
+        let cleaner_stop = CancellationToken::new();
+        let cleaner = tokio::spawn(clean_state_periodically(
+            self.config.state.dir.join(&self.config.app.id),
+            Duration::from_millis(self.config.state.cleanup_delay_ms),
+            cleaner_stop.clone(),
+        ));
         let mut members = tokio::task::JoinSet::new();
         for index in 0..self.config.app.threads {
             let setup = MemberSetup {
@@ -341,6 +349,8 @@ impl Worker {
                 Err(e) => {
                     stop.cancel();
                     while members.join_next().await.is_some() {}
+                    cleaner_stop.cancel();
+                    let _ = cleaner.await;
                     return Err(e.into());
                 }
             };
@@ -357,6 +367,8 @@ impl Worker {
                 first_error.get_or_insert(e);
             }
         }
+        cleaner_stop.cancel();
+        let _ = cleaner.await;
         http_stop.cancel();
         if let Some((_, handle)) = http {
             let _ = handle.await;
@@ -365,6 +377,38 @@ impl Worker {
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
+        }
+    }
+}
+
+/// Deletes the state of tasks that left this worker more than `delay` ago (see
+/// [`crate::state::cleaner`]), every `delay / 2` (at least 100 ms, at most a minute), until
+/// `stop` fires. The first pass waits one period, so that after a restart the members have
+/// joined and opened their tasks before anything is judged unused.
+async fn clean_state_periodically(app_dir: PathBuf, delay: Duration, stop: CancellationToken) {
+    let period = (delay / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let dir = app_dir.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            crate::state::cleaner::clean(&dir, delay, SystemTime::now())
+        });
+        match pass.await {
+            Ok(Ok(report)) => {
+                for (task, idle) in report.removed {
+                    tracing::info!(%task, idle_ms = idle.as_millis() as u64, "deleted the state of a task closed on this worker longer than state.cleanup_delay_ms ago");
+                }
+                for (task, error) in report.failed {
+                    tracing::warn!(%task, %error, "deleting the state of a task that left this worker failed; trying again later");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(dir = %app_dir.display(), %error, "listing the state directory failed; trying again later")
+            }
+            Err(e) => tracing::warn!(error = %e, "the state cleaner panicked; trying again later"),
         }
     }
 }

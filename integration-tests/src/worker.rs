@@ -523,6 +523,8 @@ pub struct TotalsConfig {
     pub group: Option<String>,
     pub commit_interval_ms: u64,
     pub state_dir: PathBuf,
+    /// `state.cleanup_delay_ms` (default: not set, the worker's default).
+    pub cleanup_delay_ms: Option<u64>,
     pub http_listen: String,
     pub pipeline: String,
     pub input: String,
@@ -577,6 +579,7 @@ impl TotalsConfig {
             group: None,
             commit_interval_ms: 500,
             state_dir: state_dir.to_path_buf(),
+            cleanup_delay_ms: None,
             http_listen: format!("127.0.0.1:{}", free_port()),
             pipeline: "totals".to_string(),
             input: input.to_string(),
@@ -631,6 +634,7 @@ impl TotalsConfig {
              \n\
              [state]\n\
              dir = {state}\n\
+             {cleanup}\
              \n\
              [http]\n\
              listen = {http}\n\
@@ -658,6 +662,10 @@ impl TotalsConfig {
             }),
             commit = self.commit_interval_ms,
             state = toml_str(&self.state_dir.to_string_lossy()),
+            cleanup = self
+                .cleanup_delay_ms
+                .map(|ms| format!("cleanup_delay_ms = {ms}\n"))
+                .unwrap_or_default(),
             http = toml_str(&self.http_listen),
             extra = self.extra,
             pipeline = toml_str(&self.pipeline),
@@ -730,6 +738,7 @@ mod tests {
         assert!(toml.contains("source = { topics = [\"in\"], format = \"json\" }"));
         assert!(!toml.contains("assignment"));
         assert_eq!(c.changelog_topic(), "app-totals-changelog");
+        assert!(!toml.contains("cleanup_delay_ms"));
         assert!(toml.contains("[group]\nsession_timeout_ms = 6000\n\n[processing]"));
 
         let toml = c.clone().consumer_protocol().to_toml();
@@ -741,10 +750,12 @@ mod tests {
         let two = TotalsConfig {
             more_inputs: vec!["in2".into()],
             assignment: Some("range".into()),
+            cleanup_delay_ms: Some(2000),
             ..c
         };
         let toml = two.to_toml();
         assert!(toml.contains("source = { topics = [\"in\", \"in2\"], format = \"json\" }"));
         assert!(toml.contains("[group]\nsession_timeout_ms = 6000\nassignment = \"range\"\n"));
+        assert!(toml.contains("[state]\ndir = \"/tmp/x\"\ncleanup_delay_ms = 2000\n"));
     }
 }

@@ -620,6 +620,11 @@ pub struct StateConfig {
     /// `cache_max_entries` (default 100000, at least 1): entries cached in memory per store
     /// before they are written to RocksDB.
     pub cache_max_entries: usize,
+    /// `cleanup_delay_ms` (milliseconds, default 600000 = 10 minutes, at least 1): the state
+    /// directory of a task that is no longer open on this worker (its partition moved away) is
+    /// deleted once it has been closed this long, so that it is not reused, stale, if the
+    /// partition ever comes back (see [`crate::state::cleaner`]).
+    pub cleanup_delay_ms: u64,
 }
 
 impl Default for StateConfig {
@@ -628,6 +633,7 @@ impl Default for StateConfig {
             dir: PathBuf::from("./tributary-state"),
             standby_replicas: 0,
             cache_max_entries: 100_000,
+            cleanup_delay_ms: 600_000,
         }
     }
 }

@@ -198,6 +198,9 @@ fn state(cx: &mut Cx, top: &mut Table<'_>) -> StateConfig {
         cache_max_entries: t
             .opt(cx, "cache_max_entries", read::positive)
             .unwrap_or(d.cache_max_entries),
+        cleanup_delay_ms: t
+            .opt(cx, "cleanup_delay_ms", read::positive)
+            .unwrap_or(d.cleanup_delay_ms),
     };
     t.finish(cx);
     state

@@ -221,6 +221,7 @@ fn defaults() {
     assert_eq!(config.state.dir, PathBuf::from("./tributary-state"));
     assert_eq!(config.state.standby_replicas, 0);
     assert_eq!(config.state.cache_max_entries, 100_000);
+    assert_eq!(config.state.cleanup_delay_ms, 600_000);
     assert_eq!(
         config.http.listen,
         Some("127.0.0.1:9464".parse().expect("addr"))
@@ -604,6 +605,34 @@ source = { topics = "z" }
         &["duplicate pipeline name \"p\"", "pipeline[0]"],
     );
     assert_eq!(issues.len(), 1, "{issues:#?}");
+}
+
+/// `state.cleanup_delay_ms`: a positive number of milliseconds, from a file or the environment.
+#[test]
+fn state_cleanup_delay() {
+    let with = |v: &str| format!("{MINIMAL}\n[state]\ncleanup_delay_ms = {v}\n");
+    assert_eq!(
+        load_str(&with("2000")).unwrap().state.cleanup_delay_ms,
+        2_000
+    );
+    let from_env = load_with_env(
+        &[file(MINIMAL)],
+        env(&[("TRIBUTARY_STATE__CLEANUP_DELAY_MS", "1500")]),
+    )
+    .unwrap();
+    assert_eq!(from_env.state.cleanup_delay_ms, 1_500);
+    for (bad, found) in [
+        ("0", "found integer 0"),
+        ("\"10m\"", "found string \"10m\""),
+    ] {
+        let issues = rejected(&with(bad));
+        assert_issue(
+            &issues,
+            "state.cleanup_delay_ms",
+            &["expected a positive integer", found],
+        );
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+    }
 }
 
 /// A pipeline reading several topics runs one task per partition number over all of them: only

@@ -11,6 +11,7 @@
 //! Nothing here knows about Kafka or tokio; the changelog is reached through
 //! [`ChangelogSink`].
 
+pub mod cleaner;
 pub mod lock;
 pub mod rocks;
 

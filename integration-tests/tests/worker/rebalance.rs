@@ -333,3 +333,102 @@ fn two_topics_two_workers_with_range() {
         );
     }
 }
+
+/// Names in a worker's state directory for its app: task directories and their lock files.
+fn state_entries(state: &std::path::Path, app: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut dirs = BTreeSet::new();
+    let mut locks = BTreeSet::new();
+    for entry in std::fs::read_dir(state.join(app)).into_iter().flatten() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        match name.strip_suffix(".lock") {
+            Some(task) => locks.insert(task.to_string()),
+            None => dirs.insert(name),
+        };
+    }
+    (dirs, locks)
+}
+
+/// When tasks move to a worker that joins, the worker they left deletes their state directories
+/// (and lock files) once `state.cleanup_delay_ms` has passed, and keeps those of its own tasks.
+#[test]
+fn state_of_tasks_that_moved_away_is_deleted_after_the_delay() {
+    const P: i32 = 4;
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("cleanup-in");
+    let output = unique_name("cleanup-out");
+    broker.create_topic(&input, P);
+    broker.create_topic(&output, P);
+    let app = unique_name("app-cleanup");
+    let w = Workload::new(4_000, 40, 0x5eed_0202);
+    broker.produce_json(&input, &w.records[..2_000]);
+
+    let (s1, s2) = (state_dir(), state_dir());
+    let mut c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, s1.path());
+    c1.cleanup_delay_ms = Some(2_000);
+    let c2 = c1.for_another_worker(s2.path());
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+
+    // w1 alone runs every task, and has a directory for each.
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    w1.wait_ready(READY);
+    wait_for_totals(&mut view, &w.expected_prefix(2_000), LONG, &mut [&mut w1]);
+    let all: BTreeSet<String> = (0..P).map(|p| format!("0_{p}")).collect();
+    assert_eq!(state_entries(s1.path(), &app).0, all);
+
+    // w2 joins and takes some of them.
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w2.wait_ready(READY);
+    let ids = |w: &WorkerProcess| -> BTreeSet<String> {
+        tasks(w).into_iter().map(|(id, _)| id).collect()
+    };
+    let shared = wait_until(READY, Duration::from_millis(500), || {
+        let (t1, t2) = (ids(&w1), ids(&w2));
+        !t1.is_empty() && !t2.is_empty() && t1.len() + t2.len() == P as usize
+    });
+    assert!(
+        shared,
+        "w2 did not take tasks: w1 {:?}, w2 {:?}",
+        ids(&w1),
+        ids(&w2)
+    );
+    broker.produce_json(&input, &w.records[2_000..]);
+    wait_for_totals(&mut view, &w.expected(), LONG, &mut [&mut w1, &mut w2]);
+
+    // After the delay, w1's state directory holds exactly its own tasks: the moved ones' are
+    // deleted, lock files included; its own stay.
+    let mine = ids(&w1);
+    let moved: BTreeSet<String> = all.difference(&mine).cloned().collect();
+    assert!(!moved.is_empty(), "some tasks moved to w2: w1 has {mine:?}");
+    let mut last = (BTreeSet::new(), BTreeSet::new());
+    let cleaned = wait_until(LONG, Duration::from_millis(250), || {
+        last = state_entries(s1.path(), &app);
+        last.0 == mine && last.1 == mine
+    });
+    assert!(
+        cleaned,
+        "w1 should keep only its tasks {mine:?} (moved: {moved:?}); it has directories {:?} and locks {:?}",
+        last.0, last.1
+    );
+    assert!(
+        w1.logs().contains("deleted the state of a task"),
+        "deletions are logged"
+    );
+    assert_eq!(ids(&w1), mine, "w1 kept its tasks meanwhile");
+    // w2 deleted nothing of its own.
+    let theirs = ids(&w2);
+    assert_eq!(state_entries(s2.path(), &app).0, theirs);
+    view.refresh().unwrap();
+    if let Err(e) = check_exact(&w.expected(), &view.map) {
+        panic!("{e}");
+    }
+    for w in [&mut w1, &mut w2] {
+        let status = w.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+    }
+}
