@@ -30,9 +30,10 @@
 //! - required keys that are missing (not reported when a file failed to load, since the key
 //!   may well be in that file);
 //! - rules that span keys: window shapes, duplicate pipeline names, a sink or dead-letter topic
-//!   that is also a source topic;
-//! - `kafka.properties` that librdkafka rejects or that Tributary sets itself
-//!   (see [`crate::kafka::properties::check_properties`]).
+//!   that is also a source topic, `[group]` keys of the other group protocol (see
+//!   [`GroupConfig`]);
+//! - `kafka.properties` that librdkafka rejects, that Tributary sets itself or that the group
+//!   protocol does not accept (see [`crate::kafka::properties::check_properties`]).
 //!
 //! # Example
 //!
