@@ -31,9 +31,10 @@
 //!   may well be in that file);
 //! - rules that span keys: window shapes, duplicate pipeline names, a sink or dead-letter topic
 //!   that is also a source topic, a pipeline with several source topics under an assignor
-//!   that does not co-partition them (`group.assignment` other than `"range"`);
-//! - `kafka.properties` that librdkafka rejects or that Tributary sets itself
-//!   (see [`crate::kafka::properties::check_properties`]).
+//!   that does not co-partition them, `[group]` keys of the other group protocol (see
+//!   [`GroupConfig`]);
+//! - `kafka.properties` that librdkafka rejects, that Tributary sets itself or that the group
+//!   protocol does not accept (see [`crate::kafka::properties::check_properties`]).
 //!
 //! # Example
 //!
