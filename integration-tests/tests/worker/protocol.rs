@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use integration_tests::{
-    check_exact, expected_totals, serial, unique_name, wait_until, Broker, BrokerKind,
-    ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
+    check_at_least, check_exact, duplicates, expected_totals, serial, unique_name, wait_until,
+    Broker, BrokerKind, ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
 };
 
 use crate::rebalance::kill9_under_load_with;
@@ -161,4 +161,112 @@ fn consumer_protocol_kill9_under_load() {
         return;
     }
     kill9_under_load_with(Protocol::Consumer);
+}
+
+/// A member that stops answering (SIGSTOP) past the broker's session timeout is expelled and
+/// its partitions move; when it runs again (SIGCONT) the broker fences it: its tasks are
+/// dropped as lost (`tributary_rebalances_total{kind="lost"}`), it rejoins as a new member and
+/// gets a share again. At least once: the totals are at least the input's.
+///
+/// Ignored: it finds a known bug (about every other run here). Resumed, the expelled member's
+/// next commit flushes its caches into the changelog before the offset commit fails
+/// (UNKNOWN_MEMBER_ID), so those stale entries land after the new owner's. When the partitions
+/// come back to it, it restores them from its last checkpoint through the changelog and takes
+/// the stale values, losing what the new owner counted in between (the sink falls short). The
+/// consumer protocol makes this likely: librdkafka keeps fetching until the coordinator answers
+/// (the classic client stops when its own session timer expires), and the uniform assignor gives
+/// the member its old partitions back. Run with `-- --ignored`.
+#[test]
+#[ignore = "known bug: an expelled member's commit writes its cache to the changelog before the offset commit fails"]
+fn consumer_protocol_paused_member_is_fenced_and_rejoins() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
+    paused_member_with(Protocol::Consumer);
+}
+
+/// Two workers under load; the first is stopped until the second runs everything, then
+/// continued until it has rejoined; totals at least the input's.
+fn paused_member_with(protocol: Protocol) {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("kip848-pause-in");
+    let output = unique_name("kip848-pause-out");
+    broker.create_topic(&input, PARTITIONS);
+    broker.create_topic(&output, PARTITIONS);
+    let app = unique_name("app-kip848-pause");
+
+    let producer = ContinuousProducer::start(
+        &broker.bootstrap(),
+        &input,
+        150,
+        0x5eed_0849,
+        200,
+        Duration::from_millis(100),
+        400_000,
+    );
+    let (s1, s2) = (state_dir(), state_dir());
+    let c1 = protocol.apply(TotalsConfig::new(
+        &app,
+        &broker.bootstrap(),
+        &input,
+        &output,
+        s1.path(),
+    ));
+    let c2 = c1.for_another_worker(s2.path());
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w1.wait_ready(READY);
+    w2.wait_ready(READY);
+    wait_all_running(&[&w1, &w2], PARTITIONS, "two workers");
+    let_records_flow(&producer, 2_000);
+
+    // While stopped, w1 answers nothing (not even /metrics): only w2 is asked.
+    w1.signal(integration_tests::sig::SIGSTOP);
+    wait_all_running(&[&w2], PARTITIONS, "w2 alone after w1 was expelled");
+    wait_members(&broker, &app, 1);
+    let_records_flow(&producer, 2_000);
+    w1.signal(integration_tests::sig::SIGCONT);
+
+    const LOST: &str = "tributary_rebalances_total{kind=\"lost\"}";
+    assert!(
+        wait_until(READY, Duration::from_millis(500), || w1
+            .metric(LOST)
+            .unwrap_or(0.0)
+            > 0.0),
+        "w1 dropped its partitions as lost once fenced: {:?}",
+        w1.metric(REBALANCES)
+    );
+    wait_all_running(&[&w1, &w2], PARTITIONS, "after w1 rejoined");
+    wait_members(&broker, &app, 2);
+    let_records_flow(&producer, 2_000);
+
+    let records = producer.stop();
+    let expected = expected_totals(&records);
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w2]);
+    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
+    view.refresh().unwrap();
+    if let Err(e) = check_at_least(&expected, &view.map) {
+        panic!(
+            "after {} records and a member paused past its session (at least once): {e}",
+            records.len()
+        );
+    }
+    eprintln!(
+        "paused member ({protocol:?}): {} records, {} counted twice, commit failures {:?} / {:?}",
+        records.len(),
+        duplicates(&expected, &view.map),
+        w1.metric(COMMIT_FAILURES),
+        w2.metric(COMMIT_FAILURES)
+    );
+    for w in [&mut w1, &mut w2] {
+        let status = w.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} clean exit after SIGTERM: {status}",
+            w.name()
+        );
+    }
 }
