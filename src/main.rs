@@ -157,7 +157,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => run(config).await,
         Command::Validate { config } => match load_checked(&config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for warning in &cfg.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("ok");
                 Ok(ExitCode::SUCCESS)
             }

@@ -77,10 +77,15 @@ pub enum TaskError {
     #[error(transparent)]
     Collector(#[from] CollectorError),
     /// Input offsets could not be committed, time after time.
-    #[error("offset commits failed {attempts} times in a row, the last with: {reason}")]
+    #[error(
+        "offset commits failed {attempts} times in a row over {failing_ms} ms (the limits are \
+         30 times and processing.commit_timeout_ms), the last with: {reason}"
+    )]
     OffsetCommits {
         /// Failures in a row.
         attempts: u32,
+        /// Time from the first of them to the last.
+        failing_ms: u64,
         /// The last error.
         reason: String,
     },
@@ -147,6 +152,13 @@ struct InputProgress {
     position: Option<i64>,
     /// Offset last committed, to commit only what moved.
     committed: Option<i64>,
+    /// Offset last offered to the group after every effect of the records before it was
+    /// acknowledged by the brokers; it may have been committed even if the commit reported
+    /// failure (a timeout after the broker applied it).
+    durable: Option<i64>,
+    /// Offset of the first record this task took: the group's committed offset when it
+    /// started (or where the reset policy put it).
+    first: Option<i64>,
     consumed: IntCounter,
 }
 
@@ -348,6 +360,7 @@ impl Task {
             return false;
         }
         input.taken = offset + 1;
+        input.first.get_or_insert(offset);
         true
     }
 
@@ -366,6 +379,8 @@ impl Task {
                     taken: i64::MIN,
                     position: None,
                     committed: None,
+                    durable: None,
+                    first: None,
                     consumed,
                 });
                 self.inputs.last_mut().expect("invariant: just pushed")
@@ -575,6 +590,34 @@ impl Task {
             })
             .map(|(i, p)| (i.topic.clone(), self.info.id.partition, p))
             .collect()
+    }
+
+    /// Input offsets the group may hold for this task without losing anything: the last
+    /// offered after its effects were acknowledged (committed, or perhaps committed by a
+    /// commit that reported failure), else where the task started. Committing them again
+    /// moves nothing forward past unfinished work, nor back behind a commit that went
+    /// through, and makes the coordinator check that this member still owns the partitions.
+    /// (topic, partition, offset).
+    pub fn settled_offsets(&self) -> Vec<(Arc<str>, i32, i64)> {
+        self.inputs
+            .iter()
+            .filter_map(|i| i.durable.or(i.first).map(|p| (i, p)))
+            .map(|(i, p)| (i.topic.clone(), self.info.id.partition, p))
+            .collect()
+    }
+
+    /// True when the task's caches hold changes not yet in RocksDB (dirty, or flushed to the
+    /// changelog by a commit that failed).
+    pub fn has_uncommitted_state(&self) -> bool {
+        self.stores.dirty() + self.stores.flushed() > 0
+    }
+
+    /// Notes that every effect of the records before the current positions is acknowledged:
+    /// they are about to be offered to the group.
+    pub fn offsets_durable(&mut self) {
+        for i in &mut self.inputs {
+            i.durable = i.position.or(i.durable);
+        }
     }
 
     /// Every input position (topic, next offset), committed or not.

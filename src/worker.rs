@@ -308,6 +308,9 @@ impl Worker {
     /// Runs until `shutdown` fires (then every member finishes its record, commits and leaves
     /// the group) or a member fails (then the others stop too and the error is returned).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        for warning in &self.config.warnings {
+            tracing::warn!(key = %warning.path, "{}", warning.message);
+        }
         let mut embedded = None;
         let (bootstrap, partitions) = self.prepare(&mut embedded).await?;
         let partitions = Arc::new(partitions);

@@ -486,13 +486,7 @@ steps = [ { key_by = "user" }, { aggregate = { fields = { n = "count()" } } } ]"
         assert_eq!(r.partition, partition_for_key(r.key.as_deref().unwrap(), 4));
     }
     let out = d.read("out");
-    let last = |u: &str| {
-        out.iter()
-            .filter(|r| r.key_str() == Some(u))
-            .last()
-            .unwrap()
-            .json()
-    };
+    let last = |u: &str| out.iter().rfind(|r| r.key_str() == Some(u)).unwrap().json();
     assert_eq!(last("a"), json!({"n":3}));
     assert_eq!(last("b"), json!({"n":2}));
     assert_eq!(last("c"), json!({"n":1}));

@@ -574,8 +574,11 @@ impl KeyedView {
 pub struct ContinuousProducer {
     stop: Arc<AtomicBool>,
     produced: Arc<AtomicUsize>,
-    handle: Option<JoinHandle<Result<Vec<(String, Value)>>>>,
+    handle: Option<JoinHandle<Result<Acknowledged>>>,
 }
+
+/// The records a producer thread had acknowledged: (key, value) in order.
+type Acknowledged = Vec<(String, Value)>;
 
 impl ContinuousProducer {
     /// `keys` distinct users, a fixed `seed`; `batch` records, then a `pause`, repeated.
@@ -622,7 +625,7 @@ impl ContinuousProducer {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.handle.as_ref().map_or(true, |h| h.is_finished())
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
 
     /// Stops after the current batch; returns every acknowledged record. Panics if producing failed.

@@ -163,8 +163,11 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// Parses `name` or `name{label="v",...}`.
-fn parse_series(s: &str) -> Option<(String, Vec<(String, String)>, &str)> {
+/// A series' name and labels.
+type Series = (String, Vec<(String, String)>);
+
+/// Parses `name` or `name{label="v",...}`; returns the series and the rest of the line.
+fn parse_series(s: &str) -> Option<(Series, &str)> {
     let s = s.trim_start();
     let name_end = s
         .find(|c: char| c == '{' || c.is_whitespace())
@@ -220,21 +223,21 @@ fn parse_series(s: &str) -> Option<(String, Vec<(String, String)>, &str)> {
         let end = end?;
         rest = &r[end + 1..];
     }
-    Some((name, labels, rest))
+    Some(((name, labels), rest))
 }
 
 /// Sums the samples of Prometheus text `text` that match `query`: a metric name, optionally
 /// with labels (`tributary_tasks{state="running"}`) that a series must all carry (it may have
 /// more). None when no series matches.
 pub fn parse_metric(text: &str, query: &str) -> Option<f64> {
-    let (qname, qlabels, _) = parse_series(query)?;
+    let ((qname, qlabels), _) = parse_series(query)?;
     let mut sum = None;
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let Some((name, labels, rest)) = parse_series(line) else {
+        let Some(((name, labels), rest)) = parse_series(line) else {
             continue;
         };
         if name != qname || !qlabels.iter().all(|q| labels.contains(q)) {

@@ -295,6 +295,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[[pipeline]]` (TOML key `pipeline`, at least one): the processing pipelines.
     pub pipelines: Vec<PipelineConfig>,
+    /// Keys that are valid but have no effect here, such as the other group protocol's
+    /// `[group]` keys (one file can serve both protocols, switched by the environment):
+    /// `tributary validate` prints them and a worker logs them when it starts.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// `[app]`: identity of the application.
@@ -336,8 +340,10 @@ pub struct KafkaConfig {
 /// `session_timeout_ms` to the classic protocol (the members assign partitions; the client sets
 /// the session timeout), `remote_assignor` to the consumer protocol (KIP-848: the broker
 /// assigns, and the session and heartbeat intervals are the broker's `group.consumer.*`
-/// settings). A key set under the protocol it does not belong to is an error, not silently
-/// ignored: a session timeout that the group never uses would mislead whoever reads the file.
+/// settings). A key set under the protocol it does not belong to is read (its value must be
+/// valid) and has no effect; it is reported in [`Config::warnings`], so that a session timeout
+/// the group never uses does not mislead whoever reads the file, while one file can still
+/// serve both protocols (switched with `TRIBUTARY_GROUP__PROTOCOL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
     /// `protocol` (default `"classic"`): the group membership protocol.

@@ -28,9 +28,16 @@ pub(super) fn is_missing(issue: &ConfigIssue) -> bool {
 #[derive(Default)]
 pub(super) struct Cx {
     pub(super) issues: Vec<ConfigIssue>,
+    /// Keys that were read but have no effect: reported, not refused.
+    pub(super) warnings: Vec<ConfigIssue>,
 }
 
 impl Cx {
+    /// Records a warning: the key at `path` is valid but has no effect.
+    pub(super) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigIssue::new(path, message));
+    }
+
     /// Records an issue.
     pub(super) fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(ConfigIssue::new(path, message));

@@ -42,6 +42,7 @@ pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
         state,
         http,
         pipelines: pipelines.into_iter().map(|(_, p)| p).collect(),
+        warnings: std::mem::take(&mut cx.warnings),
     };
     if cx.issues.is_empty() {
         Ok(config)
@@ -116,54 +117,36 @@ fn group(cx: &mut Cx, top: &mut Table<'_>) -> GroupConfig {
     let d = GroupConfig::default();
     let explicit = t.has("protocol");
     let protocol = t.opt(cx, "protocol", read::choice::<GroupProtocol>);
-    // Keys of the other protocol are reported as such (the fix is to remove them), not read.
+    // The other protocol's keys are read (their values must still be valid) and reported as
+    // having no effect: a file may set both, with the protocol chosen per environment.
     // With an unreadable `protocol` (reported already) it is unknown which keys apply.
-    let mut inapplicable: Vec<&'static str> = Vec::new();
     if let Some(p) = protocol.or((!explicit).then_some(d.protocol)) {
         let default = if explicit { "" } else { " (the default)" };
         for &(key, why) in p.inapplicable_keys() {
             if t.has(key) {
-                t.get(key);
-                inapplicable.push(key);
-                cx.issue(
+                cx.warn(
                     t.key_path(key),
-                    format!("does not apply with group.protocol = \"{p}\"{default}: {why}"),
+                    format!(
+                        "ignored: does not apply with group.protocol = \"{p}\"{default}: {why}"
+                    ),
                 );
             }
         }
     }
     let group = GroupConfig {
         protocol: protocol.unwrap_or(d.protocol),
-        assignment: opt_unless(cx, &mut t, "assignment", &inapplicable, read::choice)
+        assignment: t
+            .opt(cx, "assignment", read::choice)
             .unwrap_or(d.assignment),
-        remote_assignor: opt_unless(cx, &mut t, "remote_assignor", &inapplicable, read::choice)
+        remote_assignor: t
+            .opt(cx, "remote_assignor", read::choice)
             .unwrap_or(d.remote_assignor),
-        session_timeout_ms: opt_unless(
-            cx,
-            &mut t,
-            "session_timeout_ms",
-            &inapplicable,
-            read::positive,
-        )
-        .unwrap_or(d.session_timeout_ms),
+        session_timeout_ms: t
+            .opt(cx, "session_timeout_ms", read::positive)
+            .unwrap_or(d.session_timeout_ms),
     };
     t.finish(cx);
     group
-}
-
-/// Reads optional `key` unless it is in `skip` (reported already).
-fn opt_unless<T>(
-    cx: &mut Cx,
-    t: &mut Table<'_>,
-    key: &'static str,
-    skip: &[&str],
-    read: impl FnOnce(&Value) -> Result<T, String>,
-) -> Option<T> {
-    if skip.contains(&key) {
-        None
-    } else {
-        t.opt(cx, key, read)
-    }
 }
 
 fn processing(cx: &mut Cx, top: &mut Table<'_>) -> ProcessingConfig {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -71,6 +71,18 @@ pub enum CollectorError {
     FlushTimeout {
         /// Records still waiting.
         pending: i32,
+        /// The wait, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The producer's queue stayed full (nothing acknowledged) for the whole send timeout.
+    #[error(
+        "sending to topic {topic}: the producer's queue stayed full for \
+         processing.commit_timeout_ms ({timeout_ms} ms) because nothing was acknowledged; is the \
+         broker reachable?"
+    )]
+    QueueFull {
+        /// Destination topic.
+        topic: String,
         /// The wait, in milliseconds.
         timeout_ms: u64,
     },
@@ -140,6 +152,8 @@ impl ProducerContext for CollectorContext {
 /// The member's producer.
 pub struct Collector {
     producer: ThreadedProducer<CollectorContext>,
+    /// How long a send may wait for room in librdkafka's queue (`processing.commit_timeout_ms`).
+    send_timeout: Duration,
 }
 
 impl std::fmt::Debug for Collector {
@@ -149,8 +163,13 @@ impl std::fmt::Debug for Collector {
 }
 
 impl Collector {
-    /// Creates the producer from its librdkafka settings.
-    pub fn new(config: &ClientConfig, metrics: Metrics) -> Result<Self, CollectorError> {
+    /// Creates the producer from its librdkafka settings; a send waits at most `send_timeout`
+    /// for room in the producer's queue.
+    pub fn new(
+        config: &ClientConfig,
+        metrics: Metrics,
+        send_timeout: Duration,
+    ) -> Result<Self, CollectorError> {
         let ctx = CollectorContext {
             metrics,
             changelog_acks: Mutex::default(),
@@ -159,10 +178,14 @@ impl Collector {
         let producer = config
             .create_with_context(ctx)
             .map_err(CollectorError::Create)?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            send_timeout,
+        })
     }
 
-    /// Queues one record; waits while librdkafka's queue is full.
+    /// Queues one record; waits while librdkafka's queue is full, at most the send timeout
+    /// (a broker that acknowledges nothing must fail the member, not hang it).
     pub fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
         let mut record = BaseRecord::with_opaque_to(out.topic, kind as usize);
         if let Some(k) = out.key {
@@ -187,11 +210,19 @@ impl Collector {
             }
             record = record.headers(headers);
         }
+        let mut full_since = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Backpressure from librdkafka: wait for acknowledgements to make room.
+                    let since = *full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.send_timeout {
+                        return Err(CollectorError::QueueFull {
+                            topic: out.topic.to_string(),
+                            timeout_ms: self.send_timeout.as_millis() as u64,
+                        });
+                    }
                     record = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }

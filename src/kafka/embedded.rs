@@ -19,6 +19,7 @@ enum Command {
     },
     FailOffsetCommits {
         count: usize,
+        after_checks: bool,
         reply: mpsc::Sender<()>,
     },
 }
@@ -66,12 +67,19 @@ impl EmbeddedCluster {
                             });
                             let _ = reply.send(result);
                         }
-                        Command::FailOffsetCommits { count, reply } => {
+                        Command::FailOffsetCommits {
+                            count,
+                            after_checks,
+                            reply,
+                        } => {
                             // A permanent error (no retry, no rejoin): the commit just fails.
-                            let errors = vec![
-                                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE;
-                                    count
-                                ];
+                            let fail = RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE;
+                            let pass = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR;
+                            let errors: Vec<RDKafkaRespErr> = if after_checks {
+                                [pass, fail].repeat(count)
+                            } else {
+                                vec![fail; count]
+                            };
                             mock.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
                             let _ = reply.send(());
                         }
@@ -113,13 +121,29 @@ impl EmbeddedCluster {
 }
 
 impl EmbeddedCluster {
-    /// Fault injection for tests: the next `count` offset commits (of any group) fail.
+    /// Fault injection for tests: the next `count` offset commit requests (of any group) fail.
     pub fn fail_offset_commits(&self, count: usize) -> Result<(), String> {
+        self.inject_commit_failures(count, false)
+    }
+
+    /// Fault injection for tests: of the next `2 * count` offset commit requests, every second
+    /// one fails. A worker's commit first re-commits the offsets the group holds (an ownership
+    /// check, before any changelog write), then the new ones: this fails the second step of
+    /// `count` commits (when every commit has changes to flush).
+    pub fn fail_offset_commits_after_checks(&self, count: usize) -> Result<(), String> {
+        self.inject_commit_failures(count, true)
+    }
+
+    fn inject_commit_failures(&self, count: usize, after_checks: bool) -> Result<(), String> {
         let (reply, done) = mpsc::channel();
         self.commands
             .as_ref()
             .expect("invariant: commands live until drop")
-            .send(Command::FailOffsetCommits { count, reply })
+            .send(Command::FailOffsetCommits {
+                count,
+                after_checks,
+                reply,
+            })
             .map_err(|_| "the embedded cluster is gone".to_string())?;
         done.recv()
             .map_err(|_| "the embedded cluster is gone".to_string())

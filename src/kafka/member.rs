@@ -50,8 +50,12 @@ const POLL_BATCH: usize = 2000;
 const PROCESS_BUDGET: Duration = Duration::from_millis(100);
 /// Changelog records applied per loop turn.
 const RESTORE_BATCH: usize = 10_000;
-/// Offset commits that may fail in a row before the member gives up.
+/// Offset commits that may fail in a row before the member gives up (it also gives up when
+/// they have kept failing for longer than `processing.commit_timeout_ms`).
 const MAX_FAILED_COMMITS: u32 = 30;
+/// Failures in a row before their duration counts: with a commit interval longer than the
+/// commit timeout, two failures would otherwise be enough.
+const MIN_FAILED_COMMITS_TIMED: u32 = 3;
 /// How often the member republishes its status.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -176,6 +180,8 @@ struct Core {
     pending_acks: HashMap<(String, i32), i64>,
     /// Offset commits failed in a row.
     failed_commits: u32,
+    /// When the first of the commits failed in a row gave up.
+    failing_since: Option<Instant>,
     /// Incremented by every rebalance callback.
     epoch: Arc<AtomicU64>,
 }
@@ -257,16 +263,26 @@ impl ConsumerContext for MemberContext {
 }
 
 /// Commits offsets, retrying a few times when the coordinator is only busy (a rebalance is
-/// completing, the coordinator is moving or loading): a failed commit leaves the checkpoints
-/// behind, and the work since the last one is redone if the partitions move before the next.
-fn commit_offsets(consumer: &MemberConsumer, tpl: &TopicPartitionList) -> KafkaResult<()> {
+/// completing, the coordinator is moving or loading), within `budget`
+/// (`processing.commit_timeout_ms`): a failed commit leaves the checkpoints behind, and the
+/// work since the last one is redone if the partitions move before the next. Each attempt
+/// waits at most the consumer's request timeout (see `kafka/client.rs`), plus, when the
+/// coordinator is gone, librdkafka's own wait for a new one (up to the session timeout).
+fn commit_offsets(
+    consumer: &MemberConsumer,
+    tpl: &TopicPartitionList,
+    budget: Duration,
+) -> KafkaResult<()> {
     const RETRIES: u32 = 5;
     const BACKOFF: Duration = Duration::from_millis(200);
+    let start = Instant::now();
     let mut attempt = 0;
     loop {
         match consumer.commit(tpl, CommitMode::Sync) {
             Err(KafkaError::ConsumerCommit(code))
-                if attempt < RETRIES && commit_retriable(code) =>
+                if attempt < RETRIES
+                    && commit_retriable(code)
+                    && start.elapsed() + BACKOFF < budget =>
             {
                 attempt += 1;
                 tracing::debug!(error = %code, attempt, "offset commit refused for now; retrying");
@@ -475,6 +491,12 @@ impl Core {
             if let Err(e) = self.commit(consumer) {
                 self.fail(e.to_string());
             }
+        }
+        if lost {
+            // The failures so far are explained (the member was fenced); its tasks and their
+            // uncommitted changes go now, and its next commits start afresh.
+            self.failed_commits = 0;
+            self.failing_since = None;
         }
         // Tasks that keep some of their source partitions.
         let mut kept = BTreeSet::new();
@@ -758,9 +780,18 @@ impl Core {
         Ok(())
     }
 
+    /// `processing.commit_timeout_ms`: how long a commit may wait for acknowledgements, and
+    /// for the offset commit.
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.setup.config.processing.commit_timeout_ms)
+    }
+
     fn commit_due(&self) -> bool {
         let interval = Duration::from_millis(self.setup.config.processing.commit_interval_ms);
-        self.last_commit.elapsed() >= interval || self.tasks.values().any(Task::wants_commit)
+        // A full cache asks for a commit at once, unless the last one failed: retrying on
+        // every loop turn would use up the failures allowed in a row within moments.
+        self.last_commit.elapsed() >= interval
+            || (self.failed_commits == 0 && self.tasks.values().any(Task::wants_commit))
     }
 
     /// Commits every running task: flush caches → wait for acks → commit offsets → write state.
@@ -770,6 +801,10 @@ impl Core {
         if self.failed.is_some() {
             return Ok(());
         }
+        if let Err(e) = self.check_ownership(consumer) {
+            // Fenced (or the coordinator cannot tell): nothing goes to the changelogs.
+            return self.commit_failed(e, HashMap::new());
+        }
         let mut batches = Vec::new();
         for task in self
             .tasks
@@ -778,48 +813,34 @@ impl Core {
         {
             batches.push((task.id(), task.prepare_commit(&self.collector)?));
         }
-        let timeout = Duration::from_millis(self.setup.config.processing.commit_timeout_ms);
-        self.collector.flush(timeout)?;
+        self.collector.flush(self.commit_timeout())?;
         let mut acks = std::mem::take(&mut self.pending_acks);
         for (partition, offset) in self.collector.take_changelog_acks() {
             let slot = acks.entry(partition).or_insert(offset);
             *slot = (*slot).max(offset);
         }
         let mut tpl = TopicPartitionList::new();
-        for task in self.tasks.values() {
+        for task in self.tasks.values_mut() {
+            task.offsets_durable();
             for (topic, partition, offset) in task.offsets_to_commit() {
                 tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
                     .expect("invariant: offsets are valid");
             }
         }
         if tpl.count() > 0 {
-            match commit_offsets(consumer, &tpl) {
+            match commit_offsets(consumer, &tpl, self.commit_timeout()) {
                 Ok(()) => {
                     self.failed_commits = 0;
+                    self.failing_since = None;
                     self.tasks.values_mut().for_each(Task::offsets_committed);
                 }
                 Err(e) => {
                     // The state batches must not reach RocksDB: their checkpoint would claim
                     // input the group never recorded as processed, and a fenced member's
                     // checkpoint would skip changes the partition's new owner wrote to the
-                    // changelog meanwhile. The tasks keep their last checkpoint; their changes
-                    // stay in the cache and go out again with the next commit. A partition
-                    // that was lost is closed dirty by the rebalance that follows.
-                    self.setup.metrics.commit_failures.inc();
-                    self.failed_commits += 1;
-                    tracing::warn!(member = self.member(), error = %e, failed_in_a_row = self.failed_commits, "committing input offsets failed; the local checkpoints stay at the last successful commit");
+                    // changelog meanwhile.
                     drop(batches);
-                    self.pending_acks = acks;
-                    if self.failed_commits >= MAX_FAILED_COMMITS {
-                        // Changes wait in memory for a commit that keeps failing: stop rather
-                        // than grow without bound (nothing is lost; a restart re-reads from the
-                        // last commit).
-                        return Err(TaskError::OffsetCommits {
-                            attempts: self.failed_commits,
-                            reason: e.to_string(),
-                        });
-                    }
-                    return Ok(());
+                    return self.commit_failed(e, acks);
                 }
             }
         }
@@ -833,6 +854,73 @@ impl Core {
             .commit_latency
             .with_label_values(&[&self.member().to_string()])
             .observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Before a commit sends cached changes to the changelogs, asks the group coordinator
+    /// whether this member still owns its partitions, by committing again the offsets the group
+    /// already holds for them. A member that was stopped (SIGSTOP, a long GC-like pause, a
+    /// frozen VM) past its session may run again without knowing it was expelled: its caches
+    /// hold values older than what the partitions' new owners have written since, and flushing
+    /// them would put stale entries last in the changelogs, where every later restore would take
+    /// them. Under at least once a member fenced while its flush is in flight can still do
+    /// this; exactly once (transactions) closes that window.
+    fn check_ownership(&self, consumer: &MemberConsumer) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for task in self
+            .tasks
+            .values()
+            .filter(|t| t.state() == TaskState::Running && t.has_uncommitted_state())
+        {
+            // Only topics still assigned: the coordinator checks the member, not which
+            // partitions it holds, and must not get a stale offset for someone else's.
+            let Some(assigned) = self.assigned.get(&task.id()) else {
+                continue;
+            };
+            for (topic, partition, offset) in task.settled_offsets() {
+                if assigned.contains(&topic) {
+                    tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                        .expect("invariant: offsets are valid");
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        commit_offsets(consumer, &tpl, self.commit_timeout())
+    }
+
+    /// A commit failed at its offset commit (or at the ownership check before the flush): the
+    /// tasks keep their last checkpoint, and their changes stay in the cache and go out again
+    /// with the next commit. A partition that was lost is closed dirty by the rebalance that
+    /// follows. `acks`: changelog offsets acknowledged by this attempt, kept for the next.
+    fn commit_failed(
+        &mut self,
+        e: KafkaError,
+        acks: HashMap<(String, i32), i64>,
+    ) -> Result<(), TaskError> {
+        self.setup.metrics.commit_failures.inc();
+        self.failed_commits += 1;
+        tracing::warn!(member = self.member(), error = %e, failed_in_a_row = self.failed_commits, "committing input offsets failed; the local checkpoints stay at the last successful commit");
+        self.pending_acks.extend(acks);
+        // Measured from the end of the first failure: a member that was frozen mid-commit
+        // fails once when it runs again, loses its partitions and goes on, however long the
+        // pause.
+        let failing_for = self
+            .failing_since
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        let for_too_long =
+            self.failed_commits >= MIN_FAILED_COMMITS_TIMED && failing_for >= self.commit_timeout();
+        if self.failed_commits >= MAX_FAILED_COMMITS || for_too_long {
+            // Changes wait in memory for a commit that keeps failing: stop rather than grow
+            // without bound (nothing is lost; a restart re-reads from the last commit).
+            return Err(TaskError::OffsetCommits {
+                attempts: self.failed_commits,
+                failing_ms: failing_for.as_millis() as u64,
+                reason: e.to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -913,6 +1001,7 @@ impl Member {
         let collector = Collector::new(
             &super::client::producer(&cfg, &setup.bootstrap, index),
             setup.metrics.clone(),
+            Duration::from_millis(cfg.processing.commit_timeout_ms),
         )
         .map_err(|source| MemberError::Collector {
             member: index,
@@ -963,6 +1052,7 @@ impl Member {
             last_status: Instant::now(),
             pending_acks: HashMap::new(),
             failed_commits: 0,
+            failing_since: None,
             epoch: epoch.clone(),
             setup: setup.clone(),
         }));

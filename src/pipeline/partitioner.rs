@@ -167,8 +167,8 @@ mod tests {
     #[test]
     fn key_partition_is_to_positive_mod_n() {
         // toPositive(-973932308) = 1173551340; 1173551340 % 6 = 0, % 7 = 1173551340 % 7.
-        assert_eq!(partition_for_key(b"21", 6), (1_173_551_340 % 6) as i32);
-        assert_eq!(partition_for_key(b"21", 7), (1_173_551_340 % 7) as i32);
+        assert_eq!(partition_for_key(b"21", 6), 1_173_551_340 % 6);
+        assert_eq!(partition_for_key(b"21", 7), 1_173_551_340 % 7);
     }
 
     #[test]

@@ -16,6 +16,30 @@ use crate::{state_dir, wait_for_totals, CONSUMED, LONG, READY};
 /// back, loses nothing.
 #[test]
 fn a_commit_that_cannot_complete_times_out() {
+    // Output waits in the producer until a commit flushes it (linger), so a commit always has
+    // records to wait for.
+    // (Usually the freeze lands in a flush, which lasts the linger; if it lands between
+    // commits, the next commit's ownership check is what times out, repeatedly.)
+    frozen_broker_fails_the_worker(
+        "\"linger.ms\" = \"1000\"\n",
+        &["were not acknowledged", "offset commits failed"],
+    );
+}
+
+/// The same when the producer's queue fills up first (a small queue, a frozen broker): a send
+/// waits for room at most `processing.commit_timeout_ms`, then the worker fails, saying so.
+#[test]
+fn a_send_into_a_full_queue_times_out() {
+    frozen_broker_fails_the_worker(
+        "\"queue.buffering.max.messages\" = \"5\"\n",
+        &["the producer's queue stayed full"],
+    );
+}
+
+/// Runs a worker under load, freezes the broker, expects the worker to fail with one of
+/// `messages` (and the commit timeout key) in its log, and then a new worker to lose nothing.
+/// `properties`: librdkafka properties beside a 10-minute delivery timeout.
+fn frozen_broker_fails_the_worker(properties: &str, messages: &[&str]) {
     let _serial = serial();
     let broker = Broker::start();
     let input = unique_name("frozen-in");
@@ -30,11 +54,8 @@ fn a_commit_that_cannot_complete_times_out() {
         &output,
         state.path(),
     );
-    // librdkafka would fail undelivered records only after 10 minutes; and output waits in the
-    // producer until a commit flushes it (linger), so a commit always has records to wait for.
-    cfg.extra =
-        "[kafka.properties]\n\"message.timeout.ms\" = \"600000\"\n\"linger.ms\" = \"1000\"\n"
-            .into();
+    // librdkafka would fail undelivered records only after 10 minutes.
+    cfg.extra = format!("[kafka.properties]\n\"message.timeout.ms\" = \"600000\"\n{properties}");
     let toml = cfg.to_toml().replace(
         "commit_interval_ms = 500",
         "commit_interval_ms = 200\ncommit_timeout_ms = 3000",
@@ -69,8 +90,8 @@ fn a_commit_that_cannot_complete_times_out() {
     );
     let logs = w1.logs();
     assert!(
-        logs.contains("processing.commit_timeout_ms"),
-        "the error names the key that bounds the wait:\n{}",
+        logs.contains("processing.commit_timeout_ms") && messages.iter().any(|m| logs.contains(m)),
+        "the error says one of {messages:?} and names the key that bounds the wait:\n{}",
         logs.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
 

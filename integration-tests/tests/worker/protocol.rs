@@ -168,21 +168,27 @@ fn consumer_protocol_kill9_under_load() {
 /// dropped as lost (`tributary_rebalances_total{kind="lost"}`), it rejoins as a new member and
 /// gets a share again. At least once: the totals are at least the input's.
 ///
-/// Ignored: it finds a known bug (about every other run here). Resumed, the expelled member's
-/// next commit flushes its caches into the changelog before the offset commit fails
-/// (UNKNOWN_MEMBER_ID), so those stale entries land after the new owner's. When the partitions
-/// come back to it, it restores them from its last checkpoint through the changelog and takes
-/// the stale values, losing what the new owner counted in between (the sink falls short). The
-/// consumer protocol makes this likely: librdkafka keeps fetching until the coordinator answers
-/// (the classic client stops when its own session timer expires), and the uniform assignor gives
-/// the member its old partitions back. Run with `-- --ignored`.
+/// What this guards: resumed, the expelled member's next commit must not flush its caches into
+/// the changelogs (its values are older than what the new owner wrote since). If it did, those
+/// stale entries would land last, and whoever restores the partition next (the member itself,
+/// when the uniform assignor gives its partitions back) would take them and undercount. The
+/// consumer protocol makes this likely: librdkafka keeps fetching until the coordinator
+/// answers, while the classic client stops when its own session timer expires.
 #[test]
-#[ignore = "known bug: an expelled member's commit writes its cache to the changelog before the offset commit fails"]
 fn consumer_protocol_paused_member_is_fenced_and_rejoins() {
     if BrokerKind::from_env() != BrokerKind::Kafka {
         return;
     }
     paused_member_with(Protocol::Consumer);
+}
+
+/// The same with the classic protocol.
+#[test]
+fn classic_protocol_paused_member_is_fenced_and_rejoins() {
+    if BrokerKind::from_env() != BrokerKind::Kafka {
+        return;
+    }
+    paused_member_with(Protocol::Classic);
 }
 
 /// Two workers under load; the first is stopped until the second runs everything, then
