@@ -74,8 +74,7 @@ pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
         .set("queued.min.messages", "200000")
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        .set("socket.timeout.ms", request_timeout_ms(cfg).to_string());
+        .set("statistics.interval.ms", "5000");
     let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
     c.set("group.id", &cfg.app.id)
         .set("enable.auto.commit", "false")
@@ -86,16 +85,6 @@ pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
         c.set("group.instance.id", format!("{instance}-{member}"));
     }
     c
-}
-
-/// How long the member's consumer waits for any broker answer (`socket.timeout.ms`):
-/// `processing.commit_timeout_ms`, within librdkafka's default 60 s and at least 10 s. A
-/// synchronous offset commit has no timeout of its own: against a broker that stopped
-/// answering it waits for this, so it bounds how long a commit can stall the member. Not
-/// less than 10 s: an offset commit waits for its write to `__consumer_offsets` to be
-/// replicated, and one that times out at the client may still have been applied.
-fn request_timeout_ms(cfg: &Config) -> u64 {
-    cfg.processing.commit_timeout_ms.clamp(10_000, 60_000)
 }
 
 /// The `[group]` settings. librdkafka refuses to create a consumer-protocol consumer with any

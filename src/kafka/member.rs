@@ -24,11 +24,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -182,6 +182,9 @@ struct Core {
     failed_commits: u32,
     /// When the first of the commits failed in a row gave up.
     failing_since: Option<Instant>,
+    /// The member's consumer, for offset commits from a helper thread (weak: the consumer's
+    /// context holds this core).
+    group_consumer: Weak<MemberConsumer>,
     /// Incremented by every rebalance callback.
     epoch: Arc<AtomicU64>,
 }
@@ -229,7 +232,7 @@ impl ConsumerContext for MemberContext {
                     .inc();
                 let tps = list(tpl);
                 tracing::info!(member = self.member, partitions = ?tps, lost, "partitions revoked");
-                lock(&self.core).on_revoke(consumer, &tps, lost);
+                lock(&self.core).on_revoke(&tps, lost);
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
@@ -263,23 +266,21 @@ impl ConsumerContext for MemberContext {
 }
 
 /// Commits offsets, retrying a few times when the coordinator is only busy (a rebalance is
-/// completing, the coordinator is moving or loading), within `budget`
+/// completing, the coordinator is moving or loading), all within `budget`
 /// (`processing.commit_timeout_ms`): a failed commit leaves the checkpoints behind, and the
-/// work since the last one is redone if the partitions move before the next. Each attempt
-/// waits at most the consumer's request timeout (see `kafka/client.rs`), plus, when the
-/// coordinator is gone, librdkafka's own wait for a new one (up to the session timeout).
+/// work since the last one is redone if the partitions move before the next.
 fn commit_offsets(
-    consumer: &MemberConsumer,
+    consumer: &Weak<MemberConsumer>,
     tpl: &TopicPartitionList,
     budget: Duration,
-) -> KafkaResult<()> {
+) -> Result<(), String> {
     const RETRIES: u32 = 5;
     const BACKOFF: Duration = Duration::from_millis(200);
     let start = Instant::now();
     let mut attempt = 0;
     loop {
-        match consumer.commit(tpl, CommitMode::Sync) {
-            Err(KafkaError::ConsumerCommit(code))
+        match commit_within(consumer, tpl, budget.saturating_sub(start.elapsed())) {
+            Err(CommitFailure::Refused(KafkaError::ConsumerCommit(code)))
                 if attempt < RETRIES
                     && commit_retriable(code)
                     && start.elapsed() + BACKOFF < budget =>
@@ -288,8 +289,50 @@ fn commit_offsets(
                 tracing::debug!(error = %code, attempt, "offset commit refused for now; retrying");
                 std::thread::sleep(BACKOFF);
             }
-            result => return result,
+            Err(failure) => return Err(failure.to_string()),
+            Ok(()) => return Ok(()),
         }
+    }
+}
+
+/// Why an offset commit attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum CommitFailure {
+    #[error("{0}")]
+    Refused(KafkaError),
+    #[error(
+        "the offset commit got no answer within processing.commit_timeout_ms ({0} ms); is the \
+         group coordinator reachable?"
+    )]
+    TimedOut(u128),
+    #[error("the member's consumer is gone")]
+    Gone,
+    #[error("starting the offset-commit thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// One synchronous offset commit, waited for at most `timeout`. librdkafka's synchronous
+/// commit has no timeout of its own: while the group coordinator cannot be reached it waits
+/// for one indefinitely (a frozen broker held it for minutes). So it runs on a helper thread;
+/// if the wait runs out the attempt counts as failed, and whatever it does later is ignored
+/// (the next commit's ownership check offers the durable offsets again).
+fn commit_within(
+    consumer: &Weak<MemberConsumer>,
+    tpl: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<(), CommitFailure> {
+    let consumer = consumer.upgrade().ok_or(CommitFailure::Gone)?;
+    let tpl = tpl.clone();
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("offset-commit".into())
+        .spawn(move || {
+            let _ = done.send(consumer.commit(&tpl, CommitMode::Sync));
+        })
+        .map_err(CommitFailure::Spawn)?;
+    match result.recv_timeout(timeout) {
+        Ok(outcome) => outcome.map_err(CommitFailure::Refused),
+        Err(_) => Err(CommitFailure::TimedOut(timeout.as_millis())),
     }
 }
 
@@ -486,9 +529,9 @@ impl Core {
         Ok(true)
     }
 
-    fn on_revoke(&mut self, consumer: &MemberConsumer, tps: &[(String, i32)], lost: bool) {
+    fn on_revoke(&mut self, tps: &[(String, i32)], lost: bool) {
         if !lost && self.failed.is_none() {
-            if let Err(e) = self.commit(consumer) {
+            if let Err(e) = self.commit() {
                 self.fail(e.to_string());
             }
         }
@@ -795,13 +838,13 @@ impl Core {
     }
 
     /// Commits every running task: flush caches → wait for acks → commit offsets → write state.
-    fn commit(&mut self, consumer: &MemberConsumer) -> Result<(), TaskError> {
+    fn commit(&mut self) -> Result<(), TaskError> {
         let start = Instant::now();
         self.last_commit = start;
         if self.failed.is_some() {
             return Ok(());
         }
-        if let Err(e) = self.check_ownership(consumer) {
+        if let Err(e) = self.check_ownership() {
             // Fenced (or the coordinator cannot tell): nothing goes to the changelogs.
             return self.commit_failed(e, HashMap::new());
         }
@@ -828,7 +871,7 @@ impl Core {
             }
         }
         if tpl.count() > 0 {
-            match commit_offsets(consumer, &tpl, self.commit_timeout()) {
+            match commit_offsets(&self.group_consumer, &tpl, self.commit_timeout()) {
                 Ok(()) => {
                     self.failed_commits = 0;
                     self.failing_since = None;
@@ -865,7 +908,7 @@ impl Core {
     /// them would put stale entries last in the changelogs, where every later restore would take
     /// them. Under at least once a member fenced while its flush is in flight can still do
     /// this; exactly once (transactions) closes that window.
-    fn check_ownership(&self, consumer: &MemberConsumer) -> KafkaResult<()> {
+    fn check_ownership(&self) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for task in self
             .tasks
@@ -887,7 +930,7 @@ impl Core {
         if tpl.count() == 0 {
             return Ok(());
         }
-        commit_offsets(consumer, &tpl, self.commit_timeout())
+        commit_offsets(&self.group_consumer, &tpl, self.commit_timeout())
     }
 
     /// A commit failed at its offset commit (or at the ownership check before the flush): the
@@ -896,7 +939,7 @@ impl Core {
     /// follows. `acks`: changelog offsets acknowledged by this attempt, kept for the next.
     fn commit_failed(
         &mut self,
-        e: KafkaError,
+        e: String,
         acks: HashMap<(String, i32), i64>,
     ) -> Result<(), TaskError> {
         self.setup.metrics.commit_failures.inc();
@@ -918,7 +961,7 @@ impl Core {
             return Err(TaskError::OffsetCommits {
                 attempts: self.failed_commits,
                 failing_ms: failing_for.as_millis() as u64,
-                reason: e.to_string(),
+                reason: e,
             });
         }
         Ok(())
@@ -970,7 +1013,7 @@ impl Core {
 
 /// A running member: the consumer and the state it shares with its callbacks.
 pub struct Member {
-    consumer: MemberConsumer,
+    consumer: Arc<MemberConsumer>,
     core: Arc<Mutex<Core>>,
     epoch: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -1053,6 +1096,7 @@ impl Member {
             pending_acks: HashMap::new(),
             failed_commits: 0,
             failing_since: None,
+            group_consumer: Weak::new(),
             epoch: epoch.clone(),
             setup: setup.clone(),
         }));
@@ -1062,9 +1106,12 @@ impl Member {
             member: index,
             epoch: epoch.clone(),
         };
-        let consumer: MemberConsumer = super::client::consumer(&cfg, &setup.bootstrap, index)
-            .create_with_context(ctx)
-            .map_err(kafka("creating the consumer"))?;
+        let consumer: Arc<MemberConsumer> = Arc::new(
+            super::client::consumer(&cfg, &setup.bootstrap, index)
+                .create_with_context(ctx)
+                .map_err(kafka("creating the consumer"))?,
+        );
+        lock(&core).group_consumer = Arc::downgrade(&consumer);
         let topics: Vec<&str> = setup
             .topologies
             .iter()
@@ -1087,7 +1134,7 @@ impl Member {
         let failure = {
             let mut core = lock(&self.core);
             if result.is_ok() && core.failed.is_none() {
-                if let Err(e) = core.commit(&self.consumer) {
+                if let Err(e) = core.commit() {
                     core.fail(e.to_string());
                 }
             }
@@ -1182,7 +1229,7 @@ impl Member {
             core.open_pending(&self.consumer);
         }
         if core.commit_due() {
-            core.commit(&self.consumer).map_err(|e| e.to_string())?;
+            core.commit().map_err(|e| e.to_string())?;
         }
         if core.last_status.elapsed() >= STATUS_INTERVAL {
             core.publish_status();

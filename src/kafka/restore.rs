@@ -135,6 +135,15 @@ impl RestoreConsumer {
             .consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
         let start = RestoreStart::decide(checkpoint, low, high);
+        self.stop(topic, partition);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start.from))?;
+        // Incremental: only this partition starts. Re-assigning the whole set on every change
+        // stops and restarts every partition being restored, and librdkafka 2.12 aborts when a
+        // partition is removed again while its previous stop is still in flight (an assertion
+        // in rd_kafka_assignment_partition_stopped, librdkafka issue 5573, fixed after 2.15):
+        // several restores starting within milliseconds of each other made that happen.
+        self.consumer.incremental_assign(&tpl)?;
         self.parts.insert(
             (topic.clone(), partition),
             Progress {
@@ -143,24 +152,15 @@ impl RestoreConsumer {
                 last_activity: Instant::now(),
             },
         );
-        self.reassign()?;
         Ok(start)
-    }
-
-    /// Assigns every tracked partition at its position. A consumer outside a group cannot use
-    /// incremental assignment, so each change re-assigns the whole set.
-    fn reassign(&mut self) -> Result<(), KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), p) in &self.parts {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(p.position))?;
-        }
-        self.consumer.assign(&tpl)
     }
 
     /// Stops reading a partition (its task closed or finished).
     pub fn stop(&mut self, topic: &Arc<str>, partition: i32) {
         if self.parts.remove(&(topic.clone(), partition)).is_some() {
-            if let Err(e) = self.reassign() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            if let Err(e) = self.consumer.incremental_unassign(&tpl) {
                 tracing::warn!(topic = %topic, partition, error = %e, "unassigning a changelog partition failed");
             }
         }

@@ -36,6 +36,46 @@ pub const CONSUMED: &str = "tributary_records_consumed_total";
 pub const RESTORED: &str = "tributary_restored_records_total";
 pub const REBALANCES: &str = "tributary_rebalances_total";
 
+/// A fresh broker with an input and an output topic, an app id, and a producer that keeps
+/// adding records to the input (batches of 200 over 150 keys every 100 ms, at most 400,000):
+/// the load every membership scenario runs under.
+pub struct UnderLoad {
+    pub broker: Broker,
+    pub input: String,
+    pub output: String,
+    pub app: String,
+    pub producer: ContinuousProducer,
+}
+
+impl UnderLoad {
+    /// Topics `<prefix>-in-*` and `<prefix>-out-*` with `partitions` each, app `app-<prefix>-*`,
+    /// records from `seed`.
+    pub fn start(prefix: &str, partitions: i32, seed: u64) -> Self {
+        let broker = Broker::start();
+        let input = integration_tests::unique_name(&format!("{prefix}-in"));
+        let output = integration_tests::unique_name(&format!("{prefix}-out"));
+        broker.create_topic(&input, partitions);
+        broker.create_topic(&output, partitions);
+        let app = integration_tests::unique_name(&format!("app-{prefix}"));
+        let producer = ContinuousProducer::start(
+            &broker.bootstrap(),
+            &input,
+            150,
+            seed,
+            200,
+            Duration::from_millis(100),
+            400_000,
+        );
+        Self {
+            broker,
+            input,
+            output,
+            app,
+            producer,
+        }
+    }
+}
+
 /// The consumer-group protocol a scenario's workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

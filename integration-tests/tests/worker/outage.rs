@@ -22,6 +22,7 @@ fn a_commit_that_cannot_complete_times_out() {
     // commits, the next commit's ownership check is what times out, repeatedly.)
     frozen_broker_fails_the_worker(
         "\"linger.ms\" = \"1000\"\n",
+        200,
         &["were not acknowledged", "offset commits failed"],
     );
 }
@@ -32,14 +33,17 @@ fn a_commit_that_cannot_complete_times_out() {
 fn a_send_into_a_full_queue_times_out() {
     frozen_broker_fails_the_worker(
         "\"queue.buffering.max.messages\" = \"5\"\n",
+        // No commit in the way: the freeze lands while records are being processed.
+        600_000,
         &["the producer's queue stayed full"],
     );
 }
 
 /// Runs a worker under load, freezes the broker, expects the worker to fail with one of
 /// `messages` (and the commit timeout key) in its log, and then a new worker to lose nothing.
-/// `properties`: librdkafka properties beside a 10-minute delivery timeout.
-fn frozen_broker_fails_the_worker(properties: &str, messages: &[&str]) {
+/// `properties`: librdkafka properties beside a 10-minute delivery timeout; commits every
+/// `commit_interval_ms`.
+fn frozen_broker_fails_the_worker(properties: &str, commit_interval_ms: u64, messages: &[&str]) {
     let _serial = serial();
     let broker = Broker::start();
     let input = unique_name("frozen-in");
@@ -58,7 +62,7 @@ fn frozen_broker_fails_the_worker(properties: &str, messages: &[&str]) {
     cfg.extra = format!("[kafka.properties]\n\"message.timeout.ms\" = \"600000\"\n{properties}");
     let toml = cfg.to_toml().replace(
         "commit_interval_ms = 500",
-        "commit_interval_ms = 200\ncommit_timeout_ms = 3000",
+        &format!("commit_interval_ms = {commit_interval_ms}\ncommit_timeout_ms = 3000"),
     );
     let producer = ContinuousProducer::start(
         &broker.bootstrap(),

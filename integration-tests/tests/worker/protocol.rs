@@ -10,14 +10,14 @@
 use std::time::Duration;
 
 use integration_tests::{
-    check_at_least, check_exact, duplicates, expected_totals, serial, unique_name, wait_until,
-    Broker, BrokerKind, ContinuousProducer, KeyedView, TotalsConfig, WorkerProcess,
+    check_at_least, check_exact, duplicates, expected_totals, serial, wait_until, Broker,
+    BrokerKind, KeyedView, TotalsConfig, WorkerProcess,
 };
 
 use crate::rebalance::kill9_under_load_with;
 use crate::{
     describe, let_records_flow, state_dir, wait_all_committed, wait_all_running, wait_for_totals,
-    Protocol, LONG, READY, REBALANCES,
+    Protocol, UnderLoad, LONG, READY, REBALANCES,
 };
 
 const PARTITIONS: i32 = 6;
@@ -49,22 +49,13 @@ fn consumer_protocol_join_and_leave() {
         return;
     }
     let _serial = serial();
-    let broker = Broker::start();
-    let input = unique_name("kip848-in");
-    let output = unique_name("kip848-out");
-    broker.create_topic(&input, PARTITIONS);
-    broker.create_topic(&output, PARTITIONS);
-    let app = unique_name("app-kip848");
-
-    let producer = ContinuousProducer::start(
-        &broker.bootstrap(),
-        &input,
-        150,
-        0x5eed_0848,
-        200,
-        Duration::from_millis(100),
-        400_000,
-    );
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("kip848", PARTITIONS, 0x5eed_0848);
 
     let (s1, s2, s3) = (state_dir(), state_dir(), state_dir());
     let c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, s1.path())
@@ -195,22 +186,13 @@ fn classic_protocol_paused_member_is_fenced_and_rejoins() {
 /// continued until it has rejoined; totals at least the input's.
 fn paused_member_with(protocol: Protocol) {
     let _serial = serial();
-    let broker = Broker::start();
-    let input = unique_name("kip848-pause-in");
-    let output = unique_name("kip848-pause-out");
-    broker.create_topic(&input, PARTITIONS);
-    broker.create_topic(&output, PARTITIONS);
-    let app = unique_name("app-kip848-pause");
-
-    let producer = ContinuousProducer::start(
-        &broker.bootstrap(),
-        &input,
-        150,
-        0x5eed_0849,
-        200,
-        Duration::from_millis(100),
-        400_000,
-    );
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("kip848-pause", PARTITIONS, 0x5eed_0849);
     let (s1, s2) = (state_dir(), state_dir());
     let c1 = protocol.apply(TotalsConfig::new(
         &app,

@@ -5,35 +5,25 @@ use std::time::Duration;
 
 use integration_tests::{
     check_at_least, check_exact, committed_offsets, duplicates, expected_totals, serial,
-    unique_name, wait_until, watermarks, Broker, ContinuousProducer, KeyedView, TotalsConfig,
-    WorkerProcess, Workload,
+    unique_name, wait_until, watermarks, Broker, KeyedView, TotalsConfig, WorkerProcess, Workload,
 };
 
 use crate::{
     describe, let_records_flow, state_dir, wait_all_committed, wait_all_running, wait_for_totals,
-    Protocol, CONSUMED, LONG, READY, REBALANCES, RESTORED,
+    Protocol, UnderLoad, CONSUMED, LONG, READY, REBALANCES, RESTORED,
 };
 
 const PARTITIONS: i32 = 6;
 #[test]
 fn rebalance_join_and_leave() {
     let _serial = serial();
-    let broker = Broker::start();
-    let input = unique_name("rebal-in");
-    let output = unique_name("rebal-out");
-    broker.create_topic(&input, PARTITIONS);
-    broker.create_topic(&output, PARTITIONS);
-    let app = unique_name("app-rebal");
-
-    let producer = ContinuousProducer::start(
-        &broker.bootstrap(),
-        &input,
-        150,
-        0x5eed_0002,
-        200,
-        Duration::from_millis(100),
-        400_000,
-    );
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("rebal", PARTITIONS, 0x5eed_0002);
 
     let (s1, s2, s3) = (state_dir(), state_dir(), state_dir());
     let c1 = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, s1.path());
@@ -78,7 +68,7 @@ fn rebalance_join_and_leave() {
     let expected = expected_totals(&records);
     let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
     wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2, &mut w3]);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
     view.refresh().unwrap();
     if let Err(e) = check_exact(&expected, &view.map) {
         panic!("after {} records, graceful rebalances: {e}", records.len());
@@ -106,22 +96,13 @@ fn kill9_under_load() {
 /// last commit.
 pub fn kill9_under_load_with(protocol: Protocol) {
     let _serial = serial();
-    let broker = Broker::start();
-    let input = unique_name("kill-in");
-    let output = unique_name("kill-out");
-    broker.create_topic(&input, PARTITIONS);
-    broker.create_topic(&output, PARTITIONS);
-    let app = unique_name("app-kill");
-
-    let producer = ContinuousProducer::start(
-        &broker.bootstrap(),
-        &input,
-        150,
-        0x5eed_0003,
-        200,
-        Duration::from_millis(100),
-        400_000,
-    );
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("kill", PARTITIONS, 0x5eed_0003);
 
     let dirs = [state_dir(), state_dir(), state_dir()];
     let c1 = protocol.apply(TotalsConfig::new(

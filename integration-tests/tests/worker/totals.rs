@@ -4,7 +4,7 @@ use integration_tests::{
     check_exact, serial, unique_name, Broker, KeyedView, TotalsConfig, WorkerProcess, Workload,
 };
 
-use crate::{state_dir, wait_for_totals, CONSUMED, LONG, READY};
+use crate::{state_dir, wait_all_committed, wait_for_totals, CONSUMED, LONG, READY};
 
 #[test]
 fn one_worker_totals() {
@@ -34,8 +34,9 @@ fn one_worker_totals() {
 
     let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
     wait_for_totals(&mut view, &expected, LONG, &mut [&mut worker]);
-    // Caught up; give stray duplicates (there must be none) a moment to show, then compare.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Caught up; once the input is committed to its end every output is acknowledged, so a
+    // stray duplicate (there must be none) would be in the topic by now.
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &input, 6);
     view.refresh().unwrap();
     if let Err(e) = check_exact(&expected, &view.map) {
         panic!("{e}");
