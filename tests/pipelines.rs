@@ -391,6 +391,32 @@ fn session_final_emits_after_gap_and_grace() {
     assert_eq!(d.late_records("p"), 1);
 }
 
+/// A record older than stream time minus grace still counts when it falls into a session of
+/// its key that is open: lateness is decided after merging (as in Kafka Streams).
+#[test]
+fn an_old_record_inside_an_open_session_is_not_late() {
+    let mut d = sink_driver(
+        r#"{ aggregate = { window = { kind = "session", gap = "10s", grace = "0s" }, fields = { n = "count()" } } }"#,
+    );
+    d.pipe("in", Some("a"), "{}", 100_000).unwrap();
+    d.pipe("in", Some("a"), "{}", 105_000).unwrap();
+    // [103000, 103001) alone would be closed (stream time 105000, no grace), but it falls
+    // into the open session [100000, 105001).
+    d.pipe("in", Some("a"), "{}", 103_000).unwrap();
+    assert_eq!(d.late_records("p"), 0);
+    assert_eq!(
+        keyed(&d.read("out")).last().unwrap(),
+        &(
+            "a".into(),
+            json!({"n":3,"window_start":100000,"window_end":105001})
+        )
+    );
+    // Outside every open session it is late.
+    d.pipe("in", Some("b"), "{}", 200_000).unwrap();
+    d.pipe("in", Some("a"), "{}", 50_000).unwrap();
+    assert_eq!(d.late_records("p"), 1);
+}
+
 /// Under `on_error = "fail"` a late record does not stop anything: it is dropped and counted,
 /// and the results around it are exact. A record with one window still open is not late.
 #[test]

@@ -357,6 +357,10 @@ pub(super) fn name(value: &Value) -> Result<String, String> {
             describe(value)
         ));
     }
+    if s == "." || s == ".." {
+        // Kafka refuses them as topic names, and `app.id` names a directory under state.dir.
+        return Err(format!("{} is not a usable name", describe(value)));
+    }
     Ok(s)
 }
 

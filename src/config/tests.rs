@@ -951,3 +951,15 @@ fn protocol_from_the_environment() {
     assert_eq!(config.warnings.len(), 1, "{:#?}", config.warnings);
     assert_eq!(config.warnings[0].path, "group.session_timeout_ms");
 }
+
+/// `.` and `..` are refused as names: Kafka refuses them as topic names, and `app.id` names
+/// a directory under `state.dir` (the state cleaner would work one level up).
+#[test]
+fn dot_names_are_refused() {
+    for id in [".", ".."] {
+        let issues = rejected(&MINIMAL.replace("id = \"clicks\"", &format!("id = \"{id}\"")));
+        assert_issue(&issues, "app.id", &["is not a usable name"]);
+    }
+    let config = load_str(&MINIMAL.replace("id = \"clicks\"", "id = \"a.b\"")).expect("valid");
+    assert_eq!(config.app.id, "a.b");
+}

@@ -408,13 +408,23 @@ impl Aggregate {
                 _ => w.fixed_windows(t),
             };
             let open: Vec<(i64, i64)> = match w {
-                // A record could belong to a session that has closed (any session it would
-                // touch ends after t + 1 - gap) unless t + 1 + grace is still ahead of stream
-                // time: older records are late, rather than starting a split-off session.
-                Windows::Session { grace, .. }
+                // On its own, a record whose session [t, t + 1) would already be closed is
+                // late, unless it falls into a session of its key that is still open (closed
+                // sessions have left the store: `advance` expired them): as in Kafka
+                // Streams, lateness is decided after merging.
+                Windows::Session { gap, grace }
                     if t.saturating_add(1).saturating_add(grace) <= now =>
                 {
-                    Vec::new()
+                    let mut store = ctx.store::<AggState>(&self.store)?;
+                    let touches_open = store.prefix(keys::prefix(key))?.iter().any(|(_, s)| {
+                        let (ss, se) = (s.window_start.unwrap_or(0), s.window_end.unwrap_or(0));
+                        ss - gap < t && t < se - 1 + gap
+                    });
+                    if touches_open {
+                        windows
+                    } else {
+                        Vec::new()
+                    }
                 }
                 _ => windows
                     .into_iter()

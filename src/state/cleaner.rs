@@ -62,11 +62,17 @@ pub fn clean(app_dir: &Path, delay: Duration, now: SystemTime) -> io::Result<Cle
             continue;
         };
         let is_dir = entry.file_type()?.is_dir();
-        if text.ends_with(TRASH_SUFFIX) && is_dir {
-            trash.push(entry.path());
+        // Only what a task leaves here: anything else under the app directory (someone's
+        // files, or another app's directories when state dirs are nested) is not ours.
+        if let Some(task) = text.strip_suffix(TRASH_SUFFIX) {
+            if is_dir && is_task_name(task) {
+                trash.push(entry.path());
+            }
         } else if let Some(task) = text.strip_suffix(LOCK_SUFFIX) {
-            tasks.insert(OsString::from(task));
-        } else if is_dir {
+            if is_task_name(task) {
+                tasks.insert(OsString::from(task));
+            }
+        } else if is_dir && is_task_name(text) {
             tasks.insert(name);
         }
     }
@@ -87,6 +93,13 @@ pub fn clean(app_dir: &Path, delay: Duration, now: SystemTime) -> io::Result<Cle
         }
     }
     Ok(report)
+}
+
+/// Whether `name` is a task directory's name: `<topology>_<partition>`, as a task id prints.
+fn is_task_name(name: &str) -> bool {
+    name.split_once('_').is_some_and(|(topology, partition)| {
+        topology.parse::<u32>().is_ok() && partition.parse::<u32>().is_ok()
+    })
 }
 
 /// Deletes one task's directory and lock file if it is closed and unused for longer than
@@ -201,6 +214,37 @@ mod tests {
 
     fn removed(report: &CleanReport) -> Vec<&str> {
         report.removed.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Only task directories are candidates: other directories and files under the app
+    /// directory stay, however old.
+    #[test]
+    fn leaves_what_is_not_a_task_alone() {
+        let app = tempfile::tempdir().unwrap();
+        let task = closed_task(app.path(), "0_0");
+        age(&task, 2 * DELAY);
+        for other in ["notes", "other-app", "1_x", "x_1", "0_0_0"] {
+            let dir = app.path().join(other);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("keep"), b"keep").unwrap();
+            age(&dir, 2 * DELAY);
+        }
+        std::fs::create_dir(app.path().join("notes.deleting")).unwrap();
+
+        let report = clean(app.path(), DELAY, SystemTime::now()).unwrap();
+        assert_eq!(removed(&report), ["0_0"], "{report:?}");
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(
+            names(app.path()),
+            BTreeSet::from([
+                "0_0_0".into(),
+                "1_x".into(),
+                "notes".into(),
+                "notes.deleting".into(),
+                "other-app".into(),
+                "x_1".into()
+            ])
+        );
     }
 
     #[test]

@@ -76,6 +76,38 @@ impl UnderLoad {
     }
 }
 
+/// How a scenario under load ends: the records produced, their expected totals, and the sink
+/// once the workers reached those totals and committed the input to its end (so every output
+/// record is acknowledged and in the view).
+pub struct Settled {
+    pub records: Vec<(String, serde_json::Value)>,
+    pub expected: HashMap<String, Totals>,
+    pub view: KeyedView,
+}
+
+/// Stops `producer` (writing to `input` of `broker`) and waits for `workers` of group `app`,
+/// which write to `output`, to settle (see [`Settled`]).
+pub fn settle(
+    producer: ContinuousProducer,
+    broker: &Broker,
+    (app, input, output): (&str, &str, &str),
+    partitions: i32,
+    workers: &mut [&mut WorkerProcess],
+) -> Settled {
+    let records = producer.stop();
+    let expected = integration_tests::expected_totals(&records);
+    let bootstrap = broker.bootstrap();
+    let mut view = KeyedView::open(&bootstrap, output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, workers);
+    wait_all_committed(&bootstrap, app, input, partitions);
+    view.refresh().unwrap();
+    Settled {
+        records,
+        expected,
+        view,
+    }
+}
+
 /// The consumer-group protocol a scenario's workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

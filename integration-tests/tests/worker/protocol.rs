@@ -10,14 +10,14 @@
 use std::time::Duration;
 
 use integration_tests::{
-    check_at_least, check_exact, duplicates, expected_totals, serial, wait_until, Broker,
-    BrokerKind, KeyedView, TotalsConfig, WorkerProcess,
+    check_at_least, check_exact, duplicates, serial, wait_until, Broker, BrokerKind, TotalsConfig,
+    WorkerProcess,
 };
 
 use crate::rebalance::kill9_under_load_with;
 use crate::{
-    describe, let_records_flow, state_dir, wait_all_committed, wait_all_running, wait_for_totals,
-    Protocol, UnderLoad, LONG, READY, REBALANCES,
+    describe, let_records_flow, settle, state_dir, wait_all_running, Protocol, Settled, UnderLoad,
+    READY, REBALANCES,
 };
 
 const PARTITIONS: i32 = 6;
@@ -117,12 +117,17 @@ fn consumer_protocol_join_and_leave() {
     wait_all_running(&[&w2, &w3], PARTITIONS, "after w1 left");
     let_records_flow(&producer, 2_000);
 
-    let records = producer.stop();
-    let expected = expected_totals(&records);
-    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
-    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2, &mut w3]);
-    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
-    view.refresh().unwrap();
+    let Settled {
+        records,
+        expected,
+        view,
+    } = settle(
+        producer,
+        &broker,
+        (&app, &input, &output),
+        PARTITIONS,
+        &mut [&mut w2, &mut w3],
+    );
     if let Err(e) = check_exact(&expected, &view.map) {
         panic!(
             "after {} records, joins and a leave with the consumer protocol: {e}",
@@ -229,12 +234,17 @@ fn paused_member_with(protocol: Protocol) {
     wait_members(&broker, &app, 2);
     let_records_flow(&producer, 2_000);
 
-    let records = producer.stop();
-    let expected = expected_totals(&records);
-    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
-    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w2]);
-    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
-    view.refresh().unwrap();
+    let Settled {
+        records,
+        expected,
+        view,
+    } = settle(
+        producer,
+        &broker,
+        (&app, &input, &output),
+        PARTITIONS,
+        &mut [&mut w1, &mut w2],
+    );
     if let Err(e) = check_at_least(&expected, &view.map) {
         panic!(
             "after {} records and a member paused past its session (at least once): {e}",

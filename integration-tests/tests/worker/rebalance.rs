@@ -4,13 +4,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use integration_tests::{
-    check_at_least, check_exact, committed_offsets, duplicates, expected_totals, serial,
-    unique_name, wait_until, watermarks, Broker, KeyedView, TotalsConfig, WorkerProcess, Workload,
+    check_at_least, check_exact, committed_offsets, duplicates, serial, unique_name, wait_until,
+    watermarks, Broker, KeyedView, TotalsConfig, WorkerProcess, Workload,
 };
 
 use crate::{
-    describe, let_records_flow, state_dir, wait_all_committed, wait_all_running, wait_for_totals,
-    Protocol, UnderLoad, CONSUMED, LONG, READY, REBALANCES, RESTORED,
+    describe, let_records_flow, settle, state_dir, wait_all_running, wait_for_totals, Protocol,
+    Settled, UnderLoad, CONSUMED, LONG, READY, REBALANCES, RESTORED,
 };
 
 const PARTITIONS: i32 = 6;
@@ -64,12 +64,17 @@ fn rebalance_join_and_leave() {
     wait_all_running(&[&w2, &w3], PARTITIONS, "after w1 left");
     let_records_flow(&producer, 2_000);
 
-    let records = producer.stop();
-    let expected = expected_totals(&records);
-    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
-    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2, &mut w3]);
-    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
-    view.refresh().unwrap();
+    let Settled {
+        records,
+        expected,
+        view,
+    } = settle(
+        producer,
+        &broker,
+        (&app, &input, &output),
+        PARTITIONS,
+        &mut [&mut w2, &mut w3],
+    );
     if let Err(e) = check_exact(&expected, &view.map) {
         panic!("after {} records, graceful rebalances: {e}", records.len());
     }
@@ -157,12 +162,17 @@ pub fn kill9_under_load_with(protocol: Protocol) {
     wait_all_running(&[&w1, &w3], PARTITIONS, "after w2 was killed");
     let_records_flow(&producer, 2_000);
 
-    let records = producer.stop();
-    let expected = expected_totals(&records);
-    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
-    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w3]);
-    wait_all_committed(&broker.bootstrap(), &app, &input, PARTITIONS);
-    view.refresh().unwrap();
+    let Settled {
+        records,
+        expected,
+        view,
+    } = settle(
+        producer,
+        &broker,
+        (&app, &input, &output),
+        PARTITIONS,
+        &mut [&mut w1, &mut w3],
+    );
     if let Err(e) = check_at_least(&expected, &view.map) {
         panic!(
             "after {} records and a kill -9 (at least once): {e}",
