@@ -455,16 +455,6 @@ mod tests {
     #[test]
     fn stores_and_sources_are_unique_across_topologies() {
         let cfg = config("");
-        struct Nothing;
-        impl crate::Processor for Nothing {
-            fn process(
-                &mut self,
-                _: &crate::Record<'_>,
-                _: &mut crate::Context<'_>,
-            ) -> Result<(), crate::ProcessError> {
-                Ok(())
-            }
-        }
         let dup = Topology::new("other", ["in"], |_: &crate::TaskInfo| Nothing).store("p");
         let err = Worker::builder(cfg)
             .pipelines_from_config()
