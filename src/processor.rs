@@ -239,16 +239,20 @@ pub fn changelog_topic(app_id: &str, store: &str) -> String {
     format!("{app_id}-{store}-changelog")
 }
 
+/// A processor that does nothing, for tests of the machinery around processors.
+#[cfg(test)]
+pub(crate) struct Nothing;
+
+#[cfg(test)]
+impl Processor for Nothing {
+    fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Nothing;
-    impl Processor for Nothing {
-        fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn missing_sources_are_the_topics_a_member_does_not_hold() {

@@ -15,7 +15,9 @@ use crate::kafka::collector::{Collector, CollectorError, Outgoing, SendKind};
 use crate::kafka::restore::ChangelogRecord;
 use crate::metrics::Metrics;
 use crate::processor::{Context, ProcessError, Processor, TaskInfo};
-use crate::state::{Batch, ChangelogSink, StateError, TaskDb, TaskStores};
+use crate::state::{
+    now_ms, stale_since, Batch, ChangelogSink, Checkpoint, StateError, TaskDb, TaskStores,
+};
 use crate::types::{OutputRecord, OwnedRecord, Record, TaskId};
 
 /// Where a task is in its life.
@@ -113,14 +115,32 @@ pub struct ErrorPolicy {
     pub dlq_topic: String,
 }
 
-/// A store's changelog topic and the offset its restore starts from (`None`: the beginning).
-pub type RestorePoint = (Arc<str>, Option<i64>);
+/// A store's changelog topic and its checkpoint (`None`: restore from the beginning).
+pub type RestorePoint = (Arc<str>, Option<Checkpoint>);
 
 /// Per-store restore bookkeeping.
 #[derive(Debug)]
 struct StoreRestore {
     changelog: Arc<str>,
     done: bool,
+    /// The sync time the store's checkpoints carry while it restores (see
+    /// [`Checkpoint::synced_at_ms`]): its checkpoint's if it had one, else when its restore
+    /// began (the task opened, or the store was emptied), before it read anything.
+    synced_at_ms: Option<i64>,
+    /// True while the store restores the tail after its checkpoint (not from empty).
+    resumed: bool,
+    /// True once the restore applied a record.
+    applied: bool,
+}
+
+/// A restore that took longer than its changelog keeps tombstones (see
+/// [`Task::restore_outlived`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outlived {
+    /// A tail restore: rebuilding from empty needs only the time the rebuild takes.
+    Rebuild(String),
+    /// A restore from empty: a rebuild would take as long again; go on, and say so.
+    Accept(String),
 }
 
 /// One task.
@@ -136,6 +156,8 @@ pub struct Task {
     changelogs: Vec<StoreRestore>,
     restore_batch: Option<Batch>,
     restore_batch_len: usize,
+    /// When the task was opened (ms since the Unix epoch), before its restore read anything.
+    opened_ms: i64,
     outputs: Vec<OutputRecord>,
     metrics: Metrics,
 }
@@ -194,6 +216,9 @@ impl ChangelogSink for ChangelogWriter<'_> {
     }
 }
 
+/// How often a confirmed commit rewrites the sync time of a store it wrote nothing to.
+const IDLE_SYNC_REFRESH_MS: i64 = 60_000;
+
 /// Rows written per restore batch.
 const RESTORE_BATCH: usize = 1000;
 
@@ -210,10 +235,28 @@ impl Task {
         cache_max_entries: usize,
         metrics: Metrics,
     ) -> Result<Self, StateError> {
+        let opened_ms = now_ms();
         let (db, wiped) = TaskDb::open_or_rebuild(dir, stores)?;
         if let Some(reason) = wiped {
             tracing::warn!(task = %info.id, path = %dir.display(), %reason, "state unreadable; wiped it for a full restore");
         }
+        let changelogs = stores
+            .iter()
+            .zip(changelogs)
+            .map(|(store, changelog)| {
+                let checkpoint = db.checkpoint(store)?;
+                Ok(StoreRestore {
+                    changelog,
+                    done: false,
+                    synced_at_ms: match checkpoint {
+                        Some(c) => c.synced_at_ms,
+                        None => Some(opened_ms),
+                    },
+                    resumed: checkpoint.is_some(),
+                    applied: false,
+                })
+            })
+            .collect::<Result<_, StateError>>()?;
         Ok(Self {
             info,
             state: TaskState::Restoring,
@@ -221,15 +264,10 @@ impl Task {
             processor,
             queue: VecDeque::new(),
             inputs: Vec::new(),
-            changelogs: changelogs
-                .into_iter()
-                .map(|changelog| StoreRestore {
-                    changelog,
-                    done: false,
-                })
-                .collect(),
+            changelogs,
             restore_batch: None,
             restore_batch_len: 0,
+            opened_ms,
             outputs: Vec::new(),
             metrics,
         })
@@ -260,19 +298,14 @@ impl Task {
         self.stores.db()
     }
 
-    /// Store names with their changelog topics, and where restore starts for each.
+    /// The changelog topic of each store, with the store's checkpoint.
     pub fn restore_points(&self) -> Result<Vec<RestorePoint>, StateError> {
         self.stores
             .db()
             .stores()
             .iter()
             .zip(&self.changelogs)
-            .map(|(store, c)| {
-                Ok((
-                    c.changelog.clone(),
-                    self.stores.db().changelog_offset(store)?,
-                ))
-            })
+            .map(|(store, c)| Ok((c.changelog.clone(), self.stores.db().checkpoint(store)?)))
             .collect()
     }
 
@@ -283,30 +316,42 @@ impl Task {
         self.restore_batch_len = 0;
         match self
             .changelogs
-            .iter()
-            .position(|c| *c.changelog == *changelog)
+            .iter_mut()
+            .enumerate()
+            .find(|(_, c)| *c.changelog == *changelog)
         {
-            Some(store) => self.stores.db().clear_store(store),
+            Some((store, c)) => {
+                c.synced_at_ms = Some(now_ms());
+                c.resumed = false;
+                c.applied = false;
+                self.stores.db().clear_store(store)
+            }
             None => Ok(()),
         }
     }
 
     /// Applies one changelog record during restore.
     pub fn apply_changelog(&mut self, rec: ChangelogRecord<'_>) -> Result<(), StateError> {
-        let Some(store) = self
+        let Some((store, c)) = self
             .changelogs
-            .iter()
-            .position(|c| *c.changelog == *rec.topic)
+            .iter_mut()
+            .enumerate()
+            .find(|(_, c)| *c.changelog == *rec.topic)
         else {
             return Ok(());
         };
+        c.applied = true;
         let db = self.stores.db().clone();
         let batch = self.restore_batch.get_or_insert_with(|| db.batch());
         match rec.value {
             Some(v) => db.batch_put(batch, store, rec.key, v),
             None => db.batch_delete(batch, store, rec.key),
         }
-        db.batch_changelog_offset(batch, store, rec.offset + 1);
+        let checkpoint = Checkpoint {
+            next: rec.offset + 1,
+            synced_at_ms: c.synced_at_ms,
+        };
+        db.batch_checkpoint(batch, store, checkpoint);
         self.restore_batch_len += 1;
         self.metrics
             .restored_records
@@ -327,16 +372,51 @@ impl Task {
         }
     }
 
+    /// Whether the restore of the store with changelog `changelog`, now read to its end, ran
+    /// past the changelog's tombstone `retention`: a deletion in what it read may have been
+    /// compacted away before it got there. Checked before [`Task::changelog_restored`].
+    pub fn restore_outlived(
+        &self,
+        changelog: &str,
+        retention: std::time::Duration,
+        now_ms: i64,
+    ) -> Option<Outlived> {
+        let c = self
+            .changelogs
+            .iter()
+            .find(|c| *c.changelog == *changelog && c.applied)?;
+        let why = stale_since(c.synced_at_ms, retention, now_ms)?;
+        Some(if c.resumed {
+            Outlived::Rebuild(why)
+        } else {
+            Outlived::Accept(why)
+        })
+    }
+
     /// Marks the store with changelog `topic` restored; returns true when every store is, and the
     /// task is now running.
     pub fn changelog_restored(&mut self, topic: &str) -> Result<bool, StateError> {
         self.write_restore_batch()?;
-        for c in self
+        let db = self.stores.db().clone();
+        for (store, c) in self
             .changelogs
             .iter_mut()
-            .filter(|c| *c.changelog == *topic)
+            .enumerate()
+            .filter(|(_, c)| *c.changelog == *topic)
         {
             c.done = true;
+            // Read to an end measured after the task opened: whatever follows was appended,
+            // or reached by the broker's cleaner, after that.
+            c.synced_at_ms = Some(self.opened_ms);
+            if let Some(checkpoint) = db.checkpoint(&db.stores()[store])? {
+                let mut batch = db.batch();
+                let synced = Checkpoint {
+                    synced_at_ms: c.synced_at_ms,
+                    ..checkpoint
+                };
+                db.batch_checkpoint(&mut batch, store, synced);
+                db.write(batch)?;
+            }
         }
         if self.changelogs.iter().all(|c| c.done) {
             self.state = TaskState::Running;
@@ -634,23 +714,54 @@ impl Task {
         }
     }
 
-    /// Second half of a commit: writes the state batch together with the acknowledged changelog
-    /// offsets (`acks`: changelog topic and partition → highest acknowledged offset).
+    /// Second half of a commit: writes the state batch together with the checkpoints of the
+    /// acknowledged changelog offsets (`acks`: changelog topic and partition → highest
+    /// acknowledged offset).
+    ///
+    /// `owned_since_ms`: set when the group coordinator confirmed during this commit that the
+    /// member still owns its partitions, to a time before the commit sent anything. Every store
+    /// is then in sync with its changelog as of that time (nobody else writes a partition's
+    /// changelog while its owner holds it), and its checkpoint says so, written or not.
     pub fn finish_commit(
         &mut self,
         mut batch: Batch,
         acks: &HashMap<(String, i32), i64>,
+        owned_since_ms: Option<i64>,
     ) -> Result<(), TaskError> {
         let db = self.stores.db().clone();
-        for (store, c) in self.changelogs.iter().enumerate() {
-            if let Some(offset) = acks.get(&(c.changelog.to_string(), self.info.id.partition)) {
-                db.batch_changelog_offset(&mut batch, store, offset + 1);
-            }
-        }
-        db.write(batch).map_err(|source| TaskError::State {
+        let err = |source| TaskError::State {
             task: self.info.id,
             source,
-        })?;
+        };
+        for (store, c) in self.changelogs.iter_mut().enumerate() {
+            let acked = acks.get(&(c.changelog.to_string(), self.info.id.partition));
+            let next = match (acked, owned_since_ms) {
+                (Some(offset), _) => Some(offset + 1),
+                // Nothing new in this store: its time is refreshed now and then, not with
+                // every commit.
+                (None, Some(owned))
+                    if c.synced_at_ms
+                        .is_some_and(|at| owned - at < IDLE_SYNC_REFRESH_MS) =>
+                {
+                    None
+                }
+                (None, Some(_)) => db
+                    .checkpoint(&db.stores()[store])
+                    .map_err(err)?
+                    .map(|c| c.next),
+                (None, None) => None,
+            };
+            if let Some(next) = next {
+                // Unconfirmed, the time stays: every later write still came after it.
+                c.synced_at_ms = owned_since_ms.or(c.synced_at_ms);
+                let checkpoint = Checkpoint {
+                    next,
+                    synced_at_ms: c.synced_at_ms,
+                };
+                db.batch_checkpoint(&mut batch, store, checkpoint);
+            }
+        }
+        db.write(batch).map_err(err)?;
         self.stores.commit_succeeded();
         Ok(())
     }
@@ -660,5 +771,185 @@ impl Task {
     pub fn discard(&mut self) {
         self.queue.clear();
         self.stores.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::Nothing;
+    use std::collections::BTreeMap;
+
+    fn open(dir: &std::path::Path) -> Task {
+        let info = TaskInfo {
+            id: TaskId {
+                topology: 0,
+                partition: 3,
+            },
+            topology: "t".into(),
+            app_id: "app".into(),
+            partitions: Arc::new(BTreeMap::new()),
+        };
+        Task::open(
+            info,
+            dir,
+            &["a".to_string(), "b".to_string()],
+            vec![Arc::from("cl-a"), Arc::from("cl-b")],
+            Box::new(Nothing),
+            100,
+            Metrics::new(),
+        )
+        .unwrap()
+    }
+
+    fn checkpoint(task: &Task, store: &str) -> Option<Checkpoint> {
+        task.db().checkpoint(store).unwrap()
+    }
+
+    fn restore(task: &mut Task, topic: &str, offset: i64) {
+        let rec = ChangelogRecord {
+            topic,
+            partition: 3,
+            offset,
+            key: b"k",
+            value: Some(b"1"),
+        };
+        task.apply_changelog(rec).unwrap();
+        task.write_restore_batch().unwrap();
+    }
+
+    fn acked(topic: &str, offset: i64) -> HashMap<(String, i32), i64> {
+        HashMap::from([((topic.to_string(), 3), offset)])
+    }
+
+    /// The sync time a checkpoint carries (see `Checkpoint`) is never later than the truth: a
+    /// restore keeps the time the store had, a finished restore or a commit whose ownership the
+    /// coordinator confirmed moves it, an unconfirmed commit does not.
+    #[test]
+    fn checkpoints_carry_when_their_store_was_last_in_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = now_ms();
+        let mut task = open(dir.path());
+        let after = now_ms();
+        let opened = |c: Option<Checkpoint>| {
+            let at = c.unwrap().synced_at_ms.unwrap();
+            assert!(
+                (before..=after).contains(&at),
+                "{at} not in {before}..={after}"
+            );
+            at
+        };
+
+        // A store restored from nothing is in sync as of the open.
+        restore(&mut task, "cl-a", 4);
+        let opened_at = opened(checkpoint(&task, "a"));
+        assert_eq!(checkpoint(&task, "a").unwrap().next, 5);
+        task.changelog_restored("cl-a").unwrap();
+        assert!(task.changelog_restored("cl-b").unwrap(), "running");
+        assert_eq!(
+            checkpoint(&task, "b"),
+            None,
+            "an empty store has no checkpoint"
+        );
+
+        // Unconfirmed: the acknowledged store moves on, with the time it had.
+        let batch = task.prepare_commit(&Discard).unwrap();
+        task.finish_commit(batch, &acked("cl-b", 9), None).unwrap();
+        let b = checkpoint(&task, "b").unwrap();
+        assert_eq!((b.next, b.synced_at_ms), (10, Some(opened_at)));
+
+        // Confirmed: every store with a checkpoint is in sync as of the commit's start (one
+        // without news only once its time is a minute old).
+        let batch = task.prepare_commit(&Discard).unwrap();
+        task.finish_commit(batch, &HashMap::new(), Some(opened_at + 59_000))
+            .unwrap();
+        assert_eq!(
+            checkpoint(&task, "a").unwrap().synced_at_ms,
+            Some(opened_at)
+        );
+        let later = after + 120_000;
+        let batch = task.prepare_commit(&Discard).unwrap();
+        task.finish_commit(batch, &HashMap::new(), Some(later))
+            .unwrap();
+        for (store, next) in [("a", 5), ("b", 10)] {
+            assert_eq!(
+                checkpoint(&task, store),
+                Some(Checkpoint {
+                    next,
+                    synced_at_ms: Some(later)
+                }),
+                "store {store}"
+            );
+        }
+        drop(task);
+
+        // Reopened: restoring the tail keeps the old time until the restore is done.
+        let mut task = open(dir.path());
+        restore(&mut task, "cl-a", 7);
+        assert_eq!(
+            checkpoint(&task, "a"),
+            Some(Checkpoint {
+                next: 8,
+                synced_at_ms: Some(later)
+            })
+        );
+        // A store emptied for a rebuild is in sync as of when it was emptied.
+        task.clear_store("cl-b").unwrap();
+        restore(&mut task, "cl-b", 0);
+        assert!(checkpoint(&task, "b").unwrap().synced_at_ms.unwrap() >= after);
+        task.changelog_restored("cl-a").unwrap();
+        let a = checkpoint(&task, "a").unwrap();
+        assert_eq!(a.next, 8);
+        assert!(a.synced_at_ms.unwrap() >= after && a.synced_at_ms.unwrap() < later);
+    }
+
+    /// A tail restore that ran past the tombstone retention is redone from empty; a restore from
+    /// empty that did is accepted (a rebuild would take as long), and one that read nothing
+    /// missed nothing.
+    #[test]
+    fn a_restore_that_outlived_the_tombstone_retention_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = open(dir.path());
+        restore(&mut task, "cl-a", 0);
+        let batch = task.prepare_commit(&Discard).unwrap();
+        task.changelog_restored("cl-a").unwrap();
+        task.changelog_restored("cl-b").unwrap();
+        task.finish_commit(batch, &acked("cl-b", 0), Some(now_ms()))
+            .unwrap();
+        drop(task);
+
+        let retention = std::time::Duration::from_secs(100);
+        let mut task = open(dir.path());
+        let now = now_ms();
+        assert_eq!(
+            task.restore_outlived("cl-a", retention, now + 200_000),
+            None,
+            "read nothing"
+        );
+        restore(&mut task, "cl-a", 1);
+        restore(&mut task, "cl-b", 1);
+        assert_eq!(
+            task.restore_outlived("cl-a", retention, now),
+            None,
+            "in time"
+        );
+        assert!(matches!(
+            task.restore_outlived("cl-a", retention, now + 200_000),
+            Some(Outlived::Rebuild(_))
+        ));
+        task.clear_store("cl-a").unwrap();
+        restore(&mut task, "cl-a", 0);
+        assert!(matches!(
+            task.restore_outlived("cl-a", retention, now + 200_000),
+            Some(Outlived::Accept(_))
+        ));
+    }
+
+    /// Drops everything sent.
+    struct Discard;
+    impl RecordSink for Discard {
+        fn send(&self, _: Outgoing<'_>, _: SendKind) -> Result<(), CollectorError> {
+            Ok(())
+        }
     }
 }

@@ -346,7 +346,7 @@ impl TestDriver {
     pub fn commit(&mut self) -> Result<(), TaskError> {
         for task in self.tasks.values_mut() {
             let batch = task.prepare_commit(&self.sink)?;
-            task.finish_commit(batch, &HashMap::new())?;
+            task.finish_commit(batch, &HashMap::new(), None)?;
         }
         self.sink
             .records

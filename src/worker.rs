@@ -144,6 +144,16 @@ impl WorkerBuilder {
     }
 }
 
+/// What the worker learnt about its cluster and topics before the members start.
+struct Prepared {
+    /// The bootstrap servers to use.
+    bootstrap: String,
+    /// Partition count of every topic the topologies use.
+    partitions: BTreeMap<String, i32>,
+    /// Each changelog's `delete.retention.ms`.
+    tombstone_retention: BTreeMap<String, Duration>,
+}
+
 /// A worker process's engine: one or more group members sharing its topologies, state
 /// directory and HTTP endpoints.
 #[derive(Debug)]
@@ -252,13 +262,12 @@ impl Worker {
         Ok(out)
     }
 
-    /// Creates or checks every topic; returns the bootstrap servers to use and the partition
-    /// count of every topic the topologies use (and keeps the embedded cluster, if any, alive
-    /// in `embedded`).
+    /// Creates or checks every topic and learns what the members need to know about them
+    /// (keeps the embedded cluster, if any, alive in `embedded`).
     async fn prepare(
         &self,
         embedded: &mut Option<EmbeddedCluster>,
-    ) -> Result<(String, BTreeMap<String, i32>), WorkerError> {
+    ) -> Result<Prepared, WorkerError> {
         let cfg = &self.config;
         let mut counts = BTreeMap::new();
         if cfg.kafka.bootstrap_servers == "embedded" {
@@ -285,7 +294,12 @@ impl Worker {
                 }
             }
             *embedded = Some(cluster);
-            return Ok((bootstrap, counts));
+            return Ok(Prepared {
+                bootstrap,
+                partitions: counts,
+                // The embedded cluster never compacts.
+                tombstone_retention: BTreeMap::new(),
+            });
         }
         let bootstrap = cfg.kafka.bootstrap_servers.clone();
         let admin = Admin::new(&crate::kafka::client::admin(cfg, &bootstrap))?;
@@ -302,7 +316,17 @@ impl Worker {
                 counts.insert(topic.clone(), admin.source_partitions(topic)?);
             }
         }
-        Ok((bootstrap, counts))
+        let changelogs: Vec<&str> = specs
+            .iter()
+            .filter(|s| s.compacted())
+            .map(|s| s.name.as_str())
+            .collect();
+        let tombstone_retention = admin.tombstone_retention(&changelogs).await?;
+        Ok(Prepared {
+            bootstrap,
+            partitions: counts,
+            tombstone_retention,
+        })
     }
 
     /// Runs until `shutdown` fires (then every member finishes its record, commits and leaves
@@ -312,8 +336,10 @@ impl Worker {
             tracing::warn!(key = %warning.path, "{}", warning.message);
         }
         let mut embedded = None;
-        let (bootstrap, partitions) = self.prepare(&mut embedded).await?;
-        let partitions = Arc::new(partitions);
+        let prepared = self.prepare(&mut embedded).await?;
+        let partitions = Arc::new(prepared.partitions);
+        let tombstone_retention = Arc::new(prepared.tombstone_retention);
+        let bootstrap = prepared.bootstrap;
         let stop = shutdown.child_token();
         let http_stop = CancellationToken::new();
         let http = match self.config.http.listen {
@@ -343,6 +369,7 @@ impl Worker {
                 bootstrap: bootstrap.clone(),
                 topologies: self.topologies.clone(),
                 partitions: partitions.clone(),
+                tombstone_retention: tombstone_retention.clone(),
                 metrics: self.metrics.clone(),
                 status: self.status.clone(),
                 shutdown: stop.clone(),
@@ -386,15 +413,18 @@ impl Worker {
 
 /// Deletes the state of tasks that left this worker more than `delay` ago (see
 /// [`crate::state::cleaner`]), every `delay / 2` (at least 100 ms, at most a minute), until
-/// `stop` fires. The first pass waits one period, so that after a restart the members have
-/// joined and opened their tasks before anything is judged unused.
+/// `stop` fires. The first pass waits for `delay`: after a restart, state left from before
+/// counts as last used at start-up, so the group has that long to give its tasks back to this
+/// worker (which opens and so keeps them) before they are judged unused.
 async fn clean_state_periodically(app_dir: PathBuf, delay: Duration, stop: CancellationToken) {
     let period = (delay / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut wait = delay.max(period);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = period;
         let dir = app_dir.clone();
         let pass = tokio::task::spawn_blocking(move || {
             crate::state::cleaner::clean(&dir, delay, SystemTime::now())
@@ -477,15 +507,37 @@ mod tests {
         );
     }
 
-    struct Nothing;
-    impl crate::Processor for Nothing {
-        fn process(
-            &mut self,
-            _: &crate::Record<'_>,
-            _: &mut crate::Context<'_>,
-        ) -> Result<(), crate::ProcessError> {
-            Ok(())
+    use crate::processor::Nothing;
+
+    /// State left from before a restart, however old, is kept for `state.cleanup_delay_ms`
+    /// after start-up (its tasks may be assigned back), and deleted after that.
+    #[tokio::test]
+    async fn state_from_before_a_restart_gets_the_whole_delay() {
+        let app = tempfile::tempdir().unwrap();
+        let dir = app.path().join("0_0");
+        drop(crate::state::TaskDb::open(&dir, &["s".to_string()]).unwrap());
+        crate::state::cleaner::age(&dir, Duration::from_secs(3600));
+        let delay = Duration::from_secs(1);
+        let stop = CancellationToken::new();
+        let cleaner = tokio::spawn(clean_state_periodically(
+            app.path().to_path_buf(),
+            delay,
+            stop.clone(),
+        ));
+        // Passes are due every half second, but none before the delay has passed.
+        tokio::time::sleep(delay * 9 / 10).await;
+        assert!(dir.exists(), "deleted before the delay since start-up");
+        let mut deleted = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if !dir.exists() {
+                deleted = true;
+                break;
+            }
         }
+        assert!(deleted, "kept after the delay since start-up");
+        stop.cancel();
+        cleaner.await.unwrap();
     }
 
     /// A library topology over two topics is refused unless the assignor co-partitions.

@@ -443,7 +443,12 @@ impl Broker {
     }
 
     pub fn create_compacted_topic(&self, name: &str, partitions: i32) {
-        crate::create_compacted_topic(&self.bootstrap(), name, partitions)
+        self.create_compacted_topic_with(name, partitions, &[]);
+    }
+
+    /// A compacted topic with more topic configs (e.g. a short `delete.retention.ms`).
+    pub fn create_compacted_topic_with(&self, name: &str, partitions: i32, extra: &[(&str, &str)]) {
+        crate::create_compacted_topic(&self.bootstrap(), name, partitions, extra)
             .unwrap_or_else(|e| panic!("create compacted topic {name}: {e:#}"));
     }
 

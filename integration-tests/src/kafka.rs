@@ -38,13 +38,19 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<()> 
     )
 }
 
-/// Like [`create_topic`], with `cleanup.policy=compact`.
-pub fn create_compacted_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<()> {
-    create_topic_with(
-        bootstrap,
+/// Like [`create_topic`], with `cleanup.policy=compact` and the topic configs `extra`.
+pub fn create_compacted_topic(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    let topic = extra.iter().fold(
         NewTopic::new(name, partitions, TopicReplication::Fixed(1))
             .set("cleanup.policy", "compact"),
-    )
+        |t, (k, v)| t.set(k, v),
+    );
+    create_topic_with(bootstrap, topic)
 }
 
 fn create_topic_with(bootstrap: &str, topic: NewTopic<'_>) -> Result<()> {

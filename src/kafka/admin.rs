@@ -27,6 +27,11 @@ pub struct TopicSpec {
 /// The topic config naming the cleanup policy.
 const CLEANUP_POLICY: &str = "cleanup.policy";
 
+/// The topic config naming how long compaction keeps tombstones.
+const DELETE_RETENTION: &str = "delete.retention.ms";
+/// Kafka's default `delete.retention.ms` (one day).
+const DEFAULT_DELETE_RETENTION_MS: u64 = 86_400_000;
+
 /// True when a `cleanup.policy` value (a list such as `compact,delete`) includes `compact`.
 fn compacts(policy: &str) -> bool {
     policy.split(',').any(|p| p.trim() == "compact")
@@ -70,6 +75,16 @@ pub enum AdminError {
         topic: String,
         /// Its `cleanup.policy`.
         policy: String,
+    },
+    /// A topic config the worker reads has a value it does not understand.
+    #[error("topic {topic:?} has {key}={value:?}, which is not a number of milliseconds")]
+    BadConfig {
+        /// The topic.
+        topic: String,
+        /// The config key.
+        key: &'static str,
+        /// Its value.
+        value: String,
     },
     /// A topic exists with fewer partitions than the worker needs.
     #[error(
@@ -147,9 +162,14 @@ impl Admin {
             .is_some_and(|id| id.starts_with("mockCluster"))
     }
 
-    /// The `cleanup.policy` of each of `topics` (DescribeConfigs; the broker's default when the
-    /// topic does not set one), in order.
-    pub async fn cleanup_policies(&self, topics: &[&str]) -> Result<Vec<String>, AdminError> {
+    /// The value of topic config `key` for each of `topics` (DescribeConfigs; the broker's
+    /// default when the topic does not set one; `None` when the broker does not report it), in
+    /// order.
+    async fn topic_config(
+        &self,
+        topics: &[&str],
+        key: &str,
+    ) -> Result<Vec<Option<String>>, AdminError> {
         if topics.is_empty() {
             return Ok(Vec::new());
         }
@@ -173,10 +193,47 @@ impl Admin {
                     what: format!("reading the configs of topic {topic:?}"),
                     source: KafkaError::AdminOp(code),
                 })?;
-                Ok(resource
-                    .get(CLEANUP_POLICY)
-                    .and_then(|e| e.value.clone())
-                    .unwrap_or_default())
+                Ok(resource.get(key).and_then(|e| e.value.clone()))
+            })
+            .collect()
+    }
+
+    /// How long each changelog of `topics` keeps a tombstone after compaction first reaches
+    /// it (`delete.retention.ms`; Kafka's default, one day, when the broker does not say).
+    /// Empty on the embedded cluster, which keeps no topic configs and never compacts.
+    pub async fn tombstone_retention(
+        &self,
+        topics: &[&str],
+    ) -> Result<BTreeMap<String, Duration>, AdminError> {
+        if topics.is_empty() || self.is_embedded_cluster() {
+            return Ok(BTreeMap::new());
+        }
+        // A topic just created may not be known yet to the broker that answers.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let values = loop {
+            match self.topic_config(topics, DELETE_RETENTION).await {
+                Err(AdminError::Kafka {
+                    source: KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
+                    ..
+                }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                result => break result?,
+            }
+        };
+        topics
+            .iter()
+            .zip(values)
+            .map(|(topic, value)| {
+                let ms = match value {
+                    None => DEFAULT_DELETE_RETENTION_MS,
+                    Some(v) => v.trim().parse::<u64>().map_err(|_| AdminError::BadConfig {
+                        topic: topic.to_string(),
+                        key: DELETE_RETENTION,
+                        value: v.clone(),
+                    })?,
+                };
+                Ok((topic.to_string(), Duration::from_millis(ms)))
             })
             .collect()
     }
@@ -213,8 +270,9 @@ impl Admin {
             tracing::debug!("the embedded cluster keeps no topic configs; not checking the changelogs' cleanup.policy");
             to_compact.clear();
         }
-        let policies = self.cleanup_policies(&to_compact).await?;
+        let policies = self.topic_config(&to_compact, CLEANUP_POLICY).await?;
         for (topic, policy) in to_compact.iter().zip(policies) {
+            let policy = policy.unwrap_or_default();
             if !compacts(&policy) {
                 return Err(AdminError::NotCompacted {
                     topic: topic.to_string(),

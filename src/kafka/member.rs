@@ -40,8 +40,9 @@ use super::{message_headers, own_message};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
+use crate::state::now_ms;
 use crate::status::{MemberStatus, StatusBoard, TaskStatus};
-use crate::task::{ErrorPolicy, Task, TaskError, TaskState};
+use crate::task::{ErrorPolicy, Outlived, Task, TaskError, TaskState};
 use crate::types::{Record, TaskId};
 
 /// Records taken from the consumer per loop turn.
@@ -56,6 +57,11 @@ const MAX_FAILED_COMMITS: u32 = 30;
 /// Failures in a row before their duration counts: with a commit interval longer than the
 /// commit timeout, two failures would otherwise be enough.
 const MIN_FAILED_COMMITS_TIMED: u32 = 3;
+/// How long a member with no input moving goes without asking the group coordinator whether it
+/// still owns its partitions: the answer refreshes its stores' sync times (see
+/// [`crate::state::Checkpoint`]), so that a restart after a quiet spell restores the tail
+/// rather than rebuilding every store.
+const OWNERSHIP_REFRESH: Duration = Duration::from_secs(60);
 /// How often the member republishes its status.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -101,6 +107,9 @@ pub struct MemberSetup {
     pub topologies: Arc<Vec<Topology>>,
     /// Partition counts of every topic the topologies read or write.
     pub partitions: Arc<BTreeMap<String, i32>>,
+    /// Each changelog's tombstone retention (`delete.retention.ms`); empty where the cluster
+    /// keeps no topic configs (the embedded cluster, which never compacts).
+    pub tombstone_retention: Arc<BTreeMap<String, Duration>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Where status is published.
@@ -182,6 +191,8 @@ struct Core {
     failed_commits: u32,
     /// When the first of the commits failed in a row gave up.
     failing_since: Option<Instant>,
+    /// When a commit last had the group coordinator confirm this member's ownership.
+    last_confirmed: Instant,
     /// The member's consumer, for offset commits from a helper thread (weak: the consumer's
     /// context holds this core).
     group_consumer: Weak<MemberConsumer>,
@@ -510,9 +521,10 @@ impl Core {
         self.setup.status.register_db(id, task.db().clone());
         if !task.start_if_stateless() {
             for (changelog, checkpoint) in task.restore_points().map_err(|e| e.to_string())? {
+                let retention = self.setup.tombstone_retention.get(&*changelog).copied();
                 let start = self
                     .restore
-                    .start(&changelog, id.partition, checkpoint)
+                    .start(&changelog, id.partition, checkpoint, retention)
                     .map_err(|e| {
                         format!("starting restore of {changelog}/{}: {e}", id.partition)
                     })?;
@@ -587,6 +599,10 @@ impl Core {
         };
         for (changelog, _) in task.restore_points().unwrap_or_default() {
             self.restore.stop(&changelog, id.partition);
+            // Acknowledgements of a failed commit belong to this incarnation of the task; a
+            // later one starts from its own checkpoint.
+            self.pending_acks
+                .remove(&(changelog.to_string(), id.partition));
         }
         if dirty {
             task.discard();
@@ -793,6 +809,24 @@ impl Core {
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
+            let retention = self.setup.tombstone_retention.get(&*changelog).copied();
+            match retention.and_then(|r| task.restore_outlived(&changelog, r, now_ms())) {
+                Some(Outlived::Rebuild(why)) => {
+                    tracing::warn!(task = %id, changelog = %changelog, reason = %why, "restoring the tail took too long to trust; emptying the store for a full restore");
+                    task.clear_store(&changelog)
+                        .map_err(|e| format!("task {id}: {e}"))?;
+                    self.restore
+                        .start(&changelog, partition, None, retention)
+                        .map_err(|e| {
+                            format!("restarting restore of {changelog}/{partition}: {e}")
+                        })?;
+                    continue;
+                }
+                Some(Outlived::Accept(why)) => {
+                    tracing::error!(task = %id, changelog = %changelog, reason = %why, "a full restore took longer than the changelog keeps tombstones: keys deleted meanwhile may be back; raise the changelog's delete.retention.ms");
+                }
+                None => {}
+            }
             let running = task
                 .changelog_restored(&changelog)
                 .map_err(|e| format!("task {id}: {e}"))?;
@@ -840,14 +874,18 @@ impl Core {
     /// Commits every running task: flush caches → wait for acks → commit offsets → write state.
     fn commit(&mut self) -> Result<(), TaskError> {
         let start = Instant::now();
+        // Before anything is sent: what this commit writes (and what other writers append
+        // to the changelogs later) comes after it.
+        let started_ms = now_ms();
         self.last_commit = start;
         if self.failed.is_some() {
             return Ok(());
         }
-        if let Err(e) = self.check_ownership() {
+        let mut confirmed = match self.check_ownership(Task::has_uncommitted_state) {
+            Ok(confirmed) => confirmed,
             // Fenced (or the coordinator cannot tell): nothing goes to the changelogs.
-            return self.commit_failed(e, HashMap::new());
-        }
+            Err(e) => return self.commit_failed(e, HashMap::new()),
+        };
         let mut batches = Vec::new();
         for task in self
             .tasks
@@ -873,6 +911,7 @@ impl Core {
         if tpl.count() > 0 {
             match commit_offsets(&self.group_consumer, &tpl, self.commit_timeout()) {
                 Ok(()) => {
+                    confirmed = true;
                     self.failed_commits = 0;
                     self.failing_since = None;
                     self.tasks.values_mut().for_each(Task::offsets_committed);
@@ -887,9 +926,21 @@ impl Core {
                 }
             }
         }
+        if !confirmed && self.last_confirmed.elapsed() >= OWNERSHIP_REFRESH {
+            // Quiet: ask anyway, now and then. A failure here costs nothing but the refresh.
+            match self.check_ownership(|_| true) {
+                Ok(asked) => confirmed = asked,
+                Err(e) => {
+                    tracing::debug!(member = self.member(), error = %e, "ownership check of a quiet member failed");
+                }
+            }
+        }
+        if confirmed {
+            self.last_confirmed = start;
+        }
         for (id, batch) in batches {
             if let Some(task) = self.tasks.get_mut(&id) {
-                task.finish_commit(batch, &acks)?;
+                task.finish_commit(batch, &acks, confirmed.then_some(started_ms))?;
             }
         }
         self.setup
@@ -900,20 +951,23 @@ impl Core {
         Ok(())
     }
 
-    /// Before a commit sends cached changes to the changelogs, asks the group coordinator
-    /// whether this member still owns its partitions, by committing again the offsets the group
-    /// already holds for them. A member that was stopped (SIGSTOP, a long GC-like pause, a
-    /// frozen VM) past its session may run again without knowing it was expelled: its caches
-    /// hold values older than what the partitions' new owners have written since, and flushing
-    /// them would put stale entries last in the changelogs, where every later restore would take
-    /// them. Under at least once a member fenced while its flush is in flight can still do
-    /// this; exactly once (transactions) closes that window.
-    fn check_ownership(&self) -> Result<(), String> {
+    /// Asks the group coordinator whether this member still owns its partitions, by committing
+    /// again the offsets the group already holds for the running tasks that `include` selects;
+    /// true when there were any to ask with.
+    ///
+    /// Before a commit sends cached changes to the changelogs, this is done for the tasks that
+    /// have any. A member that was stopped (SIGSTOP, a long GC-like pause, a frozen VM) past
+    /// its session may run again without knowing it was expelled: its caches hold values older
+    /// than what the partitions' new owners have written since, and flushing them would put
+    /// stale entries last in the changelogs, where every later restore would take them. Under
+    /// at least once a member fenced while its flush is in flight can still do this; exactly
+    /// once (transactions) closes that window.
+    fn check_ownership(&self, include: impl Fn(&Task) -> bool) -> Result<bool, String> {
         let mut tpl = TopicPartitionList::new();
         for task in self
             .tasks
             .values()
-            .filter(|t| t.state() == TaskState::Running && t.has_uncommitted_state())
+            .filter(|t| t.state() == TaskState::Running && include(t))
         {
             // Only topics still assigned: the coordinator checks the member, not which
             // partitions it holds, and must not get a stale offset for someone else's.
@@ -928,9 +982,10 @@ impl Core {
             }
         }
         if tpl.count() == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        commit_offsets(&self.group_consumer, &tpl, self.commit_timeout())
+        commit_offsets(&self.group_consumer, &tpl, self.commit_timeout())?;
+        Ok(true)
     }
 
     /// A commit failed at its offset commit (or at the ownership check before the flush): the
@@ -990,7 +1045,7 @@ impl Core {
                     .sum(),
                 checkpoints: points
                     .iter()
-                    .map(|(c, offset)| (c.to_string(), *offset))
+                    .map(|(c, checkpoint)| (c.to_string(), checkpoint.map(|c| c.next)))
                     .collect(),
                 member,
             })
@@ -1092,6 +1147,7 @@ impl Member {
             failed: None,
             joined: false,
             last_commit: Instant::now(),
+            last_confirmed: Instant::now(),
             last_status: Instant::now(),
             pending_acks: HashMap::new(),
             failed_commits: 0,

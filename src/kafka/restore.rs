@@ -29,6 +29,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::state::{now_ms, Checkpoint};
+
 /// How long a partition's position must stay at the reported end before it counts as
 /// restored (see the module docs: harmless on Apache Kafka, needed on tansu).
 const QUIET: Duration = Duration::from_millis(100);
@@ -73,22 +75,34 @@ pub struct RestoreStart {
 }
 
 impl RestoreStart {
-    /// Decides where to start from the task's checkpoint (`None`: nothing applied yet) and the
-    /// changelog's log start and end offsets.
-    pub fn decide(checkpoint: Option<i64>, low: i64, high: i64) -> RestoreStart {
+    /// Decides where to start from the task's checkpoint (`None`: nothing applied yet), the
+    /// changelog's log start and end offsets, and its tombstone retention (`None`: unknown, the
+    /// cluster never compacts) at `now_ms`.
+    pub fn decide(
+        checkpoint: Option<Checkpoint>,
+        low: i64,
+        high: i64,
+        retention: Option<Duration>,
+        now_ms: i64,
+    ) -> RestoreStart {
         let stale = match checkpoint {
-            Some(c) if c > high => Some(format!(
-                "the local checkpoint ({c}) is beyond the changelog's end ({high}): the topic was \
-                 recreated or truncated"
+            Some(c) if c.next > high => Some(format!(
+                "the local checkpoint ({}) is beyond the changelog's end ({high}): the topic was \
+                 recreated or truncated",
+                c.next
             )),
-            Some(c) if c < low => Some(format!(
-                "the local checkpoint ({c}) is before the changelog's first offset ({low}): \
-                 changes it never applied were deleted"
+            Some(c) if c.next < low => Some(format!(
+                "the local checkpoint ({}) is before the changelog's first offset ({low}): \
+                 changes it never applied were deleted",
+                c.next
             )),
+            // A tail to read may lack deletions compaction removed meanwhile; an empty one
+            // lacks nothing, however old the store.
+            Some(c) if c.next < high => retention.and_then(|r| c.stale_after(r, now_ms)),
             _ => None,
         };
         let from = match (&stale, checkpoint) {
-            (None, Some(c)) => c,
+            (None, Some(c)) => c.next,
             _ => low,
         };
         RestoreStart {
@@ -122,19 +136,21 @@ impl RestoreConsumer {
         })
     }
 
-    /// Starts reading `topic`/`partition` after the task's `checkpoint` (the next offset it has
-    /// not applied; `None`: the beginning), or from the beginning when the checkpoint is stale
-    /// (see [`RestoreStart::decide`]; the caller then empties the store).
+    /// Starts reading `topic`/`partition` after the task's `checkpoint` (`None`: from the
+    /// beginning), or from the beginning when the checkpoint is stale (see
+    /// [`RestoreStart::decide`]; the caller then empties the store). `retention`: the
+    /// changelog's `delete.retention.ms`, if known.
     pub fn start(
         &mut self,
         topic: &Arc<str>,
         partition: i32,
-        checkpoint: Option<i64>,
+        checkpoint: Option<Checkpoint>,
+        retention: Option<Duration>,
     ) -> Result<RestoreStart, KafkaError> {
         let (low, high) = self
             .consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
-        let start = RestoreStart::decide(checkpoint, low, high);
+        let start = RestoreStart::decide(checkpoint, low, high, retention, now_ms());
         self.stop(topic, partition);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start.from))?;
@@ -285,29 +301,72 @@ impl RestoreConsumer {
 #[cfg(test)]
 mod tests {
     use super::RestoreStart;
+    use crate::state::Checkpoint;
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    const NOW: i64 = 10 * 86_400_000;
+
+    /// A checkpoint last in sync `age_ms` before [`NOW`].
+    fn at(next: i64, age_ms: i64) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            next,
+            synced_at_ms: Some(NOW - age_ms),
+        })
+    }
+
+    fn decide(checkpoint: Option<Checkpoint>, low: i64, high: i64) -> RestoreStart {
+        RestoreStart::decide(checkpoint, low, high, Some(DAY), NOW)
+    }
 
     #[test]
     fn restore_starts_at_a_checkpoint_inside_the_changelog() {
-        let s = RestoreStart::decide(Some(40), 0, 100);
+        let s = decide(at(40, 1_000), 0, 100);
         assert_eq!((s.from, s.remaining, s.stale), (40, 60, None));
-        let s = RestoreStart::decide(Some(100), 0, 100);
+        let s = decide(at(100, 1_000), 0, 100);
         assert_eq!((s.from, s.remaining, s.stale), (100, 0, None));
-        let s = RestoreStart::decide(None, 5, 100);
+        let s = decide(None, 5, 100);
         assert_eq!((s.from, s.remaining, s.stale), (5, 95, None));
     }
 
     #[test]
     fn a_checkpoint_outside_the_changelog_is_stale_and_restore_starts_over() {
         // The topic was recreated: the local store is ahead of everything the changelog has.
-        let s = RestoreStart::decide(Some(500), 0, 20);
+        let s = decide(at(500, 1_000), 0, 20);
         assert_eq!((s.from, s.remaining), (0, 20));
         assert!(s.stale.unwrap().contains("beyond the changelog's end (20)"));
         // Records the store never applied were deleted (log start moved past the checkpoint).
-        let s = RestoreStart::decide(Some(3), 10, 20);
+        let s = decide(at(3, 1_000), 10, 20);
         assert_eq!((s.from, s.remaining), (10, 10));
         assert!(s
             .stale
             .unwrap()
             .contains("before the changelog's first offset (10)"));
+    }
+
+    /// A store older than the tombstone retention is rebuilt when there is a tail to read; at
+    /// the changelog's end it is kept, however old (nothing was written since), as is a
+    /// checkpoint of an earlier version that did not record its sync time.
+    #[test]
+    fn an_old_checkpoint_is_stale_only_with_a_tail_to_read() {
+        let two_days = 2 * 86_400_000;
+        let s = decide(at(40, two_days), 0, 100);
+        assert_eq!((s.from, s.remaining), (0, 100));
+        assert!(s.stale.unwrap().contains("delete.retention.ms"));
+        let s = decide(at(100, two_days), 0, 100);
+        assert_eq!((s.from, s.remaining, s.stale), (100, 0, None));
+        let legacy = Some(Checkpoint {
+            next: 100,
+            synced_at_ms: None,
+        });
+        assert_eq!(decide(legacy, 0, 100).stale, None);
+        let legacy = Some(Checkpoint {
+            next: 99,
+            synced_at_ms: None,
+        });
+        assert!(decide(legacy, 0, 100).stale.is_some());
+        // Where the retention is unknown (a cluster that never compacts), age does not matter.
+        let s = RestoreStart::decide(at(40, two_days), 0, 100, None, NOW);
+        assert_eq!((s.from, s.stale), (40, None));
     }
 }

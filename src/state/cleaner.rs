@@ -1,11 +1,12 @@
 //! Deletes the state of tasks that moved away (Kafka Streams' `StateDirectory` cleaner).
 //!
 //! A task's directory stays behind when its partition moves to another worker. Left there, it
-//! would be picked up again if the partition ever came back, and its restore would start from
-//! its old checkpoint: right only while the changelog still holds every change made since, which
-//! compaction does not promise (a key updated and then deleted may have vanished entirely, and
-//! the old store would keep the key). So a periodic job (see [`crate::worker`]) runs [`clean`],
-//! which deletes every task directory of this application that
+//! takes disk space, and were the partition to come back much later its old state would be of
+//! no use: a store last in sync with its changelog longer ago than the changelog's tombstone
+//! retention is rebuilt from the beginning anyway (see [`super::Checkpoint`]), because
+//! compaction may have removed the deletions made since. So a periodic job (see
+//! [`crate::worker`]) runs [`clean`], which deletes every task directory of this application
+//! that
 //!
 //! - is not open: its lock ([`DirLock`]) can be taken, so no member of this process (nor any
 //!   other process sharing the state directory) has the task's database open; and
@@ -173,6 +174,25 @@ fn remove_dir(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Moves the last use of a closed task's directory `dir` `by` into the past.
+#[cfg(test)]
+pub(crate) fn age(dir: &Path, by: Duration) {
+    let then = SystemTime::now() - by;
+    std::fs::File::open(dir)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    let lock = DirLock::lock_path(dir);
+    if lock.exists() {
+        std::fs::File::options()
+            .write(true)
+            .open(lock)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,24 +205,6 @@ mod tests {
         let dir = app.join(name);
         drop(TaskDb::open(&dir, &["s".to_string()]).unwrap());
         dir
-    }
-
-    /// Moves the last use of a closed task `by` into the past.
-    fn age(dir: &Path, by: Duration) {
-        let then = SystemTime::now() - by;
-        std::fs::File::open(dir)
-            .unwrap()
-            .set_modified(then)
-            .unwrap();
-        let lock = DirLock::lock_path(dir);
-        if lock.exists() {
-            std::fs::File::options()
-                .write(true)
-                .open(lock)
-                .unwrap()
-                .set_modified(then)
-                .unwrap();
-        }
     }
 
     fn names(app: &Path) -> BTreeSet<String> {

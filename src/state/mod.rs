@@ -22,6 +22,7 @@ use std::marker::PhantomData;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -70,6 +71,87 @@ pub enum StateError {
     /// The processor asked for a store the topology did not declare.
     #[error("unknown store {0:?} (declare it on the topology)")]
     UnknownStore(String),
+}
+
+/// Where a store stands in its changelog.
+///
+/// A local store brought up to date by reading its changelog from `next` is only right if
+/// every deletion after `next` of a key it holds is still there to read. Kafka's cleaner
+/// removes a tombstone `delete.retention.ms` after it first reaches it (Kafka 3.1 and later),
+/// and removes the value a tombstone deletes in that same pass. So the checkpoint also
+/// records `synced_at_ms`, a time at which every such deletion was still in the changelog,
+/// because it was either
+///
+/// - written later: after a commit the group coordinator confirmed, nobody but the owner
+///   writes past `next`, and the owner only afterwards; or
+/// - not reached by the cleaner yet: a restore that read the value it deletes after that time
+///   (the restore of an empty store counts from when it began; a tail restore keeps the time
+///   the store had).
+///
+/// Those deletions are then still there until `synced_at_ms + delete.retention.ms`; a store
+/// older than that is rebuilt from the whole changelog instead ([`Checkpoint::stale_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The next changelog offset not applied to the store.
+    pub next: i64,
+    /// Milliseconds since the Unix epoch (this machine's clock); `None` in checkpoints of
+    /// earlier versions, which did not record it.
+    pub synced_at_ms: Option<i64>,
+}
+
+/// Part of the tombstone retention a store may age before it is rebuilt, in percent. The rest
+/// is a margin for what the sync time cannot see: the clock stepping, and replicas whose
+/// cleaners reached a tombstone at different times (after a leader change the new leader's
+/// clock of it counts).
+const TRUSTED_PERCENT_OF_RETENTION: u128 = 90;
+/// How far ahead of this machine's clock a sync time may be and still count as now.
+const FUTURE_TOLERANCE_MS: i64 = 60_000;
+
+impl Checkpoint {
+    /// Why the store cannot be brought up to date from `next`, if it cannot: it was last in
+    /// sync with the changelog too long ago for the changelog's tombstone retention
+    /// (`delete.retention.ms`). `now_ms`: milliseconds since the Unix epoch.
+    pub fn stale_after(&self, retention: Duration, now_ms: i64) -> Option<String> {
+        stale_since(self.synced_at_ms, retention, now_ms)
+    }
+}
+
+/// Why state in sync with its changelog as of `synced_at_ms` (see [`Checkpoint`]) can no
+/// longer be brought up to date from its changelog's tail at `now_ms`, if it cannot.
+pub fn stale_since(synced_at_ms: Option<i64>, retention: Duration, now_ms: i64) -> Option<String> {
+    let retention_ms = retention.as_millis();
+    let limit_ms = retention_ms * TRUSTED_PERCENT_OF_RETENTION / 100;
+    let Some(at) = synced_at_ms else {
+        return Some(format!(
+            "the local checkpoint does not say when the store was last in sync with its \
+             changelog (written by an earlier version), and the changelog's \
+             delete.retention.ms ({retention_ms} ms) lets compaction remove deletions since"
+        ));
+    };
+    if at > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+        return Some(format!(
+            "the local store's sync time is {} ms ahead of this machine's clock (was the clock \
+             set back?), so its age against the changelog's delete.retention.ms \
+             ({retention_ms} ms) is unknown",
+            at - now_ms
+        ));
+    }
+    let age_ms = now_ms.saturating_sub(at).max(0) as u128;
+    (age_ms >= limit_ms).then(|| {
+        format!(
+            "the local store was last in sync with its changelog {age_ms} ms ago, longer than \
+             {TRUSTED_PERCENT_OF_RETENTION}% of the changelog's delete.retention.ms \
+             ({retention_ms} ms): deletions written since may have been compacted away, and \
+             the store would keep what they deleted"
+        )
+    })
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (for [`Checkpoint::synced_at_ms`]).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Where flushed changes go besides RocksDB: the store's changelog topic.
@@ -543,6 +625,37 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn at(next: i64) -> Checkpoint {
+        Checkpoint {
+            next,
+            synced_at_ms: Some(1_000),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_goes_stale_at_ninety_percent_of_the_tombstone_retention() {
+        let day = std::time::Duration::from_secs(86_400);
+        let synced = Checkpoint {
+            next: 5,
+            synced_at_ms: Some(1_000_000),
+        };
+        let limit = 1_000_000 + 86_400_000 * 9 / 10;
+        assert_eq!(synced.stale_after(day, 1_000_000), None);
+        assert_eq!(synced.stale_after(day, limit - 1), None);
+        let why = synced.stale_after(day, limit).expect("stale at the limit");
+        assert!(why.contains("delete.retention.ms (86400000 ms)"), "{why}");
+        // A sync time up to a minute ahead counts as now; further ahead, the age is unknown.
+        assert_eq!(synced.stale_after(day, 1_000_000 - 60_000), None);
+        let why = synced.stale_after(day, 1_000_000 - 60_001).expect("ahead");
+        assert!(why.contains("ahead of this machine's clock"), "{why}");
+        // Without a sync time nothing can be said: rebuild.
+        let old = Checkpoint {
+            next: 5,
+            synced_at_ms: None,
+        };
+        assert!(old.stale_after(day, 1_000_000).is_some());
+    }
+
     #[derive(Default)]
     struct Recorder(Vec<(usize, Vec<u8>, Option<Vec<u8>>)>);
     impl ChangelogSink for Recorder {
@@ -592,14 +705,17 @@ mod tests {
             ],
             "one changelog record per dirty key, tombstone for the deleted one"
         );
-        stores.db().batch_changelog_offset(&mut batch, 0, 2);
+        stores.db().batch_checkpoint(&mut batch, 0, at(2));
         stores.db().write(batch).unwrap();
         stores.commit_succeeded();
         assert_eq!(
             stores.db().get(0, b"k").unwrap().as_deref(),
             Some(&b"9"[..])
         );
-        assert_eq!(stores.db().changelog_offset("counts").unwrap(), Some(2));
+        assert_eq!(
+            stores.db().checkpoint("counts").unwrap().map(|c| c.next),
+            Some(2)
+        );
 
         let mut log = Recorder::default();
         let (batch, changed) = stores.flush(&mut log).unwrap();

@@ -12,7 +12,7 @@ use rocksdb::{
 };
 
 use super::lock::DirLock;
-use super::StateError;
+use super::{Checkpoint, StateError};
 
 /// Column family holding offsets (`changelog/<store>` → next changelog offset to restore from).
 const OFFSETS_CF: &str = "__tributary_offsets";
@@ -80,8 +80,21 @@ fn db_options() -> Options {
     opts
 }
 
+/// Key of a store's checkpoint offset (8 bytes, big-endian: the form every version reads).
 fn changelog_key(store: &str) -> Vec<u8> {
     format!("changelog/{store}").into_bytes()
+}
+
+/// Key of a store's sync time (see [`Checkpoint::synced_at_ms`]), apart from the offset so that
+/// a version that does not know it still reads the offset (and, writing only the offset,
+/// leaves an older time behind, which errs towards a rebuild).
+fn synced_key(store: &str) -> Vec<u8> {
+    format!("changelog-synced/{store}").into_bytes()
+}
+
+/// Decodes an 8-byte big-endian integer.
+fn be_i64(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 impl TaskDb {
@@ -182,8 +195,9 @@ impl TaskDb {
             let store = &cf[STORE_CF_PREFIX.len()..];
             tracing::info!(path = %path.display(), store, "dropping a store the topology no longer has");
             let offsets = db.cf_handle(OFFSETS_CF).expect("invariant: opened above");
-            db.delete_cf(offsets, changelog_key(store))
-                .map_err(OpenError::from)?;
+            for key in [changelog_key(store), synced_key(store)] {
+                db.delete_cf(offsets, key).map_err(OpenError::from)?;
+            }
             db.drop_cf(cf).map_err(OpenError::from)?;
         }
         Ok(db)
@@ -265,42 +279,48 @@ impl TaskDb {
         Ok(out)
     }
 
-    /// The changelog offset to restore `store` from (the next offset not yet applied), if any
-    /// state was ever written.
-    pub fn changelog_offset(&self, store: &str) -> Result<Option<i64>, StateError> {
-        let raw = self
-            .db
-            .get_cf(self.offsets_cf(), changelog_key(store))
-            .map_err(|e| self.err(e))?;
-        match raw {
-            None => Ok(None),
-            Some(bytes) => {
-                let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StateError::Io {
+    /// Where `store` stands in its changelog, if any state was ever written to it.
+    pub fn checkpoint(&self, store: &str) -> Result<Option<Checkpoint>, StateError> {
+        let read = |key: Vec<u8>, what: &str| -> Result<Option<i64>, StateError> {
+            let raw = self
+                .db
+                .get_cf(self.offsets_cf(), key)
+                .map_err(|e| self.err(e))?;
+            raw.map(|bytes| {
+                be_i64(&bytes).ok_or_else(|| StateError::Io {
                     path: self.path.clone(),
                     reason: format!(
-                        "offset entry for store {store} is {} bytes, expected 8",
+                        "{what} of store {store} is {} bytes, expected 8",
                         bytes.len()
                     ),
-                })?;
-                Ok(Some(i64::from_be_bytes(arr)))
-            }
-        }
+                })
+            })
+            .transpose()
+        };
+        let Some(next) = read(changelog_key(store), "checkpoint")? else {
+            return Ok(None);
+        };
+        let synced_at_ms = read(synced_key(store), "sync time")?;
+        Ok(Some(Checkpoint { next, synced_at_ms }))
     }
 
-    /// Deletes every entry of `store` and its changelog offset, atomically: the store is then
+    /// Deletes every entry of `store` and its checkpoint, atomically: the store is then
     /// as if nothing had ever been restored into it (used when its checkpoint is stale).
     pub fn clear_store(&self, store: usize) -> Result<(), StateError> {
         let mut batch = self.batch();
-        for item in self
-            .db
-            .iterator_cf(self.store_cf(store), IteratorMode::Start)
-        {
-            let (k, _) = item.map_err(|e| self.err(e))?;
-            batch.inner.delete_cf(self.store_cf(store), k);
+        let cf = self.store_cf(store);
+        // One range deletion up to the last key, and that key: constant work however large
+        // the store (it runs while partitions are being assigned).
+        if let Some(item) = self.db.iterator_cf(cf, IteratorMode::End).next() {
+            let (last, _) = item.map_err(|e| self.err(e))?;
+            batch.inner.delete_range_cf(cf, &b""[..], &*last);
+            batch.inner.delete_cf(cf, last);
         }
+        let name = &self.stores[store];
         batch
             .inner
-            .delete_cf(self.offsets_cf(), changelog_key(&self.stores[store]));
+            .delete_cf(self.offsets_cf(), changelog_key(name));
+        batch.inner.delete_cf(self.offsets_cf(), synced_key(name));
         self.write(batch)
     }
 
@@ -321,13 +341,17 @@ impl TaskDb {
         batch.inner.delete_cf(self.store_cf(store), key);
     }
 
-    /// Records in `batch` that the store reflects its changelog up to (not including) `next`.
-    pub fn batch_changelog_offset(&self, batch: &mut Batch, store: usize, next: i64) {
-        batch.inner.put_cf(
-            self.offsets_cf(),
-            changelog_key(&self.stores[store]),
-            next.to_be_bytes(),
-        );
+    /// Records `checkpoint` for `store` in `batch`.
+    pub fn batch_checkpoint(&self, batch: &mut Batch, store: usize, checkpoint: Checkpoint) {
+        let name = &self.stores[store];
+        let cf = self.offsets_cf();
+        batch
+            .inner
+            .put_cf(cf, changelog_key(name), checkpoint.next.to_be_bytes());
+        match checkpoint.synced_at_ms {
+            Some(at) => batch.inner.put_cf(cf, synced_key(name), at.to_be_bytes()),
+            None => batch.inner.delete_cf(cf, synced_key(name)),
+        }
     }
 
     /// Writes `batch` atomically. Not synced: the changelog in Kafka is the durable copy, and
@@ -365,6 +389,61 @@ mod tests {
         vec!["a".into(), "b".into()]
     }
 
+    fn at(next: i64) -> Checkpoint {
+        Checkpoint {
+            next,
+            synced_at_ms: Some(1_000),
+        }
+    }
+
+    /// The offset keeps the 8-byte form earlier versions read (so going back to one works);
+    /// the sync time is beside it, and a checkpoint written without it reads as unknown.
+    #[test]
+    fn checkpoints_keep_their_sync_time_and_old_ones_read_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TaskDb::open(dir.path(), &stores()).unwrap();
+        let mut batch = db.batch();
+        db.batch_checkpoint(&mut batch, 0, at(42));
+        // What an earlier version writes.
+        batch
+            .inner
+            .put_cf(db.offsets_cf(), changelog_key("b"), 7i64.to_be_bytes());
+        db.write(batch).unwrap();
+        assert_eq!(db.checkpoint("a").unwrap(), Some(at(42)));
+        let raw = db.db.get_cf(db.offsets_cf(), changelog_key("a")).unwrap();
+        assert_eq!(raw, Some(42i64.to_be_bytes().to_vec()));
+        assert_eq!(
+            db.checkpoint("b").unwrap(),
+            Some(Checkpoint {
+                next: 7,
+                synced_at_ms: None
+            })
+        );
+        let mut batch = db.batch();
+        batch
+            .inner
+            .put_cf(db.offsets_cf(), changelog_key("b"), [1u8; 5]);
+        db.write(batch).unwrap();
+        match db.checkpoint("b") {
+            Err(StateError::Io { reason, .. }) => assert!(reason.contains("5 bytes"), "{reason}"),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        // Emptied, a store forgets both.
+        db.clear_store(0).unwrap();
+        assert_eq!(db.checkpoint("a").unwrap(), None);
+        let mut batch = db.batch();
+        db.batch_checkpoint(
+            &mut batch,
+            0,
+            Checkpoint {
+                next: 1,
+                synced_at_ms: None,
+            },
+        );
+        db.write(batch).unwrap();
+        assert_eq!(db.checkpoint("a").unwrap().unwrap().synced_at_ms, None);
+    }
+
     #[test]
     fn state_and_offset_are_written_together_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -372,7 +451,7 @@ mod tests {
         let mut batch = db.batch();
         db.batch_put(&mut batch, 0, b"k1", b"v1");
         db.batch_put(&mut batch, 1, b"k1", b"other");
-        db.batch_changelog_offset(&mut batch, 0, 42);
+        db.batch_checkpoint(&mut batch, 0, at(42));
         assert_eq!(
             db.get(0, b"k1").unwrap(),
             None,
@@ -384,8 +463,8 @@ mod tests {
         let db = TaskDb::open(dir.path(), &stores()).unwrap();
         assert_eq!(db.get(0, b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
         assert_eq!(db.get(1, b"k1").unwrap().as_deref(), Some(&b"other"[..]));
-        assert_eq!(db.changelog_offset("a").unwrap(), Some(42));
-        assert_eq!(db.changelog_offset("b").unwrap(), None);
+        assert_eq!(db.checkpoint("a").unwrap().map(|c| c.next), Some(42));
+        assert_eq!(db.checkpoint("b").unwrap().map(|c| c.next), None);
     }
 
     #[test]
@@ -397,14 +476,14 @@ mod tests {
             db.batch_put(&mut batch, 0, k.as_bytes(), b"x");
         }
         db.batch_put(&mut batch, 1, b"kept", b"y");
-        db.batch_changelog_offset(&mut batch, 0, 7);
-        db.batch_changelog_offset(&mut batch, 1, 9);
+        db.batch_checkpoint(&mut batch, 0, at(7));
+        db.batch_checkpoint(&mut batch, 1, at(9));
         db.write(batch).unwrap();
         db.clear_store(0).unwrap();
         assert!(db.scan(0, b"", None).unwrap().is_empty());
-        assert_eq!(db.changelog_offset("a").unwrap(), None);
+        assert_eq!(db.checkpoint("a").unwrap().map(|c| c.next), None);
         assert_eq!(db.get(1, b"kept").unwrap().as_deref(), Some(&b"y"[..]));
-        assert_eq!(db.changelog_offset("b").unwrap(), Some(9));
+        assert_eq!(db.checkpoint("b").unwrap().map(|c| c.next), Some(9));
     }
 
     #[test]
@@ -437,7 +516,7 @@ mod tests {
             let db = TaskDb::open(&dir, &stores()).unwrap();
             let mut batch = db.batch();
             db.batch_put(&mut batch, 0, b"k", b"v");
-            db.batch_changelog_offset(&mut batch, 0, 3);
+            db.batch_checkpoint(&mut batch, 0, at(3));
             db.write(batch).unwrap();
         }
         // Corrupt it: garbage in the manifest CURRENT names.
@@ -451,7 +530,7 @@ mod tests {
         assert!(wiped.is_some(), "a corrupt directory is wiped");
         assert_eq!(db.get(0, b"k").unwrap(), None);
         assert_eq!(
-            db.changelog_offset("a").unwrap(),
+            db.checkpoint("a").unwrap().map(|c| c.next),
             None,
             "restore starts over"
         );
@@ -476,15 +555,15 @@ mod tests {
             let mut batch = db.batch();
             db.batch_put(&mut batch, 0, b"k", b"kept");
             db.batch_put(&mut batch, 1, b"k", b"gone");
-            db.batch_changelog_offset(&mut batch, 0, 5);
-            db.batch_changelog_offset(&mut batch, 1, 6);
+            db.batch_checkpoint(&mut batch, 0, at(5));
+            db.batch_checkpoint(&mut batch, 1, at(6));
             db.write(batch).unwrap();
         }
         let (db, wiped) = TaskDb::open_or_rebuild(&dir, &["a".to_string()]).unwrap();
         assert_eq!(wiped, None, "not a reason to wipe");
         assert_eq!(db.get(0, b"k").unwrap().as_deref(), Some(&b"kept"[..]));
-        assert_eq!(db.changelog_offset("a").unwrap(), Some(5));
-        assert_eq!(db.changelog_offset("b").unwrap(), None);
+        assert_eq!(db.checkpoint("a").unwrap().map(|c| c.next), Some(5));
+        assert_eq!(db.checkpoint("b").unwrap().map(|c| c.next), None);
         drop(db);
         // Declared again later, it starts empty (and restores from its changelog).
         let db = TaskDb::open(&dir, &stores()).unwrap();

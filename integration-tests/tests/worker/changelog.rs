@@ -11,7 +11,7 @@ use integration_tests::{
 };
 use serde_json::json;
 
-use crate::{state_dir, wait_for_totals, LONG, READY, RESTORED};
+use crate::{state_dir, wait_all_committed, wait_for_totals, LONG, READY, RESTORED};
 
 fn on_kafka() -> bool {
     BrokerKind::from_env() == BrokerKind::Kafka
@@ -242,6 +242,57 @@ fn metrics_lag_matches_the_brokers_view() {
     assert_eq!(w1.terminate().code(), Some(0));
 }
 
+/// Makes `cfg` count records per user in 10 s tumbling windows of event time (`ts`), emitting
+/// each window once, when it closes.
+fn windows_pipeline(cfg: &mut TotalsConfig) {
+    cfg.pipeline = "windows".into();
+    cfg.source_keys = r#", format = "json", time = "ts""#.into();
+    cfg.steps = "[[pipeline.steps]]\n[pipeline.steps.aggregate]\n\
+                 window = { kind = \"tumbling\", size = \"10s\" }\n\
+                 fields = { count = \"count()\" }\nemit = \"final\"\n"
+        .into();
+}
+
+/// One record per second of event time in `[from_s, to_s)` for each of `users`.
+fn phase(from_s: u64, to_s: u64, users: std::ops::Range<u32>) -> Vec<(String, serde_json::Value)> {
+    let mut recs = Vec::new();
+    for s in from_s..to_s {
+        for u in users.clone() {
+            recs.push((
+                format!("u{u}"),
+                json!({"user": format!("u{u}"), "amount": 1, "ts": s * 1000}),
+            ));
+        }
+    }
+    recs
+}
+
+/// (user, window start) → the counts emitted for it to `output`.
+fn finals(broker: &Broker, output: &str) -> BTreeMap<(String, u64), Vec<u64>> {
+    let mut n: BTreeMap<_, Vec<u64>> = BTreeMap::new();
+    for r in broker.consume_all(output) {
+        if let (Some(k), Some(v)) = (r.key_str(), r.json()) {
+            n.entry((k, v["window_start"].as_u64().unwrap()))
+                .or_default()
+                .push(v["count"].as_u64().unwrap());
+        }
+    }
+    n
+}
+
+/// Waits until `output` holds results for `want` windows (while `w` runs).
+fn wait_finals(broker: &Broker, output: &str, w: &mut WorkerProcess, want: usize) {
+    let ok = wait_until(LONG, Duration::from_millis(500), || {
+        assert!(w.try_status().is_none(), "{} exited", w.name());
+        finals(broker, output).len() >= want
+    });
+    assert!(
+        ok,
+        "{want} final window results did not arrive: {:?}",
+        finals(broker, output)
+    );
+}
+
 /// Closed windows are deleted from the store with tombstones in the changelog, and stay
 /// deleted after a full restore: a worker that rebuilt its state from the changelog does not
 /// resurrect them, so each window's final result is emitted exactly once.
@@ -253,56 +304,13 @@ fn closed_windows_stay_deleted_after_a_restore() {
     let _serial = serial();
     let state = state_dir();
     let (broker, mut cfg) = setup("tombstones", 1, state.path());
-    cfg.pipeline = "windows".into();
-    cfg.source_keys = r#", format = "json", time = "ts""#.into();
-    cfg.steps = "[[pipeline.steps]]\n[pipeline.steps.aggregate]\n\
-                 window = { kind = \"tumbling\", size = \"10s\" }\n\
-                 fields = { count = \"count()\" }\nemit = \"final\"\n"
-        .into();
+    windows_pipeline(&mut cfg);
     let changelog = cfg.changelog_topic();
-    // Three users in windows starting at 0, 10 s, 20 s, ... ; each phase ends with a record that
-    // moves stream time past the phase's windows, closing them.
-    let phase = |from_s: u64, to_s: u64| -> Vec<(String, serde_json::Value)> {
-        let mut recs = Vec::new();
-        for s in from_s..to_s {
-            for u in 0..3 {
-                recs.push((
-                    format!("u{u}"),
-                    json!({"user": format!("u{u}"), "amount": 1, "ts": s * 1000}),
-                ));
-            }
-        }
-        recs
-    };
-    // (user, window start) → the counts emitted for it.
-    let finals = |broker: &Broker| -> BTreeMap<(String, u64), Vec<u64>> {
-        let mut n: BTreeMap<_, Vec<u64>> = BTreeMap::new();
-        for r in broker.consume_all(&cfg.output) {
-            if let (Some(k), Some(v)) = (r.key_str(), r.json()) {
-                n.entry((k, v["window_start"].as_u64().unwrap()))
-                    .or_default()
-                    .push(v["count"].as_u64().unwrap());
-            }
-        }
-        n
-    };
-    let wait_finals = |broker: &Broker, w: &mut WorkerProcess, want: usize| {
-        let ok = wait_until(LONG, Duration::from_millis(500), || {
-            assert!(w.try_status().is_none(), "{} exited", w.name());
-            finals(broker).len() >= want
-        });
-        assert!(
-            ok,
-            "{want} final window results did not arrive: {:?}",
-            finals(broker)
-        );
-    };
-
     // Phase 1: windows [0,10), [10,20), [20,30) for 3 users; a record at 30 s closes them.
-    broker.produce_json(&cfg.input, &phase(0, 31));
+    broker.produce_json(&cfg.input, &phase(0, 31, 0..3));
     let mut w1 = WorkerProcess::spawn_named("w1", &cfg.to_toml());
     w1.wait_ready(READY);
-    wait_finals(&broker, &mut w1, 9);
+    wait_finals(&broker, &cfg.output, &mut w1, 9);
     assert_eq!(w1.terminate().code(), Some(0));
     let tombstones = broker
         .consume_all(&changelog)
@@ -317,13 +325,13 @@ fn closed_windows_stay_deleted_after_a_restore() {
     // Phase 2, from an empty state directory: everything comes back from the changelog; the
     // closed windows must not.
     std::fs::remove_dir_all(state.path()).unwrap();
-    broker.produce_json(&cfg.input, &phase(31, 61));
+    broker.produce_json(&cfg.input, &phase(31, 61, 0..3));
     let mut w2 = WorkerProcess::spawn_named("w2", &cfg.to_toml());
     w2.wait_ready(READY);
     assert!(w2.metric_or_zero(RESTORED) > 0.0, "the state was restored");
-    wait_finals(&broker, &mut w2, 18);
+    wait_finals(&broker, &cfg.output, &mut w2, 18);
     assert_eq!(w2.terminate().code(), Some(0));
-    let got = finals(&broker);
+    let got = finals(&broker, &cfg.output);
     // One record per user and second: every window's single final result counts 10 (the
     // window [30 s, 40 s) began before the restore and was finished after it).
     let wrong: Vec<_> = got.iter().filter(|(_, n)| **n != [10]).collect();
@@ -332,6 +340,159 @@ fn closed_windows_stay_deleted_after_a_restore() {
         "windows emitted twice or miscounted: {wrong:?}"
     );
     assert_eq!(got.len(), 18, "windows 0..60 s for 3 users: {got:?}");
+}
+
+/// A worker that comes back later than its changelog's `delete.retention.ms` does not trust
+/// the tail of the changelog to bring its old local state up to date: the tombstones written
+/// meanwhile (here, of the windows another worker closed) may have been compacted away, and
+/// the store would keep what they deleted. It rebuilds the store from the whole changelog
+/// instead, so no closed window comes back to be emitted a second time.
+#[test]
+fn state_older_than_the_tombstone_retention_is_rebuilt() {
+    let Some(back) = worker_comes_back(Some("1000")) else {
+        return;
+    };
+    assert!(
+        back.logs.contains("delete.retention.ms"),
+        "the worker says why it rebuilt its state:\n{}",
+        back.logs
+    );
+    assert_eq!(
+        back.restored, back.changelog_records as f64,
+        "the whole changelog was restored"
+    );
+}
+
+/// The same within the retention: only the tail written meanwhile is restored.
+#[test]
+fn state_within_the_tombstone_retention_restores_the_tail() {
+    let Some(back) = worker_comes_back(None) else {
+        return;
+    };
+    assert!(
+        !back.logs.contains("delete.retention.ms"),
+        "nothing to rebuild:\n{}",
+        back.logs
+    );
+    assert!(
+        back.restored > 0.0 && back.restored <= back.tail as f64,
+        "restored {} records; the tail written while the worker was away has {}",
+        back.restored,
+        back.tail
+    );
+}
+
+/// What [`worker_comes_back`] saw of the returning worker.
+struct Back {
+    logs: String,
+    restored: f64,
+    /// Changelog records written after the worker first stopped.
+    tail: i64,
+    /// Records in the changelog when it came back.
+    changelog_records: usize,
+}
+
+/// Worker A sees windows open and stops; worker B (a state directory of its own) closes them
+/// (their store entries are tombstoned) and goes on; A comes back with its old state and
+/// closes what is still open. Every window must be emitted once. With `delete_retention_ms`
+/// the changelog gets that retention and B runs until compaction removed the tombstones.
+/// None on tansu (no compaction).
+fn worker_comes_back(delete_retention_ms: Option<&str>) -> Option<Back> {
+    if !on_kafka() {
+        return None;
+    }
+    let _serial = serial();
+    let state_a = state_dir();
+    let state_b = state_dir();
+    let (broker, mut cfg) = setup("back", 1, state_a.path());
+    windows_pipeline(&mut cfg);
+    let changelog = cfg.changelog_topic();
+    if let Some(ms) = delete_retention_ms {
+        broker.create_compacted_topic_with(&changelog, 1, &[("delete.retention.ms", ms)]);
+    }
+    let cfg_b = cfg.for_another_worker(state_b.path());
+
+    // A sees windows [0 s, 10 s) of users u0..u2 open, and stops.
+    broker.produce_json(&cfg.input, &phase(0, 10, 0..3));
+    let mut a = WorkerProcess::spawn_named("a", &cfg.to_toml());
+    a.wait_ready(READY);
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &cfg.input, 1);
+    assert_eq!(a.terminate().code(), Some(0));
+    assert!(
+        finals(&broker, &cfg.output).is_empty(),
+        "no window closed yet"
+    );
+    let (_, a_stopped) = watermarks(&broker.bootstrap(), &changelog, 0).unwrap();
+
+    // B restores them and closes them: their final results go out and their store entries
+    // are tombstoned.
+    let mut b = WorkerProcess::spawn_named("b", &cfg_b.to_toml());
+    b.wait_ready(READY);
+    broker.produce_json(&cfg.input, &phase(10, 31, 0..3));
+    wait_finals(&broker, &cfg.output, &mut b, 9);
+    // Committed: the changelog holds everything the commit flushed.
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &cfg.input, 1);
+    let (_, mark) = watermarks(&broker.bootstrap(), &changelog, 0).unwrap();
+    let tombstones_before_mark = || {
+        broker
+            .consume_all(&changelog)
+            .iter()
+            .filter(|r| r.offset < mark && r.value.is_none())
+            .count()
+    };
+    assert!(
+        tombstones_before_mark() >= 9,
+        "closed windows are tombstoned"
+    );
+    // Other users' records keep B writing, so segments roll and the cleaner passes again.
+    let mut second = 31;
+    let mut more = || {
+        broker.produce_json(&cfg.input, &phase(second, second + 1, 3..6));
+        second += 1;
+    };
+    if delete_retention_ms.is_some() {
+        // Until compaction has removed those tombstones (and the values they deleted).
+        let gone = wait_until(Duration::from_secs(120), Duration::from_millis(500), || {
+            more();
+            tombstones_before_mark() == 0
+        });
+        assert!(
+            gone,
+            "compaction did not remove the tombstones of {changelog} within 120 s"
+        );
+    } else {
+        for _ in 0..5 {
+            more();
+        }
+    }
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &cfg.input, 1);
+    assert_eq!(b.terminate().code(), Some(0));
+    let before = finals(&broker, &cfg.output);
+    let (_, b_stopped) = watermarks(&broker.bootstrap(), &changelog, 0).unwrap();
+    let changelog_records = broker.consume_all(&changelog).len();
+
+    // A comes back with its old state. A record far ahead in event time closes every window
+    // still open: those of u3..u5 (once each), and must not close u0..u2's [0 s, 10 s) again.
+    let mut a = WorkerProcess::spawn_named("a2", &cfg.to_toml());
+    a.wait_ready(READY);
+    let restored = a.metric_or_zero(RESTORED);
+    broker.produce_json(&cfg.input, &phase(second + 100, second + 101, 6..7));
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &cfg.input, 1);
+    let logs = a.logs();
+    assert_eq!(a.terminate().code(), Some(0));
+    let after = finals(&broker, &cfg.output);
+    let twice: Vec<_> = after.iter().filter(|(_, n)| n.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "windows emitted twice (state resurrected after compaction): {twice:?}"
+    );
+    assert!(after.len() > before.len(), "the last windows were closed");
+    Some(Back {
+        logs,
+        restored,
+        tail: b_stopped - a_stopped,
+        changelog_records,
+    })
 }
 
 /// An existing changelog whose `cleanup.policy` does not compact (here Kafka's default,
