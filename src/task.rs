@@ -129,8 +129,11 @@ struct StoreRestore {
     synced_at_ms: Option<i64>,
     /// True while the store restores the tail after its checkpoint (not from empty).
     resumed: bool,
-    /// True once the restore applied a record.
-    applied: bool,
+    /// True when the changelog held records past where the restore started.
+    tail: bool,
+    /// When the store's current restore began (ms since the Unix epoch): the task opened, or
+    /// the store was emptied.
+    began_ms: i64,
 }
 
 /// A restore that took longer than its changelog keeps tombstones (see
@@ -156,8 +159,6 @@ pub struct Task {
     changelogs: Vec<StoreRestore>,
     restore_batch: Option<Batch>,
     restore_batch_len: usize,
-    /// When the task was opened (ms since the Unix epoch), before its restore read anything.
-    opened_ms: i64,
     outputs: Vec<OutputRecord>,
     metrics: Metrics,
 }
@@ -253,7 +254,8 @@ impl Task {
                         None => Some(opened_ms),
                     },
                     resumed: checkpoint.is_some(),
-                    applied: false,
+                    tail: false,
+                    began_ms: opened_ms,
                 })
             })
             .collect::<Result<_, StateError>>()?;
@@ -267,7 +269,6 @@ impl Task {
             changelogs,
             restore_batch: None,
             restore_batch_len: 0,
-            opened_ms,
             outputs: Vec::new(),
             metrics,
         })
@@ -312,8 +313,8 @@ impl Task {
     /// Empties the store whose changelog is `changelog` (its checkpoint cannot be trusted); its
     /// restore then starts from the changelog's beginning.
     pub fn clear_store(&mut self, changelog: &str) -> Result<(), StateError> {
-        self.restore_batch = None;
-        self.restore_batch_len = 0;
+        // The batch holds what the other stores restored too.
+        self.write_restore_batch()?;
         match self
             .changelogs
             .iter_mut()
@@ -321,9 +322,11 @@ impl Task {
             .find(|(_, c)| *c.changelog == *changelog)
         {
             Some((store, c)) => {
-                c.synced_at_ms = Some(now_ms());
+                let now = now_ms();
+                c.synced_at_ms = Some(now);
+                c.began_ms = now;
                 c.resumed = false;
-                c.applied = false;
+                c.tail = false;
                 self.stores.db().clear_store(store)
             }
             None => Ok(()),
@@ -340,7 +343,6 @@ impl Task {
         else {
             return Ok(());
         };
-        c.applied = true;
         let db = self.stores.db().clone();
         let batch = self.restore_batch.get_or_insert_with(|| db.batch());
         match rec.value {
@@ -372,6 +374,23 @@ impl Task {
         }
     }
 
+    /// Notes whether the restore of the store with changelog `changelog` has a tail to read:
+    /// `remaining` records between where it starts and the changelog's end.
+    pub fn restore_started(&mut self, changelog: &str, remaining: i64) {
+        for c in self
+            .changelogs
+            .iter_mut()
+            .filter(|c| *c.changelog == *changelog)
+        {
+            c.tail = remaining > 0;
+        }
+    }
+
+    /// The changelog topics of the task's stores, in store order.
+    pub fn changelogs(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.changelogs.iter().map(|c| &c.changelog)
+    }
+
     /// Whether the restore of the store with changelog `changelog`, now read to its end, ran
     /// past the changelog's tombstone `retention`: a deletion in what it read may have been
     /// compacted away before it got there. Checked before [`Task::changelog_restored`].
@@ -384,7 +403,7 @@ impl Task {
         let c = self
             .changelogs
             .iter()
-            .find(|c| *c.changelog == *changelog && c.applied)?;
+            .find(|c| *c.changelog == *changelog && c.tail)?;
         let why = stale_since(c.synced_at_ms, retention, now_ms)?;
         Some(if c.resumed {
             Outlived::Rebuild(why)
@@ -407,7 +426,7 @@ impl Task {
             c.done = true;
             // Read to an end measured after the task opened: whatever follows was appended,
             // or reached by the broker's cleaner, after that.
-            c.synced_at_ms = Some(self.opened_ms);
+            c.synced_at_ms = Some(c.began_ms);
             if let Some(checkpoint) = db.checkpoint(&db.stores()[store])? {
                 let mut batch = db.batch();
                 let synced = Checkpoint {
@@ -741,7 +760,7 @@ impl Task {
                 // every commit.
                 (None, Some(owned))
                     if c.synced_at_ms
-                        .is_some_and(|at| owned - at < IDLE_SYNC_REFRESH_MS) =>
+                        .is_some_and(|at| (0..IDLE_SYNC_REFRESH_MS).contains(&(owned - at))) =>
                 {
                     None
                 }
@@ -921,11 +940,13 @@ mod tests {
         let retention = std::time::Duration::from_secs(100);
         let mut task = open(dir.path());
         let now = now_ms();
+        task.restore_started("cl-a", 0);
         assert_eq!(
             task.restore_outlived("cl-a", retention, now + 200_000),
             None,
-            "read nothing"
+            "nothing to read, nothing missed"
         );
+        task.restore_started("cl-a", 1);
         restore(&mut task, "cl-a", 1);
         restore(&mut task, "cl-b", 1);
         assert_eq!(
@@ -938,11 +959,33 @@ mod tests {
             Some(Outlived::Rebuild(_))
         ));
         task.clear_store("cl-a").unwrap();
+        task.restore_started("cl-a", 2);
         restore(&mut task, "cl-a", 0);
         assert!(matches!(
             task.restore_outlived("cl-a", retention, now + 200_000),
             Some(Outlived::Accept(_))
         ));
+    }
+
+    /// Emptying one store while others restore keeps what they restored so far.
+    #[test]
+    fn emptying_a_store_keeps_what_the_others_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = open(dir.path());
+        let rec = |topic, offset| ChangelogRecord {
+            topic,
+            partition: 3,
+            offset,
+            key: b"k",
+            value: Some(b"1"),
+        };
+        task.apply_changelog(rec("cl-a", 0)).unwrap();
+        task.apply_changelog(rec("cl-b", 6)).unwrap();
+        task.clear_store("cl-a").unwrap();
+        assert_eq!(checkpoint(&task, "a"), None);
+        assert_eq!(task.db().get(0, b"k").unwrap(), None);
+        assert_eq!(checkpoint(&task, "b").unwrap().next, 7);
+        assert_eq!(task.db().get(1, b"k").unwrap().as_deref(), Some(&b"1"[..]));
     }
 
     /// Drops everything sent.

@@ -62,6 +62,8 @@ const MIN_FAILED_COMMITS_TIMED: u32 = 3;
 /// [`crate::state::Checkpoint`]), so that a restart after a quiet spell restores the tail
 /// rather than rebuilding every store.
 const OWNERSHIP_REFRESH: Duration = Duration::from_secs(60);
+/// How long the ownership check of a quiet member may hold up its loop.
+const QUIET_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the member republishes its status.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -191,7 +193,8 @@ struct Core {
     failed_commits: u32,
     /// When the first of the commits failed in a row gave up.
     failing_since: Option<Instant>,
-    /// When a commit last had the group coordinator confirm this member's ownership.
+    /// When a commit last had the group coordinator confirm this member's ownership, or asked
+    /// for it because the member was quiet.
     last_confirmed: Instant,
     /// The member's consumer, for offset commits from a helper thread (weak: the consumer's
     /// context holds this core).
@@ -532,6 +535,7 @@ impl Core {
                     tracing::warn!(task = %id, changelog = %changelog, reason = %why, "local state is stale; emptying it for a full restore");
                     task.clear_store(&changelog).map_err(|e| e.to_string())?;
                 }
+                task.restore_started(&changelog, start.remaining);
                 tracing::info!(task = %id, changelog = %changelog, from = start.from, remaining = start.remaining, "restoring");
             }
         }
@@ -597,8 +601,8 @@ impl Core {
         let Some(mut task) = self.tasks.remove(&id) else {
             return;
         };
-        for (changelog, _) in task.restore_points().unwrap_or_default() {
-            self.restore.stop(&changelog, id.partition);
+        for changelog in task.changelogs() {
+            self.restore.stop(changelog, id.partition);
             // Acknowledgements of a failed commit belong to this incarnation of the task; a
             // later one starts from its own checkpoint.
             self.pending_acks
@@ -815,11 +819,13 @@ impl Core {
                     tracing::warn!(task = %id, changelog = %changelog, reason = %why, "restoring the tail took too long to trust; emptying the store for a full restore");
                     task.clear_store(&changelog)
                         .map_err(|e| format!("task {id}: {e}"))?;
-                    self.restore
+                    let start = self
+                        .restore
                         .start(&changelog, partition, None, retention)
                         .map_err(|e| {
                             format!("restarting restore of {changelog}/{partition}: {e}")
                         })?;
+                    task.restore_started(&changelog, start.remaining);
                     continue;
                 }
                 Some(Outlived::Accept(why)) => {
@@ -881,11 +887,12 @@ impl Core {
         if self.failed.is_some() {
             return Ok(());
         }
-        let mut confirmed = match self.check_ownership(Task::has_uncommitted_state) {
-            Ok(confirmed) => confirmed,
-            // Fenced (or the coordinator cannot tell): nothing goes to the changelogs.
-            Err(e) => return self.commit_failed(e, HashMap::new()),
-        };
+        let mut confirmed =
+            match self.check_ownership(Task::has_uncommitted_state, self.commit_timeout()) {
+                Ok(confirmed) => confirmed,
+                // Fenced (or the coordinator cannot tell): nothing goes to the changelogs.
+                Err(e) => return self.commit_failed(e, HashMap::new()),
+            };
         let mut batches = Vec::new();
         for task in self
             .tasks
@@ -927,8 +934,11 @@ impl Core {
             }
         }
         if !confirmed && self.last_confirmed.elapsed() >= OWNERSHIP_REFRESH {
-            // Quiet: ask anyway, now and then. A failure here costs nothing but the refresh.
-            match self.check_ownership(|_| true) {
+            // Quiet: ask anyway, once a minute whatever the answer (a failure costs nothing
+            // but the refresh).
+            self.last_confirmed = start;
+            let timeout = self.commit_timeout().min(QUIET_CHECK_TIMEOUT);
+            match self.check_ownership(|_| true, timeout) {
                 Ok(asked) => confirmed = asked,
                 Err(e) => {
                     tracing::debug!(member = self.member(), error = %e, "ownership check of a quiet member failed");
@@ -962,7 +972,11 @@ impl Core {
     /// stale entries last in the changelogs, where every later restore would take them. Under
     /// at least once a member fenced while its flush is in flight can still do this; exactly
     /// once (transactions) closes that window.
-    fn check_ownership(&self, include: impl Fn(&Task) -> bool) -> Result<bool, String> {
+    fn check_ownership(
+        &self,
+        include: impl Fn(&Task) -> bool,
+        timeout: Duration,
+    ) -> Result<bool, String> {
         let mut tpl = TopicPartitionList::new();
         for task in self
             .tasks
@@ -984,7 +998,7 @@ impl Core {
         if tpl.count() == 0 {
             return Ok(false);
         }
-        commit_offsets(&self.group_consumer, &tpl, self.commit_timeout())?;
+        commit_offsets(&self.group_consumer, &tpl, timeout)?;
         Ok(true)
     }
 
