@@ -28,6 +28,8 @@ pub struct Metrics {
     pub commit_latency: HistogramVec,
     /// Commits that failed to commit input offsets (they are retried at the next commit).
     pub commit_failures: IntCounter,
+    /// Transactions ended (exactly once), by outcome (committed / aborted).
+    pub transactions: IntCounterVec,
     /// Changelog records applied while restoring, by store.
     pub restored_records: IntCounterVec,
     /// Changelog records still to restore, by task and store (an estimate from the end offset).
@@ -129,6 +131,11 @@ impl Metrics {
                     "Input offset commits that failed",
                 )
                 .expect("valid metric"),
+            ),
+            transactions: counter(
+                "tributary_transactions_total",
+                "Transactions ended under exactly_once, by outcome",
+                &["outcome"],
             ),
             restored_records: counter(
                 "tributary_restored_records_total",

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::config::Guarantee;
+
 use crate::state::TaskDb;
 use crate::task::TaskState;
 use crate::types::TaskId;
@@ -32,6 +34,8 @@ pub struct TaskStatus {
     pub checkpoints: BTreeMap<String, Option<i64>>,
     /// Member (thread) that owns it.
     pub member: usize,
+    /// The delivery guarantee its commits keep (`at_least_once` or `exactly_once`).
+    pub guarantee: Guarantee,
 }
 
 /// One member's published state.

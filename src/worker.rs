@@ -42,6 +42,15 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    /// The worker's identity in its state directory could not be claimed (exactly once).
+    #[error("claiming a worker id in {dir} (state.dir): {source}")]
+    Identity {
+        /// The application's state directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A member failed.
     #[error(transparent)]
     Member(#[from] MemberError),
@@ -81,14 +90,7 @@ impl WorkerBuilder {
             path: path.to_string(),
             message,
         };
-        // Accepted by the config schema (CONTRACT.md) but not built yet: refuse rather than run
-        // with a weaker guarantee than the one asked for.
-        if self.config.processing.guarantee == Guarantee::ExactlyOnce {
-            issues.push(issue(
-                "processing.guarantee",
-                "exactly_once is not available in this version; use at_least_once".into(),
-            ));
-        }
+        // Accepted by the config schema but not built yet: refuse rather than run without.
         if self.config.state.standby_replicas > 0 {
             issues.push(issue(
                 "state.standby_replicas",
@@ -340,6 +342,31 @@ impl Worker {
         let partitions = Arc::new(prepared.partitions);
         let tombstone_retention = Arc::new(prepared.tombstone_retention);
         let bootstrap = prepared.bootstrap;
+        // Exactly once: the worker's transactional producers are named after an id kept in
+        // its state directory (or its instance id), held while it runs.
+        let identity = match self.config.processing.guarantee {
+            Guarantee::ExactlyOnce if self.config.app.instance_id.is_none() => {
+                let app_dir = self.config.state.dir.join(&self.config.app.id);
+                Some(crate::state::identity::claim(&app_dir).map_err(|source| {
+                    WorkerError::Identity {
+                        dir: app_dir,
+                        source,
+                    }
+                })?)
+            }
+            _ => None,
+        };
+        let transactional_id = match self.config.processing.guarantee {
+            Guarantee::AtLeastOnce => None,
+            Guarantee::ExactlyOnce => {
+                let worker = match (&self.config.app.instance_id, &identity) {
+                    (Some(instance), _) => instance.as_str(),
+                    (None, Some(identity)) => identity.id(),
+                    (None, None) => unreachable!("claimed above"),
+                };
+                Some(format!("{}-{worker}", self.config.app.id))
+            }
+        };
         let stop = shutdown.child_token();
         let http_stop = CancellationToken::new();
         let http = match self.config.http.listen {
@@ -373,6 +400,7 @@ impl Worker {
                 metrics: self.metrics.clone(),
                 status: self.status.clone(),
                 shutdown: stop.clone(),
+                transactional_id: transactional_id.clone(),
             };
             let member = match Member::new(setup) {
                 Ok(m) => m,
@@ -468,18 +496,16 @@ mod tests {
     }
 
     #[test]
-    fn refuses_guarantees_it_cannot_give() {
-        let cfg =
-            config("[processing]\nguarantee = \"exactly_once\"\n[state]\nstandby_replicas = 2");
+    fn refuses_what_it_cannot_give() {
+        let cfg = config("[state]\nstandby_replicas = 2");
         let err = Worker::builder(cfg)
             .pipelines_from_config()
             .unwrap()
             .build()
             .unwrap_err();
         let issues = issues(err);
-        assert_eq!(issues.len(), 2, "{issues:?}");
-        assert!(issues[0].starts_with("processing.guarantee: exactly_once is not available"));
-        assert!(issues[1].starts_with("state.standby_replicas: "));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].starts_with("state.standby_replicas: "));
     }
 
     #[test]

@@ -114,7 +114,9 @@ fn base_consumer_config(bootstrap: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // What exactly once promises is what a read_committed reader sees.
+        .set("isolation.level", "read_committed");
     c
 }
 

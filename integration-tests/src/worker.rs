@@ -525,6 +525,8 @@ pub struct TotalsConfig {
     /// (the classic protocol). See [`TotalsConfig::consumer_protocol`].
     pub group: Option<String>,
     pub commit_interval_ms: u64,
+    /// `processing.guarantee`.
+    pub guarantee: String,
     pub state_dir: PathBuf,
     /// `state.cleanup_delay_ms` (default: not set, the worker's default).
     pub cleanup_delay_ms: Option<u64>,
@@ -581,6 +583,7 @@ impl TotalsConfig {
             session_timeout_ms: 6000,
             group: None,
             commit_interval_ms: 500,
+            guarantee: "at_least_once".to_string(),
             state_dir: state_dir.to_path_buf(),
             cleanup_delay_ms: None,
             http_listen: format!("127.0.0.1:{}", free_port()),
@@ -594,6 +597,22 @@ impl TotalsConfig {
             source_keys: ", format = \"json\"".to_string(),
             sink_keys: ", format = \"json\"".to_string(),
             steps: TOTALS_STEPS.to_string(),
+        }
+    }
+
+    /// The same config with `processing.guarantee = "exactly_once"`.
+    pub fn exactly_once(self) -> TotalsConfig {
+        TotalsConfig {
+            guarantee: "exactly_once".to_string(),
+            ..self
+        }
+    }
+
+    /// The same config on another free HTTP port (same state dir: the same worker, restarted).
+    pub fn restarted(&self) -> TotalsConfig {
+        TotalsConfig {
+            http_listen: format!("127.0.0.1:{}", free_port()),
+            ..self.clone()
         }
     }
 
@@ -632,6 +651,7 @@ impl TotalsConfig {
              [group]\n\
              {group}\n\
              [processing]\n\
+             guarantee = {guarantee}\n\
              commit_interval_ms = {commit}\n\
              on_error = {on_error}\n\
              \n\
@@ -664,6 +684,7 @@ impl TotalsConfig {
                 )
             }),
             commit = self.commit_interval_ms,
+            guarantee = toml_str(&self.guarantee),
             state = toml_str(&self.state_dir.to_string_lossy()),
             cleanup = self
                 .cleanup_delay_ms

@@ -8,7 +8,7 @@ use ::config::{Value, ValueKind};
 
 use super::read::{self, Cx, Table};
 use super::*;
-use crate::kafka::properties::{check_properties, property_path};
+use crate::kafka::properties::{check_properties, property_path, TRANSACTION_TIMEOUT_PROPERTY};
 
 /// Reads and validates the whole tree, returning every issue found.
 pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
@@ -34,6 +34,7 @@ pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
 
     check_dlq_topic(&mut cx, &app, &processing, &pipelines);
     check_co_partitioning(&mut cx, &group, &pipelines);
+    check_exactly_once(&mut cx, &kafka, &processing);
     let config = Config {
         app,
         kafka,
@@ -543,6 +544,39 @@ fn check_dlq_topic(
                 p.name
             ),
         );
+    }
+}
+
+/// What `exactly_once` needs: a cluster that stores offsets sent to a transaction, and a
+/// transaction timeout longer than a commit interval (a transaction spans one).
+fn check_exactly_once(cx: &mut Cx, kafka: &KafkaConfig, processing: &ProcessingConfig) {
+    if processing.guarantee != Guarantee::ExactlyOnce {
+        return;
+    }
+    if kafka.bootstrap_servers == "embedded" {
+        cx.issue(
+            "processing.guarantee",
+            "exactly_once needs a Kafka cluster: the embedded cluster accepts transactions but \
+             does not keep the offsets sent to them"
+                .to_string(),
+        );
+    }
+    let key = TRANSACTION_TIMEOUT_PROPERTY;
+    if let Some(value) = kafka.properties.get(key) {
+        match value.trim().parse::<u64>() {
+            Ok(ms) if ms > processing.commit_interval_ms => {}
+            Ok(ms) => cx.issue(
+                property_path(key),
+                format!(
+                    "{ms} ms is not longer than processing.commit_interval_ms ({} ms): under \
+                     exactly_once a transaction stays open for a whole commit interval, and the \
+                     broker aborts one that outlives this timeout",
+                    processing.commit_interval_ms
+                ),
+            ),
+            // librdkafka's own check of the value names it already.
+            Err(_) => {}
+        }
     }
 }
 

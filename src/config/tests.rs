@@ -963,3 +963,36 @@ fn dot_names_are_refused() {
     let config = load_str(&MINIMAL.replace("id = \"clicks\"", "id = \"a.b\"")).expect("valid");
     assert_eq!(config.app.id, "a.b");
 }
+
+/// What exactly once needs is checked with the config, naming the key.
+#[test]
+fn exactly_once_needs_a_cluster_and_a_transaction_timeout_longer_than_a_commit() {
+    let with = |bootstrap: &str, extra: &str| {
+        format!(
+            "[app]\nid = \"a\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n{extra}\n\
+             [processing]\nguarantee = \"exactly_once\"\ncommit_interval_ms = 2000\n\
+             [[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n"
+        )
+    };
+    let issues = rejected(&with("embedded", ""));
+    assert_issue(
+        &issues,
+        "processing.guarantee",
+        &["exactly_once needs a Kafka cluster", "embedded"],
+    );
+    let issues = rejected(&with(
+        "localhost:9092",
+        "[kafka.properties]\n\"transaction.timeout.ms\" = \"2000\"",
+    ));
+    assert_issue(
+        &issues,
+        "kafka.properties.\"transaction.timeout.ms\"",
+        &["2000 ms is not longer than processing.commit_interval_ms (2000 ms)"],
+    );
+    let ok = load_str(&with(
+        "localhost:9092",
+        "[kafka.properties]\n\"transaction.timeout.ms\" = \"30000\"",
+    ))
+    .expect("a longer timeout is fine");
+    assert_eq!(ok.processing.guarantee, Guarantee::ExactlyOnce);
+}

@@ -3,6 +3,7 @@
 
 use rdkafka::ClientConfig;
 
+use super::properties::TRANSACTION_TIMEOUT_PROPERTY;
 use crate::config::{Config, GroupProtocol};
 
 /// How long librdkafka waits before fetching again once `queued.min.messages` are queued. With
@@ -79,7 +80,10 @@ pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     c.set("group.id", &cfg.app.id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Inputs written in transactions (a repartition topic under exactly once, or any
+        // transactional producer) count only once committed.
+        .set("isolation.level", "read_committed");
     set_group_protocol(&mut c, cfg);
     if let Some(instance) = &cfg.app.instance_id {
         c.set("group.instance.id", format!("{instance}-{member}"));
@@ -133,20 +137,38 @@ pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientC
         // librdkafka's default would jump to the end and skip, silently, the records still
         // there. The member then stops; on restart the checkpoint is found stale (before the
         // log start) and the store is rebuilt from the beginning.
-        .set("auto.offset.reset", "error");
+        .set("auto.offset.reset", "error")
+        // Records of aborted transactions (exactly once) are not state.
+        .set("isolation.level", "read_committed");
     c
 }
 
 /// The member's producer for sinks, changelogs and dead letters. Idempotent, so retries never
 /// reorder or duplicate within a partition; `murmur2_random` is the Java client's partitioner,
-/// so keyed records land where Kafka Streams and Java producers put them.
-pub fn producer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+/// so keyed records land where Kafka Streams and Java producers put them. With a
+/// `transactional_id` (exactly once) it is transactional; its transactions time out after
+/// `transaction.timeout.ms`, by default ten seconds (as in Kafka Streams) or two commit
+/// intervals if longer: a transaction spans one commit interval, and one left open by a
+/// crashed member holds back every `read_committed` reader of its partitions until then.
+pub fn producer(
+    cfg: &Config,
+    bootstrap: &str,
+    member: usize,
+    transactional_id: Option<&str>,
+) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}-producer", cfg.app.id));
     c.set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("partitioner", "murmur2_random");
+    if transactional_id.is_some() {
+        let timeout = (2 * cfg.processing.commit_interval_ms).max(10_000);
+        c.set(TRANSACTION_TIMEOUT_PROPERTY, timeout.to_string());
+    }
     let mut c = with_user_properties(c, cfg, |k| !is_consumer_property(k));
     c.set("enable.idempotence", "true");
+    if let Some(id) = transactional_id {
+        c.set("transactional.id", id);
+    }
     c
 }
 

@@ -8,13 +8,15 @@
 //! restore point written into RocksDB.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
 use crate::metrics::Metrics;
 
@@ -98,6 +100,52 @@ pub enum CollectorError {
     },
 }
 
+/// Why a step of a transaction (exactly once) failed, and what it takes to go on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TxnError {
+    /// The transaction must be aborted; the producer can go on with the next one.
+    #[error("{0}")]
+    Abort(String),
+    /// The producer cannot go on (fenced by a newer producer with its `transactional.id`, or a
+    /// fatal error): it must be replaced.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl TxnError {
+    /// Classifies a failed call: librdkafka says whether its error is fatal.
+    fn from_kafka(what: &str, e: &KafkaError) -> TxnError {
+        match e {
+            KafkaError::Transaction(err) if err.is_fatal() => {
+                TxnError::Fatal(format!("{what}: {err}"))
+            }
+            _ => TxnError::Abort(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// Runs a transactional call until it succeeds, fails for good, or `timeout` has passed;
+/// librdkafka marks errors worth retrying (a coordinator that is moving, a request that timed
+/// out) as retriable.
+fn retrying(
+    what: &str,
+    timeout: Duration,
+    mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
+) -> Result<(), TxnError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match call(left) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && !left.is_zero() => {
+                tracing::debug!(what, error = %e, "retrying");
+                std::thread::sleep(Duration::from_millis(100).min(left));
+            }
+            Err(e) => return Err(TxnError::from_kafka(what, &e)),
+        }
+    }
+}
+
 struct CollectorContext {
     metrics: Metrics,
     changelog_acks: Mutex<HashMap<(String, i32), i64>>,
@@ -152,6 +200,8 @@ impl ProducerContext for CollectorContext {
 /// The member's producer.
 pub struct Collector {
     producer: ThreadedProducer<CollectorContext>,
+    /// True once a record was sent since the last transaction began (exactly once).
+    sent: AtomicBool,
     /// How long a send may wait for room in librdkafka's queue (`processing.commit_timeout_ms`).
     send_timeout: Duration,
 }
@@ -180,6 +230,7 @@ impl Collector {
             .map_err(CollectorError::Create)?;
         Ok(Self {
             producer,
+            sent: AtomicBool::new(false),
             send_timeout,
         })
     }
@@ -213,7 +264,10 @@ impl Collector {
         let mut full_since = None;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Backpressure from librdkafka: wait for acknowledgements to make room.
                     let since = *full_since.get_or_insert_with(Instant::now);
@@ -281,5 +335,68 @@ impl Collector {
     /// Records still waiting for acknowledgement.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+
+    /// Registers the producer's `transactional.id` with its transaction coordinator (aborting
+    /// what an earlier producer with the same id left open, and fencing that producer) and
+    /// begins the first transaction.
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
+        retrying("initialising transactions", timeout, |left| {
+            self.producer.init_transactions(left)
+        })?;
+        self.begin_transaction()
+    }
+
+    /// Commits the open transaction with the input `offsets` of `group`'s member (the group
+    /// coordinator refuses them from a member fenced out of the group), then begins the next.
+    /// Every record sent must have been acknowledged ([`Collector::flush`]).
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), TxnError> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if offsets.count() > 0 {
+            retrying(
+                "sending the input offsets to the transaction",
+                left(),
+                |t| self.producer.send_offsets_to_transaction(offsets, group, t),
+            )?;
+        }
+        retrying("committing the transaction", left(), |t| {
+            self.producer.commit_transaction(t)
+        })?;
+        self.begin_transaction()
+    }
+
+    /// Aborts the open transaction: its records are never visible to `read_committed` readers.
+    /// Forgets the acknowledgements and delivery failures of its records, and begins the next.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        retrying("aborting the transaction", timeout, |t| {
+            self.producer.abort_transaction(t)
+        })?;
+        self.take_changelog_acks();
+        self.producer
+            .context()
+            .first_error
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .take();
+        self.begin_transaction()
+    }
+
+    fn begin_transaction(&self) -> Result<(), TxnError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| TxnError::from_kafka("beginning a transaction", &e))?;
+        self.sent.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True when a record was sent in the open transaction.
+    pub fn sent_in_transaction(&self) -> bool {
+        self.sent.load(Ordering::Relaxed)
     }
 }

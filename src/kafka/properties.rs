@@ -18,6 +18,10 @@ use rdkafka::ClientConfig;
 
 use crate::config::{ConfigIssue, GroupProtocol};
 
+/// The producer's transaction timeout (exactly-once): settable, and checked against the commit
+/// interval.
+pub const TRANSACTION_TIMEOUT_PROPERTY: &str = "transaction.timeout.ms";
+
 /// librdkafka properties that Tributary sets itself, and what to configure instead.
 pub const RESERVED: &[(&str, &str)] = &[
     ("group.id", "it is set from `app.id`"),

@@ -12,6 +12,7 @@
 //! [`ChangelogSink`].
 
 pub mod cleaner;
+pub mod identity;
 pub mod lock;
 pub mod rocks;
 

@@ -7,15 +7,11 @@ use std::time::Duration;
 
 use integration_tests::{
     check_exact, committed_offsets, delete_topic, produce_transaction, serial, unique_name,
-    wait_until, watermarks, Broker, BrokerKind, KeyedView, TotalsConfig, WorkerProcess, Workload,
+    wait_until, watermarks, Broker, KeyedView, TotalsConfig, WorkerProcess, Workload,
 };
 use serde_json::json;
 
-use crate::{state_dir, wait_all_committed, wait_for_totals, LONG, READY, RESTORED};
-
-fn on_kafka() -> bool {
-    BrokerKind::from_env() == BrokerKind::Kafka
-}
+use crate::{on_kafka, state_dir, wait_all_committed, wait_for_totals, LONG, READY, RESTORED};
 
 /// A broker, an input and an output topic with `partitions` each, and a totals config.
 fn setup(prefix: &str, partitions: i32, state: &std::path::Path) -> (Broker, TotalsConfig) {

@@ -10,6 +10,7 @@
 
 mod changelog;
 mod config;
+mod exactly_once;
 mod harness;
 mod outage;
 mod pipelines;
@@ -143,6 +144,11 @@ impl Protocol {
             "group {app} as the broker describes it: {group:?}"
         );
     }
+}
+
+/// True when the tests run on Apache Kafka (the reference broker), not tansu.
+pub fn on_kafka() -> bool {
+    BrokerKind::from_env() == BrokerKind::Kafka
 }
 
 /// A fresh state directory for one worker.

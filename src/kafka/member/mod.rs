@@ -21,6 +21,8 @@
 //! releases while it polls, so the rebalance callbacks can commit and close revoked tasks
 //! before their partitions are given up, and open and pause newly assigned ones.
 
+mod exactly_once;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,13 +33,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::collector::{Collector, CollectorError};
+use super::collector::{Collector, CollectorError, TxnError};
 use super::restore::RestoreConsumer;
 use super::{message_headers, own_message};
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
 use crate::state::now_ms;
@@ -91,6 +93,15 @@ pub enum MemberError {
         #[source]
         source: CollectorError,
     },
+    /// The transactional producer could not be initialised (exactly once).
+    #[error("member {member}: {source}")]
+    Transactions {
+        /// Member index.
+        member: usize,
+        /// The error.
+        #[source]
+        source: TxnError,
+    },
     /// A task failed; nothing after the last commit was committed.
     #[error("{0}")]
     Task(String),
@@ -118,6 +129,9 @@ pub struct MemberSetup {
     pub status: Arc<StatusBoard>,
     /// Stops the member: it finishes the record at hand, commits and leaves the group.
     pub shutdown: CancellationToken,
+    /// Under exactly once, what the worker's `transactional.id`s start with (the member adds
+    /// its index); see [`crate::state::identity`].
+    pub transactional_id: Option<String>,
 }
 
 /// Where a source topic's records go.
@@ -201,6 +215,13 @@ struct Core {
     group_consumer: Weak<MemberConsumer>,
     /// Incremented by every rebalance callback.
     epoch: Arc<AtomicU64>,
+    /// The producer's settings, to replace it (exactly once, after a fatal error).
+    producer_config: ClientConfig,
+    /// Where the member's transactions stand (exactly once).
+    txn: exactly_once::Transactions,
+    /// Set by an aborted transaction until every input partition is marked for a rewind to
+    /// its committed offset.
+    rewind_pending: bool,
 }
 
 /// The consumer context: rebalance callbacks act on the member's [`Core`].
@@ -384,6 +405,11 @@ impl Core {
         self.setup.index
     }
 
+    /// True under `processing.guarantee = "exactly_once"`.
+    fn exactly_once(&self) -> bool {
+        self.setup.config.processing.guarantee == Guarantee::ExactlyOnce
+    }
+
     fn fail(&mut self, reason: String) {
         tracing::error!(member = self.member(), %reason, "member failed; nothing more will be committed");
         if self.failed.is_none() {
@@ -463,8 +489,12 @@ impl Core {
         self.publish_status();
     }
 
-    /// Opens the tasks waiting in `pending_open`; leaves those whose directory is still locked.
+    /// Opens the tasks waiting in `pending_open`; leaves those whose directory is still locked,
+    /// and all of them while an aborted transaction is being recovered from.
     fn open_pending(&mut self, consumer: &MemberConsumer) {
+        if !self.ready_for_tasks() {
+            return;
+        }
         let pending: Vec<TaskId> = self.pending_open.iter().copied().collect();
         for id in pending {
             match self.open_task(id) {
@@ -550,6 +580,12 @@ impl Core {
             if let Err(e) = self.commit() {
                 self.fail(e.to_string());
             }
+        }
+        if lost && self.exactly_once() && self.txn == exactly_once::Transactions::Open {
+            // The open transaction holds records of the lost partitions, which their new
+            // owner processes again; it must not commit (the coordinator would refuse its
+            // offsets anyway). The tasks kept are rewound with it.
+            self.abort_and_rewind(TxnError::Abort("partitions were lost".into()));
         }
         if lost {
             // The failures so far are explained (the member was fenced); its tasks and their
@@ -879,6 +915,9 @@ impl Core {
 
     /// Commits every running task: flush caches → wait for acks → commit offsets → write state.
     fn commit(&mut self) -> Result<(), TaskError> {
+        if self.exactly_once() {
+            return self.commit_transaction();
+        }
         let start = Instant::now();
         // Before anything is sent: what this commit writes (and what other writers append
         // to the changelogs later) comes after it.
@@ -1062,6 +1101,7 @@ impl Core {
                     .map(|(c, checkpoint)| (c.to_string(), checkpoint.map(|c| c.next)))
                     .collect(),
                 member,
+                guarantee: self.setup.config.processing.guarantee,
             })
             .collect();
         self.setup.status.publish(
@@ -1110,15 +1150,27 @@ impl Member {
                 source,
             }
         };
-        let collector = Collector::new(
-            &super::client::producer(&cfg, &setup.bootstrap, index),
-            setup.metrics.clone(),
-            Duration::from_millis(cfg.processing.commit_timeout_ms),
-        )
-        .map_err(|source| MemberError::Collector {
-            member: index,
-            source,
-        })?;
+        let transactional_id = setup
+            .transactional_id
+            .as_ref()
+            .map(|base| format!("{base}-{index}"));
+        let producer_config =
+            super::client::producer(&cfg, &setup.bootstrap, index, transactional_id.as_deref());
+        let commit_timeout = Duration::from_millis(cfg.processing.commit_timeout_ms);
+        let collector = Collector::new(&producer_config, setup.metrics.clone(), commit_timeout)
+            .map_err(|source| MemberError::Collector {
+                member: index,
+                source,
+            })?;
+        if let Some(id) = &transactional_id {
+            collector
+                .init_transactions(commit_timeout)
+                .map_err(|source| MemberError::Transactions {
+                    member: index,
+                    source,
+                })?;
+            tracing::info!(member = index, transactional_id = %id, "transactional producer ready");
+        }
         let restore = RestoreConsumer::new(&super::client::restore_consumer(
             &cfg,
             &setup.bootstrap,
@@ -1168,6 +1220,9 @@ impl Member {
             failing_since: None,
             group_consumer: Weak::new(),
             epoch: epoch.clone(),
+            producer_config,
+            txn: exactly_once::Transactions::Open,
+            rewind_pending: false,
             setup: setup.clone(),
         }));
         let ctx = MemberContext {
@@ -1277,6 +1332,9 @@ impl Member {
         batch: &mut Vec<(BorrowedMessage<'c>, u64)>,
         busy: bool,
     ) -> Result<(), String> {
+        if core.exactly_once() {
+            core.recover(&self.consumer);
+        }
         let deadline = Instant::now() + PROCESS_BUDGET;
         let mut over_budget = false;
         for (i, (m, epoch)) in batch.drain(..).enumerate() {

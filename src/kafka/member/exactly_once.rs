@@ -1,0 +1,236 @@
+//! Commits under `processing.guarantee = "exactly_once"` (KIP-447, Kafka Streams' "EOS v2").
+//!
+//! One transaction per member and commit interval holds everything the member's tasks sent
+//! since the last commit (sink, changelog and dead-letter records) and, sent to it with the
+//! consumer's group metadata, the input offsets they reached. The group coordinator refuses
+//! those offsets from a member fenced out of the group (a zombie that was paused past its
+//! session), so a zombie's transaction can only abort; a restarted worker's producer, with the
+//! same `transactional.id`, aborts what its crashed predecessor left open.
+//!
+//! RocksDB gets a commit's state changes, with the changelog offsets they reached, only after
+//! the transaction committed. A crash therefore leaves the local store at the last committed
+//! transaction, and the task restores only the changelog tail after it (the `read_committed`
+//! restore skips aborted records): no wipe after a crash.
+//!
+//! When a transaction fails, everything the member derived from its records since the last
+//! commit is thrown away: the transaction is aborted (or, if the producer cannot go on, a new
+//! producer fences the old one, which aborts it), every task is closed without writing
+//! anything and opened again from its committed state, and every input partition is read
+//! again from the group's committed offset. Queues, re-delivery marks, caches and whatever a
+//! processor keeps in memory (stream time, window timers) go with the closed tasks.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Core, MemberConsumer, Rewind};
+use crate::kafka::collector::{Collector, TxnError};
+use crate::state::now_ms;
+use crate::task::{TaskError, TaskState};
+use crate::types::TaskId;
+
+/// How long a member that lost its producer waits between attempts at a new one, and how long
+/// fetching the committed offsets after an abort may hold up the loop.
+const RECOVERY_STEP: Duration = Duration::from_secs(5);
+
+/// Where a member's transactions stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Transactions {
+    /// A transaction is open (possibly still empty).
+    Open,
+    /// The producer cannot go on; a new one is needed before anything is processed again.
+    NeedProducer {
+        /// Why.
+        reason: String,
+        /// When to try next.
+        next_attempt: Instant,
+    },
+}
+
+impl Core {
+    /// Commits the open transaction: flushes the caches into it, waits for every record it
+    /// holds to be acknowledged, sends the input offsets, commits, and writes the state
+    /// batches into RocksDB. A failure aborts it ([`Core::abort_and_rewind`]); the member goes on.
+    pub(super) fn commit_transaction(&mut self) -> Result<(), TaskError> {
+        let start = Instant::now();
+        let started_ms = now_ms();
+        self.last_commit = start;
+        if self.failed.is_some() || self.txn != Transactions::Open {
+            return Ok(());
+        }
+        let mut batches = Vec::new();
+        for task in self
+            .tasks
+            .values_mut()
+            .filter(|t| t.state() == TaskState::Running)
+        {
+            batches.push((task.id(), task.prepare_commit(&self.collector)?));
+        }
+        let mut offsets = TopicPartitionList::new();
+        for task in self.tasks.values() {
+            for (topic, partition, offset) in task.offsets_to_commit() {
+                offsets
+                    .add_partition_offset(&topic, partition, Offset::Offset(offset))
+                    .expect("invariant: offsets are valid");
+            }
+        }
+        if offsets.count() == 0 && !self.collector.sent_in_transaction() {
+            // Nothing happened since the last commit: the transaction stays open, and empty.
+            return Ok(());
+        }
+        let timeout = self.commit_timeout();
+        let result = self
+            .collector
+            .flush(timeout)
+            .map_err(|e| TxnError::Abort(e.to_string()))
+            .and_then(|()| {
+                let consumer = self.group_consumer.upgrade().ok_or_else(|| {
+                    TxnError::Abort("the member's consumer is gone (shutting down)".into())
+                })?;
+                let group = consumer.group_metadata().ok_or_else(|| {
+                    TxnError::Abort("the consumer has no group metadata yet".into())
+                })?;
+                self.collector.commit_transaction(&offsets, &group, timeout)
+            });
+        if let Err(e) = result {
+            drop(batches);
+            self.abort_and_rewind(e);
+            return Ok(());
+        }
+        let acks = self.collector.take_changelog_acks();
+        for task in self.tasks.values_mut() {
+            task.offsets_durable();
+            task.offsets_committed();
+        }
+        for (id, batch) in batches {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                // The coordinator took the offsets: the member owned its partitions.
+                task.finish_commit(batch, &acks, Some(started_ms))?;
+            }
+        }
+        self.last_confirmed = start;
+        let member = self.member().to_string();
+        let metrics = &self.setup.metrics;
+        metrics.transactions.with_label_values(&["committed"]).inc();
+        metrics
+            .commit_latency
+            .with_label_values(&[&member])
+            .observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Aborts the open transaction after `cause` and throws away everything derived from its
+    /// records: closes every task without writing anything, to open it again from its committed
+    /// state, and marks every input partition for a rewind to the group's committed offset
+    /// ([`Core::recover`] finishes the job on the next loop turn).
+    pub(super) fn abort_and_rewind(&mut self, cause: TxnError) {
+        tracing::warn!(member = self.member(), error = %cause, "transaction failed; aborting it and going back to the last commit");
+        self.setup
+            .metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        let replaced = match cause {
+            TxnError::Fatal(reason) => Some(reason),
+            TxnError::Abort(_) => match self.collector.abort_transaction(self.commit_timeout()) {
+                Ok(()) => None,
+                Err(e) => Some(format!("aborting failed: {e}")),
+            },
+        };
+        if let Some(reason) = replaced {
+            self.txn = Transactions::NeedProducer {
+                reason,
+                next_attempt: Instant::now(),
+            };
+        }
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.close_task(id, true);
+            if self.assigned.contains_key(&id) {
+                self.pending_open.insert(id);
+            }
+        }
+        self.rewind_pending = true;
+        self.publish_status();
+    }
+
+    /// Finishes what an abort started, a step per loop turn: a new producer if the old one
+    /// cannot go on, then the rewind of every input partition to the group's committed offset.
+    /// Until both are done no task opens ([`Core::ready_for_tasks`]).
+    pub(super) fn recover(&mut self, consumer: &MemberConsumer) {
+        if let Transactions::NeedProducer {
+            reason,
+            next_attempt,
+        } = &self.txn
+        {
+            if Instant::now() < *next_attempt {
+                return;
+            }
+            tracing::info!(member = self.member(), %reason, "replacing the transactional producer");
+            match Collector::new(
+                &self.producer_config,
+                self.setup.metrics.clone(),
+                self.commit_timeout(),
+            )
+            .map_err(|e| TxnError::Fatal(e.to_string()))
+            .and_then(|c| c.init_transactions(RECOVERY_STEP).map(|()| c))
+            {
+                Ok(collector) => {
+                    self.collector = collector;
+                    self.txn = Transactions::Open;
+                }
+                Err(e) => {
+                    tracing::warn!(member = self.member(), error = %e, "no transactional producer yet; trying again");
+                    self.txn = Transactions::NeedProducer {
+                        reason: e.to_string(),
+                        next_attempt: Instant::now() + RECOVERY_STEP,
+                    };
+                    return;
+                }
+            }
+        }
+        if self.rewind_pending {
+            self.rewind_to_committed(consumer);
+        }
+    }
+
+    /// True when tasks may open: no abort is half done.
+    pub(super) fn ready_for_tasks(&self) -> bool {
+        !self.exactly_once() || (self.txn == Transactions::Open && !self.rewind_pending)
+    }
+
+    /// Pauses every assigned input partition and marks it to be read again, once its task
+    /// runs, from the offset the group committed (the last committed transaction's).
+    fn rewind_to_committed(&mut self, consumer: &MemberConsumer) {
+        let mut tpl = TopicPartitionList::new();
+        for (id, topics) in &self.assigned {
+            for topic in topics {
+                tpl.add_partition(topic, id.partition);
+            }
+        }
+        let committed = match consumer.committed_offsets(tpl, RECOVERY_STEP) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(member = self.member(), error = %e, "reading the committed offsets failed; trying again");
+                return;
+            }
+        };
+        for elem in committed.elements() {
+            let Some(route) = self.routes.get(elem.topic()) else {
+                continue;
+            };
+            let topic = route.topic.clone();
+            // No commit yet: from the start, as `auto.offset.reset = earliest` does (a seek
+            // below the log start resumes at its first record).
+            let offset = match elem.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            self.rewind
+                .insert((topic.clone(), elem.partition()), Rewind::Left(offset));
+            self.pause(consumer, &topic, elem.partition());
+        }
+        self.rewind_pending = false;
+    }
+}
