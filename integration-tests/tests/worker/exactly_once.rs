@@ -2,9 +2,12 @@
 //! for `read_committed` readers (tansu and the mock cluster do not, so neither can prove it;
 //! these tests return early there). Every sink read here is `read_committed`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use integration_tests::{check_exact, serial, wait_until, TotalsConfig, WorkerProcess};
+use integration_tests::{
+    check_at_least, check_exact, duplicates, serial, wait_until, TotalsConfig, WorkerProcess,
+};
 use rand::{Rng, SeedableRng};
 
 use crate::{
@@ -16,11 +19,73 @@ const PARTITIONS: i32 = 6;
 
 /// Three workers under load; ten times, a random one is killed with SIGKILL and started again
 /// on its state directory. Read with `read_committed`, every key's count and total in the
-/// sink EQUAL the input's: nothing lost, nothing twice.
+/// sink EQUAL the input's, and every malformed record is in the dead-letter topic once:
+/// nothing lost, nothing twice.
 #[test]
 fn exactly_once_through_ten_kills_and_restarts() {
-    if !on_kafka() {
+    let Some(chaos) = kills_and_restarts("exactly_once", 0x5eed_0801) else {
         return;
+    };
+    if let Err(e) = check_exact(&chaos.settled.expected, &chaos.settled.view.map) {
+        panic!(
+            "exactly once after {} records and ten kills: {e}",
+            chaos.settled.records.len()
+        );
+    }
+    assert_eq!(
+        chaos.dead_letters, chaos.malformed,
+        "every malformed record is a dead letter exactly once"
+    );
+}
+
+/// The same under at least once: nothing is lost, and the duplicates each kill causes (the
+/// victim's work since its last commit, done again) are reported.
+#[test]
+fn at_least_once_through_ten_kills_and_restarts_reports_duplicates() {
+    let Some(chaos) = kills_and_restarts("at_least_once", 0x5eed_0804) else {
+        return;
+    };
+    let Settled {
+        records,
+        expected,
+        view,
+    } = &chaos.settled;
+    if let Err(e) = check_at_least(expected, &view.map) {
+        panic!(
+            "at least once after {} records and ten kills: {e}",
+            records.len()
+        );
+    }
+    assert!(
+        chaos.dead_letters.iter().all(|(_, n)| *n >= 1)
+            && chaos.dead_letters.len() == chaos.malformed.len(),
+        "every malformed record is a dead letter at least once: {:?}",
+        chaos.dead_letters
+    );
+    eprintln!(
+        "at least once, ten kills: {} records, {} counted twice; {} malformed, {} dead letters",
+        records.len(),
+        duplicates(expected, &view.map),
+        chaos.malformed.len(),
+        chaos.dead_letters.values().sum::<usize>()
+    );
+}
+
+/// How [`kills_and_restarts`] ended.
+struct Chaos {
+    settled: Settled,
+    /// The malformed records' keys, each once.
+    malformed: BTreeMap<String, usize>,
+    /// The dead letters' keys, with how often each was written.
+    dead_letters: BTreeMap<String, usize>,
+}
+
+/// Three workers with `guarantee` under load, with a malformed record now and then (to the
+/// dead-letter topic); ten times a random worker is killed with SIGKILL and started again on
+/// its state directory. None on tansu.
+fn kills_and_restarts(guarantee: &str, seed: u64) -> Option<Chaos> {
+    if !on_kafka() {
+        return None;
     }
     let _serial = serial();
     let UnderLoad {
@@ -29,12 +94,15 @@ fn exactly_once_through_ten_kills_and_restarts() {
         output,
         app,
         producer,
-    } = UnderLoad::start("eos-kill", PARTITIONS, 0x5eed_0801);
+    } = UnderLoad::start("chaos", PARTITIONS, seed);
     let dirs = [state_dir(), state_dir(), state_dir()];
     let configs: Vec<TotalsConfig> = dirs
         .iter()
         .map(|d| {
-            TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, d.path()).exactly_once()
+            let mut c = TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, d.path());
+            c.guarantee = guarantee.to_string();
+            c.on_error = "dlq".to_string();
+            c
         })
         .collect();
     let mut workers: Vec<WorkerProcess> = configs
@@ -51,42 +119,46 @@ fn exactly_once_through_ten_kills_and_restarts() {
         "three workers",
     );
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0802);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut malformed = BTreeMap::new();
     for kill in 0..10 {
+        let key = format!("malformed-{kill}");
+        broker.produce_raw(&input, &[(key.clone(), b"{not json".to_vec())]);
+        malformed.insert(key, 1);
         let victim = rng.random_range(0..workers.len());
-        // Let the victim get somewhere since it (re)started: it has open transactions to lose.
+        // Let the victim get somewhere since it (re)started: it has open work to lose.
         let consumed = workers[victim].metric(CONSUMED).unwrap_or(0.0);
         let moved = wait_until(LONG, Duration::from_millis(100), || {
             workers[victim].metric(CONSUMED).unwrap_or(0.0) > consumed || producer.is_finished()
         });
         assert!(moved, "w{victim} processes nothing before kill {kill}");
         workers[victim].kill9();
-        let restarted = configs[victim].restarted();
         workers[victim] = WorkerProcess::spawn_named(
             &format!("w{victim}-after-kill{kill}"),
-            &restarted.to_toml(),
+            &configs[victim].restarted().to_toml(),
         );
         workers[victim].wait_ready(READY);
     }
 
     let mut running: Vec<&mut WorkerProcess> = workers.iter_mut().collect();
-    let Settled {
-        records,
-        expected,
-        view,
-    } = settle(
+    let settled = settle(
         producer,
         &broker,
         (&app, &input, &output),
         PARTITIONS,
         &mut running,
     );
-    if let Err(e) = check_exact(&expected, &view.map) {
-        panic!(
-            "exactly once after {} records and ten kills: {e}",
-            records.len()
-        );
+    let mut dead_letters = BTreeMap::new();
+    for r in broker.consume_all(&format!("{app}-dlq")) {
+        *dead_letters
+            .entry(r.key_str().unwrap_or_default())
+            .or_insert(0) += 1;
     }
+    Some(Chaos {
+        settled,
+        malformed,
+        dead_letters,
+    })
 }
 
 /// A worker killed with SIGKILL and started again on its state directory restores only the
