@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -111,6 +111,20 @@ impl RestoreStart {
             stale,
         }
     }
+}
+
+/// True for a fetch error that reading again will not cure: the restore position is gone
+/// (records deleted under it; see the restore consumer's `auto.offset.reset = error`) or the
+/// changelog may not be read.
+fn restore_cannot_go_on(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AutoOffsetReset
+                | RDKafkaErrorCode::OffsetOutOfRange
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
 }
 
 /// The member's restore consumer.
@@ -202,7 +216,16 @@ impl RestoreConsumer {
                 break;
             };
             wait = Duration::ZERO;
-            let msg = msg?;
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(e) if restore_cannot_go_on(&e) => return Err(e),
+                Err(e) => {
+                    // The brokers are away (a restart, a network blip): librdkafka reconnects
+                    // and fetching goes on from the same positions.
+                    tracing::warn!(error = %e, "reading changelogs: will go on when the brokers answer");
+                    break;
+                }
+            };
             // Linear: only the few partitions being restored are here, and this avoids an
             // allocation per record for the lookup key.
             let found = self

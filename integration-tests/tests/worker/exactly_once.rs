@@ -11,8 +11,8 @@ use integration_tests::{
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    on_kafka, settle, state_dir, wait_all_running, Settled, UnderLoad, CONSUMED, LONG, READY,
-    RESTORED,
+    describe, let_records_flow, on_kafka, settle, state_dir, wait_all_running, Settled, UnderLoad,
+    CONSUMED, LONG, READY, RESTORED,
 };
 
 const PARTITIONS: i32 = 6;
@@ -215,6 +215,90 @@ fn a_restarted_worker_restores_only_the_tail() {
         panic!(
             "after a crash and a tail restore ({} records): {e}",
             records.len()
+        );
+    }
+}
+
+/// A member stopped (SIGSTOP) past its session timeout and then continued is a zombie: the
+/// group coordinator refuses its transaction's offsets (or it learns first that its partitions
+/// were lost), it aborts, drops its tasks without writing local state and rejoins. Nothing it
+/// produced becomes visible: the totals are exact. (The consumer protocol keeps the zombie
+/// fetching until the coordinator answers, the likelier case of the two.)
+#[test]
+fn a_paused_member_is_fenced_and_nothing_it_wrote_shows() {
+    if !on_kafka() {
+        return;
+    }
+    crate::protocol::paused_member_with(crate::Protocol::Consumer, "exactly_once");
+}
+
+/// The broker is stopped (SIGTERM) in the middle of the run and started again on the same log
+/// directory: the open transactions fail and are aborted (or their producers replaced), the
+/// workers keep running and go on once the broker is back, and the totals are exact.
+#[test]
+fn a_broker_restart_mid_run_is_exact() {
+    if !on_kafka() {
+        return;
+    }
+    let _serial = serial();
+    let UnderLoad {
+        mut broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("eos-restart", PARTITIONS, 0x5eed_0805);
+    let (s1, s2) = (state_dir(), state_dir());
+    let c1 =
+        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, s1.path()).exactly_once();
+    let c2 = c1.for_another_worker(s2.path());
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w1.wait_ready(READY);
+    w2.wait_ready(READY);
+    wait_all_running(&[&w1, &w2], PARTITIONS, "two workers");
+    let_records_flow(&producer, 2_000);
+
+    broker.stop();
+    // Down until both workers have noticed: a transaction failed on each.
+    const ABORTED: &str = "tributary_transactions_total{outcome=\"aborted\"}";
+    let noticed = wait_until(LONG, Duration::from_millis(200), || {
+        [&w1, &w2]
+            .iter()
+            .all(|w| w.metric(ABORTED).unwrap_or(0.0) >= 1.0)
+    });
+    assert!(
+        noticed,
+        "no transaction failed while the broker was down: {}",
+        describe(&[&w1, &w2])
+    );
+    broker.restart();
+    assert!(
+        w1.is_alive() && w2.is_alive(),
+        "the workers go on through the outage"
+    );
+    let_records_flow(&producer, 2_000);
+
+    let Settled {
+        records,
+        expected,
+        view,
+    } = settle(
+        producer,
+        &broker,
+        (&app, &input, &output),
+        PARTITIONS,
+        &mut [&mut w1, &mut w2],
+    );
+    if let Err(e) = check_exact(&expected, &view.map) {
+        panic!("after {} records and a broker restart: {e}", records.len());
+    }
+    for w in [&mut w1, &mut w2] {
+        assert_eq!(
+            w.terminate().code(),
+            Some(0),
+            "{} exits 0 on SIGTERM",
+            w.name()
         );
     }
 }

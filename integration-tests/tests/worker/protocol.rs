@@ -175,7 +175,7 @@ fn consumer_protocol_paused_member_is_fenced_and_rejoins() {
     if BrokerKind::from_env() != BrokerKind::Kafka {
         return;
     }
-    paused_member_with(Protocol::Consumer);
+    paused_member_with(Protocol::Consumer, "at_least_once");
 }
 
 /// The same with the classic protocol.
@@ -184,12 +184,15 @@ fn classic_protocol_paused_member_is_fenced_and_rejoins() {
     if BrokerKind::from_env() != BrokerKind::Kafka {
         return;
     }
-    paused_member_with(Protocol::Classic);
+    paused_member_with(Protocol::Classic, "at_least_once");
 }
 
 /// Two workers under load; the first is stopped until the second runs everything, then
 /// continued until it has rejoined; totals at least the input's.
-fn paused_member_with(protocol: Protocol) {
+/// The paused-member scenario under `protocol` and `guarantee`: at least once, totals at least
+/// the input's (duplicates reported); exactly once, totals equal to it, and the paused member's
+/// transaction aborted.
+pub fn paused_member_with(protocol: Protocol, guarantee: &str) {
     let _serial = serial();
     let UnderLoad {
         broker,
@@ -199,13 +202,14 @@ fn paused_member_with(protocol: Protocol) {
         producer,
     } = UnderLoad::start("kip848-pause", PARTITIONS, 0x5eed_0849);
     let (s1, s2) = (state_dir(), state_dir());
-    let c1 = protocol.apply(TotalsConfig::new(
+    let mut c1 = protocol.apply(TotalsConfig::new(
         &app,
         &broker.bootstrap(),
         &input,
         &output,
         s1.path(),
     ));
+    c1.guarantee = guarantee.to_string();
     let c2 = c1.for_another_worker(s2.path());
     let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
     let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
@@ -245,10 +249,24 @@ fn paused_member_with(protocol: Protocol) {
         PARTITIONS,
         &mut [&mut w1, &mut w2],
     );
-    if let Err(e) = check_at_least(&expected, &view.map) {
+    let exactly_once = guarantee == "exactly_once";
+    let checked = if exactly_once {
+        check_exact(&expected, &view.map)
+    } else {
+        check_at_least(&expected, &view.map)
+    };
+    if let Err(e) = checked {
         panic!(
-            "after {} records and a member paused past its session (at least once): {e}",
+            "after {} records and a member paused past its session ({guarantee}): {e}",
             records.len()
+        );
+    }
+    if exactly_once {
+        const ABORTED: &str = "tributary_transactions_total{outcome=\"aborted\"}";
+        assert!(
+            w1.metric(ABORTED).unwrap_or(0.0) >= 1.0,
+            "the fenced member aborted its transaction: {:?}",
+            w1.metric(ABORTED)
         );
     }
     eprintln!(
