@@ -35,7 +35,8 @@
 //!
 //! Knobs (environment):
 //! - `BENCH_RECORDS` (default 1000000);
-//! - `BENCH_SCENARIOS`: comma list of `raw,agg,sink,stateless,window` (default all);
+//! - `BENCH_SCENARIOS`: comma list of `raw,agg,sink,sink100,eos,eos100,stateless,window`
+//!   (default all; `eos` and `eos100` run the `sink` job under exactly once);
 //! - `BENCH_KAFKA_PROPERTIES="k=v,k=v"`: extra `[kafka.properties]` for the worker and the raw
 //!   consumer alike (experiments, e.g. `fetch.queue.backoff.ms=10`; empty by default);
 //! - `BENCH_PERF_DIR`: `perf record` samples each worker over the measured interval into
@@ -234,7 +235,22 @@ struct Scenario {
     outputs: Option<u64>,
     /// Check `/state/totals/<key>` of a few keys against the generator's totals.
     check_state: bool,
+    /// How the worker commits.
+    commits: Commits,
 }
+
+/// `processing.guarantee` and `processing.commit_interval_ms` of a worker run.
+#[derive(Clone, Copy)]
+struct Commits {
+    guarantee: &'static str,
+    interval_ms: u64,
+}
+
+/// At least once, every [`COMMIT_INTERVAL_MS`].
+const AT_LEAST_ONCE: Commits = Commits {
+    guarantee: "at_least_once",
+    interval_ms: COMMIT_INTERVAL_MS,
+};
 
 const AGGREGATE_STEPS: &str = "[[pipeline.steps]]\n[pipeline.steps.aggregate]\nfields = { count = \"count()\", total = \"sum(amount)\" }\n";
 const STATELESS_STEPS: &str = "steps = [ { filter = \"amount > 50\" }, { map = \"{'user': user, 'amount': amount * 2}\" } ]\n";
@@ -262,6 +278,7 @@ fn worker_toml(
     http: &str,
     sink: Option<&str>,
     steps: &str,
+    commits: Commits,
 ) -> String {
     let sink = match sink {
         Some(t) => format!("sink = {{ topic = \"{t}\", format = \"json\" }}\n"),
@@ -289,7 +306,8 @@ fn worker_toml(
          {properties}\
          \n\
          [processing]\n\
-         commit_interval_ms = {COMMIT_INTERVAL_MS}\n\
+         guarantee = \"{guarantee}\"\n\
+         commit_interval_ms = {interval}\n\
          \n\
          [state]\n\
          dir = \"{state}\"\n\
@@ -303,6 +321,8 @@ fn worker_toml(
          {sink}\
          {steps}",
         state = state_dir.display(),
+        guarantee = commits.guarantee,
+        interval = commits.interval_ms,
     )
 }
 
@@ -319,6 +339,7 @@ fn raw_consumer(broker: &Broker, records: u64) -> Row {
         &format!("127.0.0.1:{}", free_port()),
         None,
         AGGREGATE_STEPS,
+        AT_LEAST_ONCE,
     );
     std::fs::write(&cfg_path, toml).expect("write config");
     let cfg = tributary::config::load(&[cfg_path]).unwrap_or_else(|issues| {
@@ -540,6 +561,7 @@ fn worker_run(
         &http,
         sink,
         sc.steps,
+        sc.commits,
     );
     let mut w = WorkerProcess::spawn_named(scenario, &toml);
     let pid = w.pid();
@@ -715,8 +737,8 @@ fn loadavg() -> String {
 
 fn main() {
     let records = env_u64("BENCH_RECORDS", 1_000_000);
-    let scenarios =
-        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "raw,agg,sink,stateless,window".into());
+    let scenarios = std::env::var("BENCH_SCENARIOS")
+        .unwrap_or_else(|_| "raw,agg,sink,sink100,eos,eos100,stateless,window".into());
     let wants = |s: &str| scenarios.split(',').any(|x| x.trim() == s);
 
     let broker_desc = match BrokerKind::from_env() {
@@ -807,6 +829,7 @@ fn main() {
             sink: None,
             outputs: None,
             check_state: true,
+            commits: AT_LEAST_ONCE,
         },
         Scenario {
             name: "sink",
@@ -815,6 +838,43 @@ fn main() {
             sink: Some(SINK),
             outputs: Some(records),
             check_state: true,
+            commits: AT_LEAST_ONCE,
+        },
+        Scenario {
+            name: "sink100",
+            title: "worker: running aggregate + sink, commits every 100 ms",
+            steps: AGGREGATE_STEPS,
+            sink: Some("bench-sink100"),
+            outputs: Some(records),
+            check_state: true,
+            commits: Commits {
+                guarantee: "at_least_once",
+                interval_ms: 100,
+            },
+        },
+        Scenario {
+            name: "eos",
+            title: "worker: running aggregate + sink, exactly once",
+            steps: AGGREGATE_STEPS,
+            sink: Some("bench-eos"),
+            outputs: Some(records),
+            check_state: true,
+            commits: Commits {
+                guarantee: "exactly_once",
+                interval_ms: COMMIT_INTERVAL_MS,
+            },
+        },
+        Scenario {
+            name: "eos100",
+            title: "worker: running aggregate + sink, exactly once, commits every 100 ms",
+            steps: AGGREGATE_STEPS,
+            sink: Some("bench-eos100"),
+            outputs: Some(records),
+            check_state: true,
+            commits: Commits {
+                guarantee: "exactly_once",
+                interval_ms: 100,
+            },
         },
         Scenario {
             name: "stateless",
@@ -823,6 +883,7 @@ fn main() {
             sink: Some("bench-stateless"),
             outputs: Some(big),
             check_state: false,
+            commits: AT_LEAST_ONCE,
         },
         Scenario {
             name: "window",
@@ -831,6 +892,7 @@ fn main() {
             sink: Some("bench-windows"),
             outputs: None,
             check_state: false,
+            commits: AT_LEAST_ONCE,
         },
     ];
     for sc in worker_scenarios.iter().filter(|sc| wants(sc.name)) {
