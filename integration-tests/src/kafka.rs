@@ -246,10 +246,56 @@ pub fn produce_transaction(
     records: &[(Vec<u8>, Option<Vec<u8>>)],
     commit: bool,
 ) -> Result<()> {
+    open_transaction(
+        bootstrap,
+        topic,
+        partition,
+        records,
+        Duration::from_secs(60),
+    )?
+    .end(commit)
+}
+
+/// A transaction left open on purpose (a writer that crashed, or hangs): its records, and
+/// everything after them, stay hidden from `read_committed` readers until it ends, at the
+/// latest when the broker aborts it after its `timeout`.
+pub struct OpenTransaction {
+    producer: BaseProducer<CountingContext>,
+    topic: String,
+}
+
+impl OpenTransaction {
+    /// Commits or aborts it.
+    pub fn end(self, commit: bool) -> Result<()> {
+        use rdkafka::producer::Producer as _;
+        let t = Duration::from_secs(30);
+        if commit {
+            self.producer.commit_transaction(t)?;
+        } else {
+            self.producer.abort_transaction(t)?;
+        }
+        let errors = std::mem::take(&mut *self.producer.context().errors.lock().unwrap());
+        if !errors.is_empty() && commit {
+            bail!("transactional sends to {} failed: {errors:?}", self.topic);
+        }
+        Ok(())
+    }
+}
+
+/// Writes `records` to one partition in a transaction that it leaves open (see
+/// [`OpenTransaction`]); every record is acknowledged when this returns.
+pub fn open_transaction(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+    timeout: Duration,
+) -> Result<OpenTransaction> {
     use rdkafka::producer::Producer as _;
     let p: BaseProducer<CountingContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("transactional.id", crate::unique_name("harness-txn"))
+        .set("transaction.timeout.ms", timeout.as_millis().to_string())
         .create_with_context(CountingContext::default())?;
     let t = Duration::from_secs(30);
     p.init_transactions(t)?;
@@ -262,21 +308,18 @@ pub fn produce_transaction(
         p.send(r).map_err(|(e, _)| e)?;
     }
     p.flush(t)?;
-    if commit {
-        p.commit_transaction(t)?;
-    } else {
-        p.abort_transaction(t)?;
-    }
-    let errors = std::mem::take(&mut *p.context().errors.lock().unwrap());
-    if !errors.is_empty() && commit {
-        bail!("transactional sends to {topic} failed: {errors:?}");
-    }
-    Ok(())
+    Ok(OpenTransaction {
+        producer: p,
+        topic: topic.to_string(),
+    })
 }
 
 /// Log start and end (high watermark) offsets of one partition.
 pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> Result<(i64, i64)> {
-    let c: BaseConsumer = base_consumer_config(bootstrap).create()?;
+    // read_committed would be told the last stable offset instead of the end.
+    let c: BaseConsumer = base_consumer_config(bootstrap)
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
     Ok(c.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
 }
 

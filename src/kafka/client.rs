@@ -250,4 +250,25 @@ mod tests {
             );
         }
     }
+
+    /// Exactly once: a transactional producer with a transaction timeout longer than a commit
+    /// interval; at least once: an idempotent one without.
+    #[test]
+    fn the_producer_is_transactional_only_under_exactly_once() {
+        let cfg = config("");
+        let c = producer(&cfg, NO_BROKER, 1, Some("app-abc-1"));
+        assert_eq!(c.get("transactional.id"), Some("app-abc-1"));
+        assert_eq!(c.get("transaction.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        let c = producer(&cfg, NO_BROKER, 1, None);
+        assert_eq!(c.get("transactional.id"), None);
+        assert_eq!(c.get("transaction.timeout.ms"), None);
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        for c in [
+            consumer(&cfg, NO_BROKER, 0),
+            restore_consumer(&cfg, NO_BROKER, 0),
+        ] {
+            assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        }
+    }
 }

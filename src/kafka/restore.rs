@@ -130,6 +130,11 @@ fn restore_cannot_go_on(e: &KafkaError) -> bool {
 /// The member's restore consumer.
 pub struct RestoreConsumer {
     consumer: BaseConsumer,
+    /// Asks for end offsets as a `read_uncommitted` client: a `read_committed` one (as
+    /// `consumer` is) is told the last stable offset, which stops short of the records of any
+    /// transaction still open on the changelog. A restore ends at the true end, once those
+    /// transactions have ended, and a checkpoint is "beyond the end" only beyond that.
+    watermarks: BaseConsumer,
     parts: HashMap<(Arc<str>, i32), Progress>,
 }
 
@@ -144,8 +149,11 @@ impl std::fmt::Debug for RestoreConsumer {
 impl RestoreConsumer {
     /// Creates the consumer (no group membership).
     pub fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
+        let mut uncommitted = config.clone();
+        uncommitted.set("isolation.level", "read_uncommitted");
         Ok(Self {
             consumer: config.create()?,
+            watermarks: uncommitted.create()?,
             parts: HashMap::new(),
         })
     }
@@ -162,7 +170,7 @@ impl RestoreConsumer {
         retention: Option<Duration>,
     ) -> Result<RestoreStart, KafkaError> {
         let (low, high) = self
-            .consumer
+            .watermarks
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
         let start = RestoreStart::decide(checkpoint, low, high, retention, now_ms());
         self.stop(topic, partition);
@@ -295,7 +303,7 @@ impl RestoreConsumer {
         let mut done = Vec::new();
         for (topic, partition) in candidates {
             match self
-                .consumer
+                .watermarks
                 .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
             {
                 Ok((_, high)) => {

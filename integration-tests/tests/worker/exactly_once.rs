@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use integration_tests::{
-    check_at_least, check_exact, duplicates, serial, wait_until, TotalsConfig, WorkerProcess,
+    check_at_least, check_exact, duplicates, open_transaction, serial, wait_until, TotalsConfig,
+    WorkerProcess,
 };
 use rand::{Rng, SeedableRng};
 
@@ -301,4 +302,68 @@ fn a_broker_restart_mid_run_is_exact() {
             w.name()
         );
     }
+}
+
+/// A transaction another writer left open on a changelog (a previous owner that crashed and
+/// did not come back) hides everything after it from `read_committed` readers until the
+/// broker aborts it. A worker that restores meanwhile waits for it to end rather than take the
+/// last stable offset for the changelog's end: its own later checkpoint is not "beyond the
+/// end", its store is not wiped, and the totals stay exact.
+#[test]
+fn a_transaction_left_open_on_a_changelog_is_waited_for() {
+    if !on_kafka() {
+        return;
+    }
+    let _serial = serial();
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("eos-open", 1, 0x5eed_0806);
+    let dir = state_dir();
+    let config =
+        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dir.path()).exactly_once();
+    let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
+    w.wait_ready(READY);
+    let_records_flow(&producer, 2_000);
+    let foreign = open_transaction(
+        &broker.bootstrap(),
+        &config.changelog_topic(),
+        0,
+        &[(b"foreign".to_vec(), Some(br#"{"count":1}"#.to_vec()))],
+        Duration::from_secs(20),
+    )
+    .expect("open a transaction on the changelog");
+    // The worker commits more state after the open transaction's record, then crashes.
+    let consumed = w.metric(CONSUMED).unwrap_or(0.0);
+    let_records_flow(&producer, 2_000);
+    assert!(
+        wait_until(LONG, Duration::from_millis(200), || w
+            .metric(CONSUMED)
+            .unwrap_or(0.0)
+            > consumed + 1_000.0),
+        "the worker goes on while the foreign transaction is open"
+    );
+    w.kill9();
+    let mut w = WorkerProcess::spawn_named("w-restarted", &config.restarted().to_toml());
+    w.wait_ready(READY);
+    let logs = w.logs();
+    assert!(
+        !logs.contains("beyond the changelog's end"),
+        "the restore took the last stable offset for the end:\n{logs}"
+    );
+    let Settled {
+        records,
+        expected,
+        view,
+    } = settle(producer, &broker, (&app, &input, &output), 1, &mut [&mut w]);
+    if let Err(e) = check_exact(&expected, &view.map) {
+        panic!(
+            "with a transaction left open on the changelog ({} records): {e}",
+            records.len()
+        );
+    }
+    drop(foreign);
 }

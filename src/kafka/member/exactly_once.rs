@@ -33,6 +33,9 @@ use crate::types::TaskId;
 /// How long a member that lost its producer waits between attempts at a new one, and how long
 /// fetching the committed offsets after an abort may hold up the loop.
 const RECOVERY_STEP: Duration = Duration::from_secs(5);
+/// Producers that may fail for good in a row, without a commit between, before the member
+/// gives up: two workers with one `transactional.id` fence each other without end.
+const FATAL_IN_A_ROW: u32 = 5;
 
 /// Where a member's transactions stand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,16 @@ impl Core {
             .values_mut()
             .filter(|t| t.state() == TaskState::Running)
         {
-            batches.push((task.id(), task.prepare_commit(&self.collector)?));
+            match task.prepare_commit(&self.collector) {
+                Ok(batch) => batches.push((task.id(), batch)),
+                // The flush only sends (the changelog records of the cached changes): a
+                // failure is the transaction's.
+                Err(e) => {
+                    drop(batches);
+                    self.abort_and_rewind(TxnError::Abort(format!("flushing caches: {e}")));
+                    return Ok(());
+                }
+            }
         }
         let mut offsets = TopicPartitionList::new();
         for task in self.tasks.values() {
@@ -98,6 +110,7 @@ impl Core {
             self.abort_and_rewind(e);
             return Ok(());
         }
+        self.fenced_in_a_row = 0;
         let acks = self.collector.take_changelog_acks();
         for task in self.tasks.values_mut() {
             task.offsets_durable();
@@ -132,17 +145,44 @@ impl Core {
             .with_label_values(&["aborted"])
             .inc();
         let replaced = match cause {
-            TxnError::Fatal(reason) => Some(reason),
-            TxnError::Abort(_) => match self.collector.abort_transaction(self.commit_timeout()) {
-                Ok(()) => None,
-                Err(e) => Some(format!("aborting failed: {e}")),
-            },
+            TxnError::Fatal(reason) => {
+                self.fenced_in_a_row += 1;
+                if self.fenced_in_a_row >= FATAL_IN_A_ROW {
+                    let id = self
+                        .producer_config
+                        .get("transactional.id")
+                        .unwrap_or_default()
+                        .to_string();
+                    self.fail(format!(
+                        "the transactional producer failed {FATAL_IN_A_ROW} times in a row \
+                         without a commit (last: {reason}); is another worker using \
+                         transactional.id {id:?}, e.g. a copy of this state.dir? Give each \
+                         worker its own state.dir or app.instance_id"
+                    ));
+                }
+                Some(reason)
+            }
+            // Bounded short: an abort that cannot complete (a commit whose outcome is still
+            // being settled, a broker away) is what a new producer resolves.
+            TxnError::Abort(_) => {
+                let timeout = self.commit_timeout().min(RECOVERY_STEP);
+                match self.collector.abort_transaction(timeout) {
+                    Ok(()) => None,
+                    Err(e) => Some(format!("aborting failed: {e}")),
+                }
+            }
         };
         if let Some(reason) = replaced {
             self.txn = Transactions::NeedProducer {
                 reason,
                 next_attempt: Instant::now(),
             };
+        }
+        // Where each input partition started, for those the group has no offset for yet.
+        for task in self.tasks.values() {
+            for (topic, partition, offset) in task.settled_offsets() {
+                self.rewind_fallback.insert((topic, partition), offset);
+            }
         }
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in ids {
@@ -216,21 +256,27 @@ impl Core {
                 return;
             }
         };
+        if let Some(e) = committed.elements().iter().find_map(|e| e.error().err()) {
+            tracing::warn!(member = self.member(), error = %e, "reading the committed offsets failed; trying again");
+            return;
+        }
         for elem in committed.elements() {
             let Some(route) = self.routes.get(elem.topic()) else {
                 continue;
             };
-            let topic = route.topic.clone();
-            // No commit yet: from the start, as `auto.offset.reset = earliest` does (a seek
-            // below the log start resumes at its first record).
+            let key = (route.topic.clone(), elem.partition());
+            // No commit yet: where the task started (what the reset policy chose). A task
+            // that took nothing has nothing to do again.
             let offset = match elem.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
+                Offset::Offset(o) => Some(o),
+                _ => self.rewind_fallback.get(&key).copied(),
             };
-            self.rewind
-                .insert((topic.clone(), elem.partition()), Rewind::Left(offset));
-            self.pause(consumer, &topic, elem.partition());
+            if let Some(offset) = offset {
+                self.rewind.insert(key.clone(), Rewind::Left(offset));
+            }
+            self.pause(consumer, &key.0, key.1);
         }
+        self.rewind_fallback.clear();
         self.rewind_pending = false;
     }
 }

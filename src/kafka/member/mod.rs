@@ -222,6 +222,11 @@ struct Core {
     /// Set by an aborted transaction until every input partition is marked for a rewind to
     /// its committed offset.
     rewind_pending: bool,
+    /// Where the aborted transaction's tasks started in each input partition, for partitions
+    /// the group has no committed offset for.
+    rewind_fallback: HashMap<(Arc<str>, i32), i64>,
+    /// Producers replaced after fatal errors since the last committed transaction.
+    fenced_in_a_row: u32,
 }
 
 /// The consumer context: rebalance callbacks act on the member's [`Core`].
@@ -403,6 +408,21 @@ fn single(topic: &str, partition: i32) -> TopicPartitionList {
 impl Core {
     fn member(&self) -> usize {
         self.setup.index
+    }
+
+    /// Passes on a task error, except that under exactly once a record the producer would not
+    /// take (its transaction already failed, or the record is refused) aborts the transaction
+    /// instead: the member goes back to its last commit and goes on.
+    fn absorb(&mut self, result: Result<(), TaskError>) -> Result<(), String> {
+        match result {
+            Err(TaskError::Collector(e)) if self.exactly_once() => {
+                if self.txn == exactly_once::Transactions::Open {
+                    self.abort_and_rewind(TxnError::Abort(format!("sending: {e}")));
+                }
+                Ok(())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
     }
 
     /// True under `processing.guarantee = "exactly_once"`.
@@ -1223,6 +1243,8 @@ impl Member {
             producer_config,
             txn: exactly_once::Transactions::Open,
             rewind_pending: false,
+            rewind_fallback: HashMap::new(),
+            fenced_in_a_row: 0,
             setup: setup.clone(),
         }));
         let ctx = MemberContext {
@@ -1342,11 +1364,11 @@ impl Member {
             if !over_budget && i % 64 == 63 {
                 over_budget = Instant::now() >= deadline;
             }
-            core.route(&self.consumer, &m, epoch, over_budget)
-                .map_err(|e| e.to_string())?;
+            let routed = core.route(&self.consumer, &m, epoch, over_budget);
+            core.absorb(routed)?;
         }
-        core.drain_queues(&self.consumer, deadline)
-            .map_err(|e| e.to_string())?;
+        let drained = core.drain_queues(&self.consumer, deadline);
+        core.absorb(drained)?;
         let restore_wait = if busy {
             Duration::ZERO
         } else {
