@@ -45,9 +45,20 @@ pub fn create_compacted_topic(
     partitions: i32,
     extra: &[(&str, &str)],
 ) -> Result<()> {
-    let topic = extra.iter().fold(
-        NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "compact"),
+    let mut configs = vec![("cleanup.policy", "compact")];
+    configs.extend_from_slice(extra);
+    create_configured_topic(bootstrap, name, partitions, &configs)
+}
+
+/// Like [`create_topic`], with the topic configs `configs`.
+pub fn create_configured_topic(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<()> {
+    let topic = configs.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
         |t, (k, v)| t.set(k, v),
     );
     create_topic_with(bootstrap, topic)
@@ -291,10 +302,24 @@ pub fn open_transaction(
     records: &[(Vec<u8>, Option<Vec<u8>>)],
     timeout: Duration,
 ) -> Result<OpenTransaction> {
+    let id = crate::unique_name("harness-txn");
+    open_transaction_as(bootstrap, &id, topic, partition, records, timeout)
+}
+
+/// Like [`open_transaction`], as the producer with `transactional_id` (which fences any other
+/// producer with that id).
+pub fn open_transaction_as(
+    bootstrap: &str,
+    transactional_id: &str,
+    topic: &str,
+    partition: i32,
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+    timeout: Duration,
+) -> Result<OpenTransaction> {
     use rdkafka::producer::Producer as _;
     let p: BaseProducer<CountingContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", crate::unique_name("harness-txn"))
+        .set("transactional.id", transactional_id)
         .set("transaction.timeout.ms", timeout.as_millis().to_string())
         .create_with_context(CountingContext::default())?;
     let t = Duration::from_secs(30);

@@ -29,9 +29,9 @@ mod workload;
 pub use broker::{kafka_home, tansu_bin, Broker, BrokerKind};
 pub use group::{describe_group, GroupDescription};
 pub use kafka::{
-    committed_offsets, consume_all, create_compacted_topic, create_topic, delete_topic,
-    describe_topic_config, last_value_per_key, open_transaction, produce_json, produce_transaction,
-    watermarks, ContinuousProducer, KeyedView, Rec, TopicReader,
+    committed_offsets, consume_all, create_compacted_topic, create_configured_topic, create_topic,
+    delete_topic, describe_topic_config, last_value_per_key, open_transaction, open_transaction_as,
+    produce_json, produce_transaction, watermarks, ContinuousProducer, KeyedView, Rec, TopicReader,
 };
 pub use registry::{registry_home, SchemaRegistry};
 pub use worker::{

@@ -297,8 +297,8 @@ impl Collector {
         // default), but a commit must not stall the member that long: bounded by our own wait.
         // In steps of a millisecond: rust-rdkafka's flush waits for events in slices of up to
         // 100 ms, and with the producer's own thread serving them, it sleeps the whole slice
-        // (measured: every commit took 100-200 ms). Each step also tells librdkafka to send
-        // what lingers now.
+        // (measured: every commit took 100-200 ms). A step costs a call that finds records
+        // still pending; records lingering in a batch still wait out `linger.ms`.
         let deadline = Instant::now() + timeout;
         let flushed = loop {
             match self.producer.flush(Duration::ZERO) {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use integration_tests::{
-    check_at_least, check_exact, duplicates, open_transaction, serial, wait_until, TotalsConfig,
-    WorkerProcess,
+    check_at_least, duplicates, open_transaction, open_transaction_as, serial, wait_until,
+    TotalsConfig, WorkerProcess,
 };
 use rand::{Rng, SeedableRng};
 
@@ -27,12 +27,7 @@ fn exactly_once_through_ten_kills_and_restarts() {
     let Some(chaos) = kills_and_restarts("exactly_once", 0x5eed_0801) else {
         return;
     };
-    if let Err(e) = check_exact(&chaos.settled.expected, &chaos.settled.view.map) {
-        panic!(
-            "exactly once after {} records and ten kills: {e}",
-            chaos.settled.records.len()
-        );
-    }
+    chaos.settled.assert_exact("after ten kills");
     assert_eq!(
         chaos.dead_letters, chaos.malformed,
         "every malformed record is a dead letter exactly once"
@@ -201,23 +196,14 @@ fn a_restarted_worker_restores_only_the_tail() {
         "restored {restored} of the {changelog_records} committed changelog records: a restart \
          after a crash restores the tail, not everything"
     );
-    let Settled {
-        records,
-        expected,
-        view,
-    } = settle(
+    let settled = settle(
         producer,
         &broker,
         (&app, &input, &output),
         PARTITIONS,
         &mut [&mut w],
     );
-    if let Err(e) = check_exact(&expected, &view.map) {
-        panic!(
-            "after a crash and a tail restore ({} records): {e}",
-            records.len()
-        );
-    }
+    settled.assert_exact("after a crash and a tail restore");
 }
 
 /// A member stopped (SIGSTOP) past its session timeout and then continued is a zombie: the
@@ -280,20 +266,14 @@ fn a_broker_restart_mid_run_is_exact() {
     );
     let_records_flow(&producer, 2_000);
 
-    let Settled {
-        records,
-        expected,
-        view,
-    } = settle(
+    let settled = settle(
         producer,
         &broker,
         (&app, &input, &output),
         PARTITIONS,
         &mut [&mut w1, &mut w2],
     );
-    if let Err(e) = check_exact(&expected, &view.map) {
-        panic!("after {} records and a broker restart: {e}", records.len());
-    }
+    settled.assert_exact("after a broker restart");
     for w in [&mut w1, &mut w2] {
         assert_eq!(
             w.terminate().code(),
@@ -354,16 +334,125 @@ fn a_transaction_left_open_on_a_changelog_is_waited_for() {
         !logs.contains("beyond the changelog's end"),
         "the restore took the last stable offset for the end:\n{logs}"
     );
-    let Settled {
-        records,
-        expected,
-        view,
-    } = settle(producer, &broker, (&app, &input, &output), 1, &mut [&mut w]);
-    if let Err(e) = check_exact(&expected, &view.map) {
-        panic!(
-            "with a transaction left open on the changelog ({} records): {e}",
-            records.len()
-        );
-    }
+    let settled = settle(producer, &broker, (&app, &input, &output), 1, &mut [&mut w]);
+    settled.assert_exact("with a transaction left open on the changelog");
     drop(foreign);
+}
+
+/// Another producer takes the worker's `transactional.id` (here a test's; in real life a copy
+/// of its state directory, or a slow predecessor): it fences the worker's producer, whose
+/// next transaction fails for good. The worker replaces its producer (fencing the intruder in
+/// turn), goes back to its last commit and goes on; the totals are exact.
+#[test]
+fn a_fenced_producer_is_replaced() {
+    if !on_kafka() {
+        return;
+    }
+    let _serial = serial();
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("eos-fenced", PARTITIONS, 0x5eed_0807);
+    let dir = state_dir();
+    let config =
+        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dir.path()).exactly_once();
+    let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
+    w.wait_ready(READY);
+    let_records_flow(&producer, 2_000);
+    let worker_id = std::fs::read_to_string(dir.path().join(&app).join("worker-0.id"))
+        .expect("the worker keeps its id in its state directory");
+    let transactional_id = format!("{app}-{}-0", worker_id.trim());
+    let intruder = open_transaction_as(
+        &broker.bootstrap(),
+        &transactional_id,
+        &output,
+        0,
+        &[(b"intruder".to_vec(), Some(br#"{"count":1}"#.to_vec()))],
+        Duration::from_secs(20),
+    )
+    .expect("a producer with the worker's transactional.id");
+    const ABORTED: &str = "tributary_transactions_total{outcome=\"aborted\"}";
+    assert!(
+        wait_until(LONG, Duration::from_millis(200), || w
+            .metric(ABORTED)
+            .unwrap_or(0.0)
+            >= 1.0),
+        "the worker's fenced transaction was not aborted"
+    );
+    let_records_flow(&producer, 2_000);
+    let settled = settle(
+        producer,
+        &broker,
+        (&app, &input, &output),
+        PARTITIONS,
+        &mut [&mut w],
+    );
+    settled.assert_exact("after the producer was fenced");
+    assert!(
+        w.logs().contains("replacing the transactional producer"),
+        "the worker replaced its producer"
+    );
+    assert!(
+        !settled.view.map.contains_key("intruder"),
+        "the intruder's transaction, fenced in turn, never became visible"
+    );
+    assert_eq!(w.terminate().code(), Some(0));
+    drop(intruder);
+}
+
+/// A record the producer refuses every time (here: an output with a long key, larger than the
+/// sink topic takes; the topic still takes transaction markers) fails every replay of its
+/// transaction. After ten in a row the worker stops, saying why, instead of replaying for
+/// ever; nothing of it was committed.
+#[test]
+fn a_record_refused_every_time_stops_the_worker_after_ten_transactions() {
+    if !on_kafka() {
+        return;
+    }
+    let _serial = serial();
+    let broker = integration_tests::Broker::start();
+    let input = integration_tests::unique_name("eos-refused-in");
+    let output = integration_tests::unique_name("eos-refused-out");
+    broker.create_topic(&input, 1);
+    integration_tests::create_configured_topic(
+        &broker.bootstrap(),
+        &output,
+        1,
+        &[("max.message.bytes", "200")],
+    )
+    .expect("create the sink topic");
+    let dir = state_dir();
+    let app = integration_tests::unique_name("app-eos-refused");
+    let config =
+        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dir.path()).exactly_once();
+    // 1,000 hexadecimal digits that do not repeat, so compression does not shrink them below
+    // the limit.
+    let mut x: u64 = 0x5eed_0808;
+    let user: String = (0..1_000)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from_digit(((x >> 60) & 0xf) as u32, 16).unwrap()
+        })
+        .collect();
+    broker.produce_json(
+        &input,
+        &[(user.clone(), serde_json::json!({"user": user, "amount": 1}))],
+    );
+    let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
+    let status = w.wait_exit(LONG).expect("the worker stops");
+    assert!(!status.success(), "an error exit: {status}");
+    let logs = w.logs();
+    assert!(
+        logs.contains("10 transactions in a row failed without a commit"),
+        "the worker says why it stopped:\n{logs}"
+    );
+    assert!(
+        broker.consume_all(&output).is_empty(),
+        "nothing reached the sink"
+    );
 }

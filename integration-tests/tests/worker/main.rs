@@ -86,6 +86,17 @@ pub struct Settled {
     pub view: KeyedView,
 }
 
+impl Settled {
+    /// Panics unless every key's count and total in the sink EQUAL the input's (exactly
+    /// once); `when` says after what.
+    #[track_caller]
+    pub fn assert_exact(&self, when: &str) {
+        if let Err(e) = integration_tests::check_exact(&self.expected, &self.view.map) {
+            panic!("{when} ({} records): {e}", self.records.len());
+        }
+    }
+}
+
 /// Stops `producer` (writing to `input` of `broker`) and waits for `workers` of group `app`,
 /// which write to `output`, to settle (see [`Settled`]).
 pub fn settle(

@@ -88,9 +88,9 @@ fn frozen_broker_fails_the_worker(properties: &str, commit_interval_ms: u64, mes
     let before_pause = w1.logs().len();
     broker.pause();
     // Two ways not to hang, depending on the step the freeze lands in: a flush or a send that
-    // times out fails the worker; an offset commit that times out (the ownership check before
-    // a flush) fails that commit, and when the session expires first the member drops its
-    // partitions and waits to rejoin, with nothing left to commit.
+    // times out fails the worker; or the session expires first (an offset commit that timed
+    // out fails only that commit), the member drops its partitions and waits to rejoin, with
+    // nothing left to commit.
     let mut exited = None;
     let gave_up =
         integration_tests::wait_until(Duration::from_secs(120), Duration::from_millis(500), || {
@@ -139,14 +139,10 @@ fn frozen_broker_fails_the_worker(properties: &str, commit_interval_ms: u64, mes
     assert_eq!(w2.terminate().code(), Some(0));
 }
 
-/// True when `logs` show an offset commit given up after `processing.commit_timeout_ms`,
-/// followed by the member dropping its partitions as lost.
+/// True when `logs` show the member dropping its partitions as lost: rebalance callbacks run
+/// only in the member loop's poll, so a member stuck in a commit could not have logged this.
 fn gave_up_its_partitions(logs: &str) -> bool {
-    let Some(timed_out) = logs.find("got no answer within processing.commit_timeout_ms") else {
-        return false;
-    };
-    logs[timed_out..]
-        .lines()
+    logs.lines()
         .any(|l| l.contains("partitions revoked") && l.contains("lost") && l.contains("true"))
 }
 

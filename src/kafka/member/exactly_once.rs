@@ -19,6 +19,8 @@
 //! again from the group's committed offset. Queues, re-delivery marks, caches and whatever a
 //! processor keeps in memory (stream time, window timers) go with the closed tasks.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -33,9 +35,11 @@ use crate::types::TaskId;
 /// How long a member that lost its producer waits between attempts at a new one, and how long
 /// fetching the committed offsets after an abort may hold up the loop.
 const RECOVERY_STEP: Duration = Duration::from_secs(5);
-/// Producers that may fail for good in a row, without a commit between, before the member
-/// gives up: two workers with one `transactional.id` fence each other without end.
-const FATAL_IN_A_ROW: u32 = 5;
+/// Transactions that may fail in a row, without a commit between, before the member gives up:
+/// a record the producer always refuses (too large for the topic, a value that does not
+/// encode) fails every replay of its interval, and two workers with one `transactional.id`
+/// fence each other without end.
+const FAILED_IN_A_ROW: u32 = 10;
 
 /// Where a member's transactions stand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +93,15 @@ impl Core {
         }
         if offsets.count() == 0 && !self.collector.sent_in_transaction() {
             // Nothing happened since the last commit: the transaction stays open, and empty.
+            // The stores' sync times are refreshed as under at least once (a changelog ends in
+            // a transaction marker, so a restore always sees a tail to read).
+            if self.confirm_quiet_ownership(start) {
+                for (id, batch) in batches {
+                    if let Some(task) = self.tasks.get_mut(&id) {
+                        task.finish_commit(batch, &HashMap::new(), Some(started_ms))?;
+                    }
+                }
+            }
             return Ok(());
         }
         let timeout = self.commit_timeout();
@@ -110,7 +123,7 @@ impl Core {
             self.abort_and_rewind(e);
             return Ok(());
         }
-        self.fenced_in_a_row = 0;
+        self.failed_in_a_row = 0;
         let acks = self.collector.take_changelog_acks();
         for task in self.tasks.values_mut() {
             task.offsets_durable();
@@ -144,24 +157,22 @@ impl Core {
             .transactions
             .with_label_values(&["aborted"])
             .inc();
+        self.failed_in_a_row += 1;
+        if self.failed_in_a_row >= FAILED_IN_A_ROW {
+            let id = self
+                .producer_config
+                .get("transactional.id")
+                .unwrap_or_default()
+                .to_string();
+            self.fail(format!(
+                "{FAILED_IN_A_ROW} transactions in a row failed without a commit (the last: \
+                 {cause}); a record the producer refuses every time, or another worker using \
+                 transactional.id {id:?} (a copy of this state.dir? give each worker its own \
+                 state.dir or app.instance_id)"
+            ));
+        }
         let replaced = match cause {
-            TxnError::Fatal(reason) => {
-                self.fenced_in_a_row += 1;
-                if self.fenced_in_a_row >= FATAL_IN_A_ROW {
-                    let id = self
-                        .producer_config
-                        .get("transactional.id")
-                        .unwrap_or_default()
-                        .to_string();
-                    self.fail(format!(
-                        "the transactional producer failed {FATAL_IN_A_ROW} times in a row \
-                         without a commit (last: {reason}); is another worker using \
-                         transactional.id {id:?}, e.g. a copy of this state.dir? Give each \
-                         worker its own state.dir or app.instance_id"
-                    ));
-                }
-                Some(reason)
-            }
+            TxnError::Fatal(reason) => Some(reason),
             // Bounded short: an abort that cannot complete (a commit whose outcome is still
             // being settled, a broker away) is what a new producer resolves.
             TxnError::Abort(_) => {
@@ -177,6 +188,17 @@ impl Core {
                 reason,
                 next_attempt: Instant::now(),
             };
+        }
+        // No more input until the rewind (fetching it now would only drop it).
+        if let Some(consumer) = self.group_consumer.upgrade() {
+            let assigned: Vec<(Arc<str>, i32)> = self
+                .assigned
+                .iter()
+                .flat_map(|(id, topics)| topics.iter().map(|t| (t.clone(), id.partition)))
+                .collect();
+            for (topic, partition) in assigned {
+                self.pause(&consumer, &topic, partition);
+            }
         }
         // Where each input partition started, for those the group has no offset for yet.
         for task in self.tasks.values() {

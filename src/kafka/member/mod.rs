@@ -225,8 +225,10 @@ struct Core {
     /// Where the aborted transaction's tasks started in each input partition, for partitions
     /// the group has no committed offset for.
     rewind_fallback: HashMap<(Arc<str>, i32), i64>,
-    /// Producers replaced after fatal errors since the last committed transaction.
-    fenced_in_a_row: u32,
+    /// Transactions failed since the last committed one.
+    failed_in_a_row: u32,
+    /// True when the last restore poll applied records: the loop then polls without waiting.
+    restore_busy: bool,
 }
 
 /// The consumer context: rebalance callbacks act on the member's [`Core`].
@@ -839,7 +841,7 @@ impl Core {
             ..
         } = self;
         let mut apply_err = None;
-        restore
+        let read = restore
             .poll(RESTORE_BATCH, wait, |rec| {
                 let Some(topology) = changelog_routes.get(rec.topic) else {
                     return;
@@ -855,6 +857,7 @@ impl Core {
                 }
             })
             .map_err(|e| format!("reading changelogs: {e}"))?;
+        self.restore_busy = read > 0;
         if let Some(e) = apply_err {
             return Err(e);
         }
@@ -992,17 +995,8 @@ impl Core {
                 }
             }
         }
-        if !confirmed && self.last_confirmed.elapsed() >= OWNERSHIP_REFRESH {
-            // Quiet: ask anyway, once a minute whatever the answer (a failure costs nothing
-            // but the refresh).
-            self.last_confirmed = start;
-            let timeout = self.commit_timeout().min(QUIET_CHECK_TIMEOUT);
-            match self.check_ownership(|_| true, timeout) {
-                Ok(asked) => confirmed = asked,
-                Err(e) => {
-                    tracing::debug!(member = self.member(), error = %e, "ownership check of a quiet member failed");
-                }
-            }
+        if !confirmed {
+            confirmed = self.confirm_quiet_ownership(start);
         }
         if confirmed {
             self.last_confirmed = start;
@@ -1018,6 +1012,24 @@ impl Core {
             .with_label_values(&[&self.member().to_string()])
             .observe(start.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// A quiet member (no commit confirmed its ownership lately) asks the group coordinator
+    /// anyway, once a minute whatever the answer (a failure costs nothing but the refresh of
+    /// its stores' sync times); true when it was confirmed now.
+    fn confirm_quiet_ownership(&mut self, now: Instant) -> bool {
+        if self.last_confirmed.elapsed() < OWNERSHIP_REFRESH {
+            return false;
+        }
+        self.last_confirmed = now;
+        let timeout = self.commit_timeout().min(QUIET_CHECK_TIMEOUT);
+        match self.check_ownership(|_| true, timeout) {
+            Ok(asked) => asked,
+            Err(e) => {
+                tracing::debug!(member = self.member(), error = %e, "ownership check of a quiet member failed");
+                false
+            }
+        }
     }
 
     /// Asks the group coordinator whether this member still owns its partitions, by committing
@@ -1244,7 +1256,8 @@ impl Member {
             txn: exactly_once::Transactions::Open,
             rewind_pending: false,
             rewind_fallback: HashMap::new(),
-            fenced_in_a_row: 0,
+            failed_in_a_row: 0,
+            restore_busy: false,
             setup: setup.clone(),
         }));
         let ctx = MemberContext {
@@ -1314,7 +1327,9 @@ impl Member {
                 if let Some(reason) = &core.failed {
                     return Err(MemberError::Task(reason.clone()));
                 }
-                core.queued() > 0 || !core.restore.is_idle()
+                // A restore waiting for its changelog's end (e.g. for a transaction to end)
+                // is not work: the loop waits as it does when idle.
+                core.queued() > 0 || (!core.restore.is_idle() && core.restore_busy)
             };
             // Block briefly only when there is nothing else to do.
             let first_wait = if busy {
