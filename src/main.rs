@@ -10,7 +10,7 @@ use tributary::config::{self, ConfigIssue};
 use tributary::generate::{GenerateOptions, KeyDistribution};
 use tributary::{Worker, WorkerError};
 
-/// Exit code for configuration problems (CONTRACT.md).
+/// Exit code for configuration problems (README.md, "Configuration walkthrough").
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 
-/// The example from CONTRACT.md, verbatim.
+/// The full configuration example of the published contract (every section and key), verbatim.
 const CONTRACT_EXAMPLE: &str = r#"
 [app]
 id = "clicks"                 # consumer group id and prefix of internal topics (required)

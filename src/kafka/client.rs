@@ -68,7 +68,7 @@ fn is_producer_property(key: &str) -> bool {
 
 /// The group member's consumer. The worker owns group id, commits, offset storage and the
 /// group protocol settings; fetch settings default to values that keep throughput high
-/// (DESIGN.md measured them) and can be overridden.
+/// (BENCHMARKS.md measured them) and can be overridden.
 pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}", cfg.app.id));
     c.set("fetch.wait.max.ms", "10")

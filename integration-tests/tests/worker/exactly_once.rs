@@ -67,6 +67,38 @@ fn at_least_once_through_ten_kills_and_restarts_reports_duplicates() {
     );
 }
 
+/// One exactly-once worker (`w`) under load, ready.
+struct OneWorker {
+    load: UnderLoad,
+    dir: tempfile::TempDir,
+    config: TotalsConfig,
+    w: WorkerProcess,
+}
+
+impl OneWorker {
+    /// See [`UnderLoad::start`].
+    fn start(prefix: &str, partitions: i32, seed: u64) -> OneWorker {
+        let load = UnderLoad::start(prefix, partitions, seed);
+        let dir = state_dir();
+        let config = TotalsConfig::new(
+            &load.app,
+            &load.broker.bootstrap(),
+            &load.input,
+            &load.output,
+            dir.path(),
+        )
+        .exactly_once();
+        let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
+        w.wait_ready(READY);
+        OneWorker {
+            load,
+            dir,
+            config,
+            w,
+        }
+    }
+}
+
 /// How [`kills_and_restarts`] ended.
 struct Chaos {
     settled: Settled,
@@ -166,18 +198,19 @@ fn a_restarted_worker_restores_only_the_tail() {
         return;
     }
     let _serial = serial();
-    let UnderLoad {
-        broker,
-        input,
-        output,
-        app,
-        producer,
-    } = UnderLoad::start("eos-tail", PARTITIONS, 0x5eed_0803);
-    let dir = state_dir();
-    let config =
-        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dir.path()).exactly_once();
-    let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
-    w.wait_ready(READY);
+    let OneWorker {
+        load:
+            UnderLoad {
+                broker,
+                input,
+                output,
+                app,
+                producer,
+            },
+        dir: _dir,
+        config,
+        mut w,
+    } = OneWorker::start("eos-tail", PARTITIONS, 0x5eed_0803);
     assert!(
         wait_until(LONG, Duration::from_millis(200), || w
             .metric(CONSUMED)
@@ -295,18 +328,19 @@ fn a_transaction_left_open_on_a_changelog_is_waited_for() {
         return;
     }
     let _serial = serial();
-    let UnderLoad {
-        broker,
-        input,
-        output,
-        app,
-        producer,
-    } = UnderLoad::start("eos-open", 1, 0x5eed_0806);
-    let dir = state_dir();
-    let config =
-        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dir.path()).exactly_once();
-    let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
-    w.wait_ready(READY);
+    let OneWorker {
+        load:
+            UnderLoad {
+                broker,
+                input,
+                output,
+                app,
+                producer,
+            },
+        dir: _dir,
+        config,
+        mut w,
+    } = OneWorker::start("eos-open", 1, 0x5eed_0806);
     let_records_flow(&producer, 2_000);
     let foreign = open_transaction(
         &broker.bootstrap(),
@@ -349,18 +383,19 @@ fn a_fenced_producer_is_replaced() {
         return;
     }
     let _serial = serial();
-    let UnderLoad {
-        broker,
-        input,
-        output,
-        app,
-        producer,
-    } = UnderLoad::start("eos-fenced", PARTITIONS, 0x5eed_0807);
-    let dir = state_dir();
-    let config =
-        TotalsConfig::new(&app, &broker.bootstrap(), &input, &output, dir.path()).exactly_once();
-    let mut w = WorkerProcess::spawn_named("w", &config.to_toml());
-    w.wait_ready(READY);
+    let OneWorker {
+        load:
+            UnderLoad {
+                broker,
+                input,
+                output,
+                app,
+                producer,
+            },
+        dir,
+        config: _,
+        mut w,
+    } = OneWorker::start("eos-fenced", PARTITIONS, 0x5eed_0807);
     let_records_flow(&producer, 2_000);
     let worker_id = std::fs::read_to_string(dir.path().join(&app).join("worker-0.id"))
         .expect("the worker keeps its id in its state directory");
