@@ -117,23 +117,14 @@ fn consumer_protocol_join_and_leave() {
     wait_all_running(&[&w2, &w3], PARTITIONS, "after w1 left");
     let_records_flow(&producer, 2_000);
 
-    let Settled {
-        records,
-        expected,
-        view,
-    } = settle(
+    settle(
         producer,
         &broker,
         (&app, &input, &output),
         PARTITIONS,
         &mut [&mut w2, &mut w3],
-    );
-    if let Err(e) = check_exact(&expected, &view.map) {
-        panic!(
-            "after {} records, joins and a leave with the consumer protocol: {e}",
-            records.len()
-        );
-    }
+    )
+    .assert_exact("after joins and a leave with the consumer protocol");
 
     no_failed_commits(&w2);
     no_failed_commits(&w3);
