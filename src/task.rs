@@ -1,24 +1,24 @@
-//! A task: one partition number of one topology, with its stores, processor and queue (Kafka
-//! Streams' `StreamTask`).
+//! A task: one partition number of one topology, with its stores and processor (Kafka Streams'
+//! `StreamTask`).
 //!
-//! States: `Restoring` (state being rebuilt from the changelog; input paused and queued) →
-//! `Running` → closed. Everything of the partition lives here; the member only routes records,
-//! drives restores and runs commits.
+//! States: `Restoring` (state being rebuilt from the changelog; input waits in Kafka) →
+//! `Running` → closed. Everything of the partition lives here; the member drives restores and
+//! commits, a processing thread hands it records.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
 
 use crate::config::OnError;
-use crate::kafka::collector::{Collector, CollectorError, Outgoing, SendKind};
+use crate::kafka::collector::{Collector, CollectorError, Outgoing, SendKind, Tagged};
 use crate::kafka::restore::ChangelogRecord;
 use crate::metrics::Metrics;
 use crate::processor::{Context, ProcessError, Processor, TaskInfo};
 use crate::state::{
     now_ms, stale_since, Batch, ChangelogSink, Checkpoint, StateError, TaskDb, TaskStores,
 };
-use crate::types::{OutputRecord, OwnedRecord, Record, TaskId};
+use crate::types::{OutputRecord, Record, TaskId};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -106,6 +106,12 @@ impl RecordSink for Collector {
     }
 }
 
+impl RecordSink for Tagged<'_> {
+    fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        Tagged::send(self, out, kind)
+    }
+}
+
 /// How a task handles bad records, shared by all tasks of a worker.
 #[derive(Debug, Clone)]
 pub struct ErrorPolicy {
@@ -152,7 +158,9 @@ pub struct Task {
     state: TaskState,
     stores: TaskStores,
     processor: Box<dyn Processor>,
-    queue: VecDeque<OwnedRecord>,
+    /// The commit generation the task's sends belong to (see [`Collector::tagged`]); the next
+    /// commit's flush moves it on.
+    generation: u64,
     /// Progress per source topic (a task reads one partition of a few co-partitioned topics,
     /// so a short list beats hashing the topic name for every record).
     inputs: Vec<InputProgress>,
@@ -264,7 +272,7 @@ impl Task {
             state: TaskState::Restoring,
             stores: TaskStores::new(Arc::new(db), cache_max_entries),
             processor,
-            queue: VecDeque::new(),
+            generation: 0,
             inputs: Vec::new(),
             changelogs,
             restore_batch: None,
@@ -487,40 +495,22 @@ impl Task {
         }
     }
 
-    /// Records waiting in the queue.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    /// Drops the records of `topic` below `offset` from now on: the partition is being read
+    /// again from there (exactly once, after an abort), and anything older still on its way
+    /// from before the seek must not be processed.
+    pub fn skip_below(&mut self, topic: &str, offset: i64) {
+        let input = self.input_mut(topic);
+        input.taken = offset;
     }
 
-    /// True when a record arriving now may be processed at once (nothing waits before it).
-    pub fn can_process_now(&self) -> bool {
-        self.state == TaskState::Running && self.queue.is_empty()
+    /// The commit generation the task's sends belong to now.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    /// Queues a record for later.
-    pub(crate) fn enqueue(&mut self, rec: OwnedRecord) {
-        self.queue.push_back(rec);
-    }
-
-    /// Processes up to `max` queued records; returns how many.
-    pub fn drain(
-        &mut self,
-        max: usize,
-        collector: &dyn RecordSink,
-        policy: &ErrorPolicy,
-    ) -> Result<usize, TaskError> {
-        if self.state != TaskState::Running {
-            return Ok(0);
-        }
-        let mut n = 0;
-        while n < max {
-            let Some(rec) = self.queue.pop_front() else {
-                break;
-            };
-            self.process(&rec.as_record(), collector, policy)?;
-            n += 1;
-        }
-        Ok(n)
+    /// Starts the task in its member's current commit generation.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// Processes one record: runs the processor, sends its output, applies the error policy.
@@ -656,13 +646,16 @@ impl Task {
         self.stores.wants_flush()
     }
 
-    /// First half of a commit: sends every dirty entry to the changelog and returns the state
-    /// batch that is written once the changelog is acknowledged and the input offsets are
-    /// committed ([`Task::finish_commit`]). If the offset commit fails, the caller drops the
-    /// batch: the local checkpoint stays at the last commit known to have succeeded, and the
-    /// changes wait in the cache for the next commit (or are dropped with the task, dirty, if
-    /// its partition turns out to be lost).
-    pub fn prepare_commit(&mut self, collector: &dyn RecordSink) -> Result<Batch, TaskError> {
+    /// First half of a commit, the commit point: sends every dirty entry to the changelog
+    /// (through `collector`, in the task's current generation), notes the input offsets the
+    /// commit covers, and moves the task to the next generation: what it processes from now on
+    /// belongs to the next commit. The point holds the state batch that is written once the
+    /// generation's records are acknowledged and the input offsets committed
+    /// ([`Task::finish_commit`]). If the offset commit fails, the caller drops the point: the
+    /// local checkpoint stays at the last commit known to have succeeded, and the changes wait
+    /// in the cache for the next commit (or are dropped with the task, dirty, if its partition
+    /// turns out to be lost).
+    pub fn prepare_commit(&mut self, collector: &dyn RecordSink) -> Result<CommitPoint, TaskError> {
         let mut writer = ChangelogWriter {
             collector,
             topics: &self.changelogs,
@@ -675,20 +668,24 @@ impl Task {
                 task: self.info.id,
                 source,
             })?;
-        Ok(batch)
-    }
-
-    /// Input offsets that moved since the last commit: (topic, partition, next offset).
-    pub fn offsets_to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
-        self.inputs
+        let offsets = self
+            .inputs
             .iter()
             .filter_map(|i| {
+                // Only what moved since the last commit that went through.
                 i.position
                     .filter(|p| i.committed != Some(*p))
-                    .map(|p| (i, p))
+                    .map(|p| (i.topic.clone(), p))
             })
-            .map(|(i, p)| (i.topic.clone(), self.info.id.partition, p))
-            .collect()
+            .collect();
+        let point = CommitPoint {
+            task: self.info.id,
+            batch,
+            offsets,
+            generation: self.generation,
+        };
+        self.generation += 1;
+        Ok(point)
     }
 
     /// Input offsets the group may hold for this task without losing anything: the last
@@ -711,11 +708,11 @@ impl Task {
         self.stores.dirty() + self.stores.flushed() > 0
     }
 
-    /// Notes that every effect of the records before the current positions is acknowledged:
-    /// they are about to be offered to the group.
-    pub fn offsets_durable(&mut self) {
-        for i in &mut self.inputs {
-            i.durable = i.position.or(i.durable);
+    /// Notes that every effect of the records before `point` is acknowledged: its offsets are
+    /// about to be offered to the group.
+    pub fn offsets_durable(&mut self, point: &CommitPoint) {
+        for (topic, offset) in &point.offsets {
+            self.input_mut(topic).durable = Some(*offset);
         }
     }
 
@@ -726,10 +723,10 @@ impl Task {
             .filter_map(|i| i.position.map(|p| (&i.topic, p)))
     }
 
-    /// Notes that the input offsets were committed.
-    pub fn offsets_committed(&mut self) {
-        for i in &mut self.inputs {
-            i.committed = i.position;
+    /// Notes that the input offsets of `point` were committed.
+    pub fn offsets_committed(&mut self, point: &CommitPoint) {
+        for (topic, offset) in &point.offsets {
+            self.input_mut(topic).committed = Some(*offset);
         }
     }
 
@@ -743,10 +740,11 @@ impl Task {
     /// changelog while its owner holds it), and its checkpoint says so, written or not.
     pub fn finish_commit(
         &mut self,
-        mut batch: Batch,
+        point: CommitPoint,
         acks: &HashMap<(String, i32), i64>,
         owned_since_ms: Option<i64>,
     ) -> Result<(), TaskError> {
+        let mut batch = point.batch;
         let db = self.stores.db().clone();
         let err = |source| TaskError::State {
             task: self.info.id,
@@ -785,11 +783,41 @@ impl Task {
         Ok(())
     }
 
-    /// Drops everything not committed (queued records, dirty cache entries): used when the
-    /// partition was lost and another member may already own it.
+    /// Drops everything not committed (dirty cache entries): used when the partition was lost
+    /// and another member may already own it.
     pub fn discard(&mut self) {
-        self.queue.clear();
         self.stores.discard();
+    }
+}
+
+/// A task's commit point ([`Task::prepare_commit`]): the input offsets a commit covers, the
+/// state batch it writes, and the generation whose records must be acknowledged first.
+#[derive(Debug)]
+pub struct CommitPoint {
+    task: TaskId,
+    batch: Batch,
+    /// (topic, next offset) of every source partition whose position moved since the last
+    /// commit that went through.
+    offsets: Vec<(Arc<str>, i64)>,
+    generation: u64,
+}
+
+impl CommitPoint {
+    /// The task it belongs to.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+
+    /// The input offsets to commit: (topic, partition, next offset).
+    pub fn offsets(&self) -> impl Iterator<Item = (&Arc<str>, i32, i64)> {
+        self.offsets
+            .iter()
+            .map(|(topic, offset)| (topic, self.task.partition, *offset))
+    }
+
+    /// The generation whose records the commit waits for.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 

@@ -64,33 +64,6 @@ pub struct Record<'a> {
     pub headers: &'a [(String, Vec<u8>)],
 }
 
-/// An input record copied out of the consumer, for records that wait in a task's queue.
-#[derive(Debug, Clone)]
-pub(crate) struct OwnedRecord {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp: Option<i64>,
-    pub key: Option<Box<[u8]>>,
-    pub value: Option<Box<[u8]>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl OwnedRecord {
-    /// Borrows the record in the form processors take.
-    pub fn as_record(&self) -> Record<'_> {
-        Record {
-            topic: &self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            timestamp: self.timestamp,
-            key: self.key.as_deref(),
-            value: self.value.as_deref(),
-            headers: &self.headers,
-        }
-    }
-}
-
 /// A record a processor sends to an output topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputRecord {

@@ -20,21 +20,6 @@ pub mod restore;
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::types::OwnedRecord;
-
-/// Copies a consumer message into an owned record (for task queues).
-pub(crate) fn own_message(topic: &std::sync::Arc<str>, m: &BorrowedMessage<'_>) -> OwnedRecord {
-    OwnedRecord {
-        topic: topic.clone(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp: m.timestamp().to_millis(),
-        key: m.key().map(Box::from),
-        value: m.payload().map(Box::from),
-        headers: message_headers(m),
-    }
-}
-
 /// The headers of a message, in order; values of null headers are empty.
 pub(crate) fn message_headers(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
     match m.headers() {
