@@ -44,7 +44,7 @@ use crate::pipeline::partitioner::partition_for_key;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
 use crate::state::StateError;
 use crate::task::{ErrorPolicy, RecordSink, Task, TaskError};
-use crate::types::{Record, TaskId};
+use crate::types::{Headers, Record, TaskId};
 
 /// A record read from (or piped into) a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +270,7 @@ impl TestDriver {
             timestamp: rec.timestamp,
             key: rec.key.as_deref(),
             value: rec.value.as_deref(),
-            headers: &rec.headers,
+            headers: Headers::from_pairs(&rec.headers),
         };
         *offset += 1;
         let id = TaskId {

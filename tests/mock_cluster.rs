@@ -1315,6 +1315,68 @@ async fn slow_task_leaves_its_input_in_kafka() {
     assert_count_sequences(&sink.values_per_key(), &expected);
 }
 
+/// Expressions read the headers of records as the consumer delivered them (read in place,
+/// not copied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expressions_read_the_consumed_headers() {
+    init_tracing();
+    const INPUT: &str = "hdr-in";
+    const SINK: &str = "hdr-out";
+    let cluster = cluster(&[(INPUT, 1), (SINK, 1)]);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"hdr\"\nsource = {{ topics = [\"{INPUT}\"] }}\n\
+         sink = {{ topic = \"{SINK}\" }}\n\
+         steps = [ {{ map = \"{{'trace': 'trace' in headers ? headers['trace'] : '', 'n': size(headers)}}\" }} ]\n"
+    );
+    let config = load_config(
+        dir.path(),
+        &bootstrap,
+        state.path(),
+        &Settings {
+            app: "hdr",
+            threads: 1,
+            processing: "",
+            pipeline: &pipeline,
+        },
+    );
+    let worker = Worker::builder(config)
+        .pipelines_from_config()
+        .expect("the pipeline compiles")
+        .build()
+        .expect("worker builds");
+    let with_headers = In {
+        headers: vec![
+            ("trace".into(), b"abc".to_vec()),
+            ("other".into(), b"x".to_vec()),
+        ],
+        ..In::new("k", "{}")
+    };
+    produce(&bootstrap, INPUT, &[with_headers, In::new("k", "{}")]).await;
+    let mut run = Running::start(worker);
+    let mut sink = blocking(|| Reader::open(&bootstrap, SINK, 1));
+    run.wait_until("both records are out", |_| {
+        sink.poll_for(Duration::from_millis(100));
+        sink.records.len() >= 2
+    })
+    .await;
+    run.stop().await.expect("the worker stops cleanly");
+    let values: Vec<Value> = sink
+        .records
+        .iter()
+        .map(|r| serde_json::from_str(&r.value_str()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            json!({"trace": "abc", "n": 2}),
+            json!({"trace": "", "n": 0})
+        ]
+    );
+}
+
 /// Counts the records being processed at the same moment, across tasks.
 #[derive(Debug, Default)]
 struct Concurrency {

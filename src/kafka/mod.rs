@@ -18,20 +18,20 @@ pub mod properties;
 pub mod reader;
 pub mod restore;
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedHeaders, Headers};
 
-/// The headers of a message, in order; values of null headers are empty.
-pub(crate) fn message_headers(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
-    match m.headers() {
-        None => Vec::new(),
-        Some(h) => h
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_string(),
-                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                )
-            })
-            .collect(),
+use crate::types::HeaderList;
+
+/// The headers of a consumer message, read in place (see [`crate::types::Headers`]).
+pub(crate) struct MessageHeaders<'a>(pub &'a BorrowedHeaders);
+
+impl HeaderList for MessageHeaders<'_> {
+    fn count(&self) -> usize {
+        self.0.count()
+    }
+
+    fn header(&self, index: usize) -> (&str, &[u8]) {
+        let h = self.0.get(index);
+        (h.key, h.value.unwrap_or_default())
     }
 }

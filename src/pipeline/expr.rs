@@ -11,6 +11,7 @@ use cel::objects::{Key, Map};
 use cel::{Context, Env, ExecutionError, Program, Value};
 
 use super::value;
+use crate::types::Headers;
 
 /// CEL's reserved words and literals, which are never field names.
 const RESERVED_WORDS: [&str; 3] = ["true", "false", "null"];
@@ -51,7 +52,7 @@ pub struct Scope<'a> {
     /// Event time, epoch ms.
     pub timestamp: i64,
     /// Headers of the input record.
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: Headers<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,12 +197,12 @@ impl Expr {
     }
 }
 
-fn headers(headers: &[(String, Vec<u8>)]) -> Value {
+fn headers(headers: Headers<'_>) -> Value {
     let map = headers
         .iter()
         .map(|(k, v)| {
             (
-                Key::String(Arc::new(k.clone())),
+                Key::String(Arc::new(k.to_string())),
                 Value::String(Arc::new(String::from_utf8_lossy(v).into_owned())),
             )
         })
@@ -250,7 +251,7 @@ mod tests {
             partition: 3,
             offset: 17,
             timestamp: 1_000,
-            headers: &headers,
+            headers: Headers::from_pairs(&headers),
         })
     }
 
@@ -326,7 +327,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 timestamp: 0,
-                headers: &[],
+                headers: Headers::none(),
             })
             .unwrap_err();
         assert!(e.contains("expected a bool"), "{e}");

@@ -21,9 +21,9 @@ use rdkafka::message::Message;
 
 use super::MemberContext;
 use crate::kafka::collector::Collector;
-use crate::kafka::message_headers;
+use crate::kafka::MessageHeaders;
 use crate::task::{ErrorPolicy, Task, TaskError, TaskState};
-use crate::types::{Record, TaskId};
+use crate::types::{Headers, Record, TaskId};
 
 /// Records a lane takes from one cell before it moves on to the next, so that one busy
 /// partition does not hold the others (or a commit waiting for the cell's lock) for long.
@@ -169,7 +169,7 @@ impl TaskCell {
                     tracing::trace!(task = %self.id, offset = message.offset(), "dropping a record delivered again");
                     continue;
                 }
-                let headers = message_headers(&message);
+                let headers = message.headers().map(MessageHeaders);
                 let record = Record {
                     topic: message.topic(),
                     partition: message.partition(),
@@ -177,7 +177,9 @@ impl TaskCell {
                     timestamp: message.timestamp().to_millis(),
                     key: message.key(),
                     value: message.payload(),
-                    headers: &headers,
+                    headers: headers
+                        .as_ref()
+                        .map_or(Headers::none(), |h| Headers::from_list(h)),
                 };
                 let sink = self.collector.tagged(task.generation());
                 if let Err(e) = task.process(&record, &sink, &self.policy) {
