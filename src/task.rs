@@ -544,14 +544,23 @@ impl Task {
                         headers: &out.headers,
                         timestamp: out.timestamp,
                     };
-                    collector.send(o, SendKind::Output)?;
+                    if let Err(e) = collector.send(o, SendKind::Output) {
+                        // The record is not done: a commit must not take its state writes
+                        // (the outputs already sent go with their transaction's abort under
+                        // exactly once, and are duplicates allowed under at least once).
+                        self.stores.rollback();
+                        self.processor.rolled_back();
+                        return Err(e.into());
+                    }
                 }
             }
             Err(ProcessError::Fatal(reason)) => {
+                self.stores.rollback();
+                self.processor.rolled_back();
                 return Err(TaskError::Fatal {
                     task: self.info.id,
                     reason,
-                })
+                });
             }
             Err(ProcessError::Record { step, reason }) => {
                 // Nothing of a failed record stays: not its output, not its state writes.
@@ -1014,6 +1023,109 @@ mod tests {
         assert_eq!(task.db().get(0, b"k").unwrap(), None);
         assert_eq!(checkpoint(&task, "b").unwrap().next, 7);
         assert_eq!(task.db().get(1, b"k").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    /// Writes the record's value under its key and sends two outputs.
+    struct WriteAndSendTwo;
+    impl Processor for WriteAndSendTwo {
+        fn process(
+            &mut self,
+            rec: &Record<'_>,
+            ctx: &mut crate::processor::Context<'_>,
+        ) -> Result<(), ProcessError> {
+            let key = rec.key.unwrap_or_default();
+            ctx.store::<u64>("a")?.put(key, &7)?;
+            for _ in 0..2 {
+                ctx.send(OutputRecord::new("out", Some(key.to_vec()), None));
+            }
+            Ok(())
+        }
+    }
+
+    /// Takes `ok` records, then refuses every one.
+    struct Refusing {
+        ok: std::cell::Cell<usize>,
+    }
+    impl RecordSink for Refusing {
+        fn send(&self, out: Outgoing<'_>, _: SendKind) -> Result<(), CollectorError> {
+            match self.ok.get() {
+                0 => Err(CollectorError::Send {
+                    topic: out.topic.to_string(),
+                    reason: "refused".into(),
+                }),
+                n => {
+                    self.ok.set(n - 1);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// A record whose output the producer refuses half-way leaves no state behind: a commit
+    /// taken before the task's failure is dealt with must not carry part of it.
+    #[test]
+    fn a_record_whose_output_is_refused_leaves_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = TaskInfo {
+            id: TaskId {
+                topology: 0,
+                partition: 0,
+            },
+            topology: "t".into(),
+            app_id: "app".into(),
+            partitions: Arc::new(BTreeMap::new()),
+        };
+        let mut task = Task::open(
+            info,
+            dir.path(),
+            &["a".to_string()],
+            vec![Arc::from("cl-a")],
+            Box::new(WriteAndSendTwo),
+            100,
+            Metrics::new(),
+        )
+        .unwrap();
+        task.changelog_restored("cl-a").unwrap();
+        let policy = ErrorPolicy {
+            on_error: OnError::Dlq,
+            dlq_topic: "dlq".into(),
+        };
+        let rec = |offset, key: &'static [u8]| Record {
+            topic: "in",
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: Some(key),
+            value: None,
+            headers: crate::types::Headers::none(),
+        };
+        let sink = Refusing {
+            ok: std::cell::Cell::new(3),
+        };
+        task.process(&rec(0, b"k1"), &sink, &policy).unwrap();
+        assert!(task.process(&rec(1, b"k2"), &sink, &policy).is_err());
+        assert_eq!(
+            task.store_mut()
+                .store::<u64>("a")
+                .unwrap()
+                .get(b"k1")
+                .unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            task.store_mut()
+                .store::<u64>("a")
+                .unwrap()
+                .get(b"k2")
+                .unwrap(),
+            None,
+            "the refused record's write is undone"
+        );
+        assert_eq!(
+            task.positions().map(|(_, p)| p).collect::<Vec<_>>(),
+            [1],
+            "the refused record is not done"
+        );
     }
 
     /// Drops everything sent.

@@ -220,6 +220,10 @@ pub struct Collector {
     producer: ThreadedProducer<CollectorContext>,
     /// True once a record was sent since the last transaction began (exactly once).
     sent: AtomicBool,
+    /// Set when a send gave up on a queue that stayed full: the producer acknowledges nothing,
+    /// and every other send fails at once rather than wait as long again (each would hold a
+    /// task). Cleared when a transaction begins (an abort empties the queue).
+    stuck: AtomicBool,
     /// How long a send may wait for room in librdkafka's queue (`processing.commit_timeout_ms`).
     send_timeout: Duration,
 }
@@ -250,6 +254,7 @@ impl Collector {
         Ok(Self {
             producer,
             sent: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             send_timeout,
         })
     }
@@ -301,6 +306,13 @@ impl Collector {
             record = record.headers(headers);
         }
         let mut full_since = None;
+        let queue_full = || CollectorError::QueueFull {
+            topic: out.topic.to_string(),
+            timeout_ms: self.send_timeout.as_millis() as u64,
+        };
+        if self.stuck.load(Ordering::Relaxed) {
+            return Err(queue_full());
+        }
         let in_flight = &self.producer.context().in_flight[(generation & 1) as usize];
         // Counted before the send: its delivery may come before `send` returns.
         in_flight.fetch_add(1, Ordering::AcqRel);
@@ -313,12 +325,10 @@ impl Collector {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Backpressure from librdkafka: wait for acknowledgements to make room.
                     let since = *full_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.send_timeout {
+                    if since.elapsed() >= self.send_timeout || self.stuck.load(Ordering::Relaxed) {
                         in_flight.fetch_sub(1, Ordering::AcqRel);
-                        return Err(CollectorError::QueueFull {
-                            topic: out.topic.to_string(),
-                            timeout_ms: self.send_timeout.as_millis() as u64,
-                        });
+                        self.stuck.store(true, Ordering::Relaxed);
+                        return Err(queue_full());
                     }
                     record = r;
                     std::thread::sleep(Duration::from_millis(1));
@@ -477,6 +487,7 @@ impl Collector {
             .begin_transaction()
             .map_err(|e| TxnError::from_kafka("beginning a transaction", &e))?;
         self.sent.store(false, Ordering::Relaxed);
+        self.stuck.store(false, Ordering::Relaxed);
         Ok(())
     }
 

@@ -35,11 +35,7 @@ impl Core {
         }
         // A full cache asks for a commit at once, unless the last one failed: retrying on
         // every loop turn would use up the failures allowed in a row within moments.
-        let mut full = false;
-        if self.failed_commits == 0 {
-            self.for_each_task(|t| full |= t.wants_commit());
-        }
-        full
+        self.failed_commits == 0 && self.tasks.values().any(|cell| cell.wants_commit())
     }
 
     /// Commits every running task: commit points → wait for their acks → commit offsets →

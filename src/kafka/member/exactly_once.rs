@@ -73,6 +73,15 @@ impl Core {
         let cells: Vec<Arc<TaskCell>> = self.tasks.values().cloned().collect();
         let mut held: Vec<MutexGuard<'_, CellState>> = cells.iter().map(|c| c.lock()).collect();
         let held_since = Instant::now();
+        // A task that failed while the locks were being taken may have sent part of a record's
+        // output into this transaction, whose offsets stop before that record: it must abort.
+        if let Some(cause) = self.failures_now() {
+            stop_all(held);
+            if let Some(cause) = cause {
+                self.abort_and_rewind(cause);
+            }
+            return Ok(());
+        }
         let collector = self.collector.clone();
         let sink = collector.tagged(self.generation);
         let mut points = Vec::new();
@@ -193,6 +202,9 @@ impl Core {
         // Nothing more is sent for the aborted transaction's tasks: what they would send now
         // would go into the next one.
         self.hold_all();
+        // Every task that failed sending failed with this transaction: one abort answers them
+        // all (a failure of another kind still stops the member).
+        let _ = self.failures_now();
         let replaced = match cause {
             TxnError::Fatal(reason) => Some(reason),
             // Bounded short: an abort that cannot complete (a commit whose outcome is still
@@ -277,6 +289,29 @@ impl Core {
         if self.rewind_pending {
             self.rewind_to_committed(consumer);
         }
+    }
+
+    /// Takes the failures reported so far: `None` if there were none; `Some(None)` if one
+    /// stopped the member; `Some(Some(cause))` if tasks failed sending into the transaction.
+    pub(super) fn failures_now(&mut self) -> Option<Option<TxnError>> {
+        let mut outcome = None;
+        while let Ok((id, error)) = self.failures.try_recv() {
+            match error {
+                TaskError::Collector(e) => {
+                    if outcome.is_none() {
+                        outcome = Some(Some(TxnError::Abort(format!("task {id}: sending: {e}"))));
+                    }
+                }
+                other => {
+                    self.fail(other.to_string());
+                    outcome = Some(None);
+                }
+            }
+        }
+        if self.failed.is_some() {
+            return Some(None);
+        }
+        outcome
     }
 
     /// True when tasks may open: no abort is half done.

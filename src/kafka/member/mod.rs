@@ -146,6 +146,8 @@ struct Core {
     assigned: BTreeMap<TaskId, BTreeSet<Arc<str>>>,
     /// Tasks assigned whose directory is still locked by another member of this process.
     pending_open: BTreeSet<TaskId>,
+    /// Open tasks still restoring.
+    restoring: BTreeSet<TaskId>,
     /// The queue of every source partition, split off the consumer (see [`pool`]).
     queues: HashMap<SourcePartition, Arc<SourceQueue>>,
     /// Partitions to read again from an offset before their task runs (exactly once, after an
@@ -246,15 +248,16 @@ impl Core {
     /// aborts the transaction: the member goes back to its last commit and goes on. Any other
     /// failure stops the member.
     fn take_failures(&mut self) {
-        while let Ok((id, error)) = self.failures.try_recv() {
-            match error {
-                TaskError::Collector(e) if self.exactly_once() => {
-                    if self.txn == exactly_once::Transactions::Open {
-                        self.abort_and_rewind(TxnError::Abort(format!("task {id}: sending: {e}")));
-                    }
+        if self.exactly_once() {
+            if let Some(Some(cause)) = self.failures_now() {
+                if self.txn == exactly_once::Transactions::Open {
+                    self.abort_and_rewind(cause);
                 }
-                other => self.fail(other.to_string()),
             }
+            return;
+        }
+        while let Ok((_, error)) = self.failures.try_recv() {
+            self.fail(error.to_string());
         }
     }
 
@@ -437,6 +440,7 @@ impl Member {
             tasks: BTreeMap::new(),
             assigned: BTreeMap::new(),
             pending_open: BTreeSet::new(),
+            restoring: BTreeSet::new(),
             queues: HashMap::new(),
             rewind: HashMap::new(),
             collector: Arc::new(collector),

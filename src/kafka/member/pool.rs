@@ -28,7 +28,8 @@ use crate::types::{Headers, Record, TaskId};
 /// Records a lane takes from one cell before it moves on to the next, so that one busy
 /// partition does not hold the others (or a commit waiting for the cell's lock) for long.
 const SLICE_RECORDS: usize = 500;
-/// Longest time a slice may take, checked every few records.
+/// Longest time a slice may take. The clock is read after 1, 2, 4, ... 64 records and then
+/// every 64: a cheap record does not pay for it, and a slow processor is caught early.
 const SLICE_TIME: Duration = Duration::from_millis(10);
 /// How long an idle lane sleeps when no queue wakes it (a safety net: librdkafka signals every
 /// queue that stops being empty).
@@ -86,6 +87,9 @@ pub(super) struct TaskCell {
     /// The task's id.
     pub id: TaskId,
     state: Mutex<CellState>,
+    /// Set by the lane when the task's cache asks for a commit, so that the member need not
+    /// lock the cell to know.
+    wants_commit: AtomicBool,
     collector: Arc<Collector>,
     policy: Arc<ErrorPolicy>,
     /// Where a failure of the task is reported to its member.
@@ -106,10 +110,16 @@ impl TaskCell {
                 queues: Vec::new(),
                 active: false,
             }),
+            wants_commit: AtomicBool::new(false),
             collector,
             policy,
             failures,
         }
+    }
+
+    /// True when the task's cache asked for a commit at the end of its last slice.
+    pub(super) fn wants_commit(&self) -> bool {
+        self.wants_commit.load(Ordering::Relaxed)
     }
 
     /// Locks the cell: its lane waits until the guard is dropped.
@@ -150,11 +160,14 @@ impl TaskCell {
         }
         let started = Instant::now();
         let mut taken = 0;
-        for queue in queues.iter() {
+        let mut next_check = 1;
+        'slice: for queue in queues.iter() {
             while taken < SLICE_RECORDS {
-                // The clock costs more than a cheap record: read it now and then.
-                if taken % 64 == 63 && started.elapsed() >= SLICE_TIME {
-                    return true;
+                if taken == next_check {
+                    next_check += next_check.min(64);
+                    if started.elapsed() >= SLICE_TIME {
+                        break 'slice;
+                    }
                 }
                 let message = match queue.poll(Duration::ZERO) {
                     None => break,
@@ -190,6 +203,8 @@ impl TaskCell {
                 }
             }
         }
+        self.wants_commit
+            .store(task.wants_commit(), Ordering::Relaxed);
         taken > 0
     }
 }

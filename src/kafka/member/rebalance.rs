@@ -233,6 +233,7 @@ impl Core {
                 tracing::info!(task = %id, changelog = %changelog, from = start.from, remaining = start.remaining, "restoring");
             }
         }
+        let running = task.state() == TaskState::Running;
         let cell = Arc::new(TaskCell::new(
             task,
             self.collector.clone(),
@@ -246,6 +247,9 @@ impl Core {
                     state.queues.push(queue.clone());
                 }
             }
+        }
+        if !running {
+            self.restoring.insert(id);
         }
         self.setup.pool.add(cell.clone());
         self.tasks.insert(id, cell);
@@ -294,6 +298,7 @@ impl Core {
     }
 
     pub(super) fn on_revoke(&mut self, tps: &[(String, i32)], lost: bool) {
+        self.take_failures();
         // Tasks losing a partition stop before the commit, so that it covers all they did.
         let revoked: BTreeSet<TaskId> = tps
             .iter()
@@ -359,6 +364,7 @@ impl Core {
             let running = self.task_state(id) == Some(TaskState::Running);
             if let (true, Some(cell)) = (running && self.failed.is_none(), self.tasks.get(&id)) {
                 cell.lock().active = true;
+                self.setup.pool.wake();
             }
         }
         self.publish_status();
@@ -368,6 +374,7 @@ impl Core {
     /// failed), otherwise it was just committed.
     pub(super) fn close_task(&mut self, id: TaskId, dirty: bool) {
         self.pending_open.remove(&id);
+        self.restoring.remove(&id);
         let sources = &self.setup.topologies[id.topology].sources;
         self.rewind
             .retain(|(t, p), _| *p != id.partition || !sources.iter().any(|s| **s == **t));

@@ -96,11 +96,16 @@ impl Core {
                 .remove_label_values(&[id.to_string().as_str(), &*changelog])
                 .ok();
             if running {
+                self.restoring.remove(&id);
                 tracing::info!(task = %id, "restored; running");
                 self.activate(consumer, id);
             }
         }
-        for (id, cell) in &self.tasks {
+        for (id, cell) in self
+            .restoring
+            .iter()
+            .filter_map(|id| Some((id, self.tasks.get(id)?)))
+        {
             let state = cell.lock();
             let Some(task) = state
                 .task
