@@ -152,7 +152,8 @@ impl Expr {
     }
 
     /// Whether the expression is evaluated natively (else by the `cel` crate).
-    pub fn is_native(&self) -> bool {
+    #[cfg(test)]
+    fn is_native(&self) -> bool {
         self.native.is_some()
     }
 

@@ -41,7 +41,6 @@ use cel::objects::{Key, KeyRef, Map};
 use cel::{Env, IdedExpr, Value};
 
 use super::Scope;
-use crate::pipeline::value;
 
 /// Why the native evaluation gave no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,10 +325,13 @@ impl Node {
             Node::Partition => Cow::Owned(Value::Int(s.partition.into())),
             Node::Offset => Cow::Owned(Value::Int(s.offset)),
             Node::Timestamp => Cow::Owned(Value::Int(s.timestamp)),
-            Node::Field(name) => Cow::Borrowed(value::field(s.value, name).ok_or(Fail::Error)?),
+            Node::Field(name) => match s.value {
+                Value::Map(m) => Cow::Borrowed(named(m, name).ok_or(Fail::Error)?),
+                _ => return Err(Fail::Error),
+            },
             Node::Select(operand, field) => select(operand.eval(s)?, field)?,
             Node::Has(operand, field) => match operand.eval(s)?.as_ref() {
-                Value::Map(m) => boolean(m.get(&KeyRef::String(field)).is_some()),
+                Value::Map(m) => boolean(named(m, field).is_some()),
                 v if exotic(v) => return Err(Fail::Unsupported),
                 _ => return Err(Fail::Error),
             },
@@ -456,7 +458,7 @@ fn select<'a>(operand: Cow<'a, Value>, field: &str) -> Result<Cow<'a, Value>> {
 
 fn member<'v>(v: &'v Value, field: &str) -> Result<&'v Value> {
     match v {
-        Value::Map(m) => m.get(&KeyRef::String(field)).ok_or(Fail::Error),
+        Value::Map(m) => named(m, field).ok_or(Fail::Error),
         v if exotic(v) => Err(Fail::Unsupported),
         _ => Err(Fail::Error),
     }
@@ -492,11 +494,25 @@ fn element<'c>(container: &'c Value, index: &Value) -> Result<&'c Value> {
     found.ok_or(Fail::Error)
 }
 
+/// The entry of `m` under the string key `name`. Records are mostly narrow (a stage decodes only
+/// the fields it reads), and comparing a few keys costs less than hashing the name with the
+/// map's SipHash.
+fn named<'m>(m: &'m Map, name: &str) -> Option<&'m Value> {
+    if m.map.len() <= 8 {
+        m.map.iter().find_map(|(k, v)| match k {
+            Key::String(s) if s.as_str() == name => Some(v),
+            _ => None,
+        })
+    } else {
+        m.get(&KeyRef::String(name))
+    }
+}
+
 /// Looks `key` up the way the crate does: as is, then as the same number of the other
 /// numeric key type; a double only as a whole int, then a whole uint.
 fn find<'m>(m: &'m Map, key: &Value) -> Option<&'m Value> {
     match *key {
-        Value::String(ref s) => m.get(&KeyRef::String(s)),
+        Value::String(ref s) => named(m, s),
         // `Map::get` already falls back between int and uint.
         Value::Int(i) => m.get(&KeyRef::Int(i)),
         Value::UInt(u) => m.get(&KeyRef::Uint(u)),
