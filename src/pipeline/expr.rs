@@ -446,7 +446,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 timestamp: 0,
-                headers: &[],
+                headers: Headers::none(),
             };
             assert!(same(&expr.eval(&scope), &expr.eval_cel(&scope)), "{text}");
             // The fastest of many short rounds: the machine is shared, and a round that the

@@ -617,7 +617,7 @@ fn compare(text: &str, expr: &Expr, rec: &Record, t: &mut Tally) -> Result<(), T
         partition: rec.partition,
         offset: rec.offset,
         timestamp: rec.timestamp,
-        headers: &headers,
+        headers: crate::types::Headers::from_pairs(&headers),
     };
     let cel = expr.eval_cel(&scope);
     let public = expr.eval(&scope);
