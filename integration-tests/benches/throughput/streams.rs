@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::{free_port, http_get, parse_metric, repo_root, unique_name, Broker};
@@ -14,6 +15,12 @@ use crate::procfs::peak_rss_mib;
 use crate::table::{Row, System};
 use crate::verify::{committed_to_end, Check, Expected};
 use crate::{CHECK_KEYS, COMMIT_INTERVAL_MS, INPUT};
+
+/// The JVM's options: the heap limit that Kafka's own launcher (`bin/kafka-run-class.sh`)
+/// gives an application by default (`KAFKA_HEAP_OPTS`); otherwise the JVM's defaults (G1 on
+/// this machine). The heap is not what limits it: with the JVM's default limit (a quarter of
+/// the memory) the jobs ran as fast, with up to 3x the peak RSS.
+pub const DEFAULT_JAVA_OPTS: &str = "-Xmx256m";
 
 /// A Kafka Streams job.
 pub struct StreamsJob {
@@ -36,7 +43,7 @@ pub struct StreamsApp {
     pub version: String,
     /// `num.stream.threads`: `BENCH_KS_THREADS`, default the available cores.
     pub threads: usize,
-    /// `BENCH_KS_JAVA_OPTS`, split on whitespace (default none: the JVM's defaults).
+    /// `BENCH_KS_JAVA_OPTS`, split on whitespace (default [`DEFAULT_JAVA_OPTS`]).
     java_opts: Vec<String>,
 }
 
@@ -70,7 +77,7 @@ impl StreamsApp {
             .and_then(|t| t.parse().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let java_opts = std::env::var("BENCH_KS_JAVA_OPTS")
-            .unwrap_or_default()
+            .unwrap_or_else(|_| DEFAULT_JAVA_OPTS.to_string())
             .split_whitespace()
             .map(str::to_string)
             .collect();
@@ -92,7 +99,7 @@ impl StreamsApp {
             self.label(),
             self.jar.display(),
             if self.java_opts.is_empty() {
-                "none (the JVM's defaults)".to_string()
+                "none".to_string()
             } else {
                 self.java_opts.join(" ")
             }
@@ -108,6 +115,27 @@ struct Jvm {
 }
 
 impl Jvm {
+    /// The app's settings line (the first run prints it) and its warnings and errors.
+    fn report_log(&self, first: bool) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if first {
+            if let Some(line) = text.lines().find(|l| l.contains("settings {")) {
+                println!("    {line}");
+            }
+        }
+        let warnings: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        if !warnings.is_empty() {
+            println!(
+                "    the app logged {} warnings or errors, the first: {}",
+                warnings.len(),
+                warnings[0]
+            );
+        }
+    }
+
     fn logs(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -271,6 +299,9 @@ pub fn run(
             records as f64 / own
         );
     }
+
+    static FIRST: AtomicBool = AtomicBool::new(true);
+    jvm.report_log(FIRST.swap(false, Ordering::Relaxed));
 
     let mut verified = Vec::new();
     if matches!(job.check, Check::State | Check::StateAndOutputs) {
