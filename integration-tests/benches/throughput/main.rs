@@ -85,8 +85,9 @@
 //!
 //! # Knobs (environment)
 //!
-//! - `BENCH_RECORDS` (default 5000000). A full run with the default takes about 10 minutes
-//!   on 2 cores, most of it in the slower jobs.
+//! - `BENCH_RECORDS` (default 5000000). A full run with the default took 10-13 minutes on
+//!   the shared 2-core machine, more than half of it in the Kafka Streams jobs; 300000 records,
+//!   about 3 minutes.
 //! - `BENCH_SCENARIOS`: a comma list of `raw,pipe,agg,ks-agg,eos,ks-eos,stateless,ks-stateless,
 //!   window,ks-window` (the default: all of them), `ks` (all four Kafka Streams jobs),
 //!   `tributary` (all four Tributary jobs), and the older Tributary-only scenarios `sink`,
