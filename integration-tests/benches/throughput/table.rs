@@ -91,6 +91,14 @@ fn rate_cell(r: &Row) -> String {
     }
 }
 
+fn mib(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "-".into()
+    }
+}
+
 fn pct(x: f64, of: Option<f64>) -> String {
     match of {
         Some(of) if x.is_finite() => format!("{:.0} %", 100.0 * x / of),
@@ -124,20 +132,20 @@ pub fn render(rows: &[Row]) -> String {
             .collect();
         let rss = raw.iter().map(|r| r.rss_mib).fold(f64::NAN, f64::max);
         out.push_str(&format!(
-            "| the limit | raw consumer, median of {} runs in the order run ({}) | {} | 100 % | {:.0} |  |\n",
+            "| the limit | raw consumer, median of {} runs in the order run ({}) | {} | 100 % | {} |  |\n",
             raw.len(),
             each.join(", "),
             raw_median.map_or("-".into(), thousands),
-            rss
+            mib(rss)
         ));
     }
     for p in &pipes {
         out.push_str(&format!(
-            "| the limit of the stateless job | {} | {} | 100 % ({} of the raw consumer) | {:.0} |  |\n",
+            "| the limit of the stateless job | {} | {} | 100 % ({} of the raw consumer) | {} |  |\n",
             p.label,
             rate_cell(p),
             pct(p.rate(), raw_median),
-            p.rss_mib
+            mib(p.rss_mib)
         ));
     }
     // Jobs in the order first run, each with its Tributary row, then its Kafka Streams row.
@@ -166,12 +174,12 @@ pub fn render(rows: &[Row]) -> String {
                 "-".into()
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {:.0} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} |\n",
                 if first { job } else { "" },
                 r.label,
                 rate_cell(r),
                 ratio,
-                r.rss_mib,
+                mib(r.rss_mib),
                 if r.system == System::Tributary {
                     versus.as_str()
                 } else {
