@@ -112,6 +112,13 @@ impl Core {
             self.last_confirmed = start;
         }
         let write_hold = self.finish_commits(points, &acks, confirmed.then_some(started_ms))?;
+        self.observe_commit(start, point_hold.max(write_hold));
+        Ok(())
+    }
+
+    /// Records a commit that went through: how long it took since `start`, and the longest
+    /// time it held up a task.
+    pub(super) fn observe_commit(&self, start: Instant, stall: Duration) {
         let member = self.member().to_string();
         let metrics = &self.setup.metrics;
         metrics
@@ -121,8 +128,7 @@ impl Core {
         metrics
             .commit_stall
             .with_label_values(&[&member])
-            .observe(point_hold.max(write_hold).as_secs_f64());
-        Ok(())
+            .observe(stall.as_secs_f64());
     }
 
     /// Takes the commit point of every running task, each under its lock, and moves the member

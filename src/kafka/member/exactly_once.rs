@@ -158,19 +158,13 @@ impl Core {
             }
         }
         drop(held);
-        let stall = held_since.elapsed();
         self.last_confirmed = start;
-        let member = self.member().to_string();
-        let metrics = &self.setup.metrics;
-        metrics.transactions.with_label_values(&["committed"]).inc();
-        metrics
-            .commit_latency
-            .with_label_values(&[&member])
-            .observe(start.elapsed().as_secs_f64());
-        metrics
-            .commit_stall
-            .with_label_values(&[&member])
-            .observe(stall.as_secs_f64());
+        self.setup
+            .metrics
+            .transactions
+            .with_label_values(&["committed"])
+            .inc();
+        self.observe_commit(start, held_since.elapsed());
         Ok(())
     }
 
