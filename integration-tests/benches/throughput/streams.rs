@@ -168,32 +168,13 @@ impl Drop for Jvm {
 /// `/state/<key>` of [`CHECK_KEYS`] and the whole store's sums (`/state`) equal the
 /// generator's totals.
 fn check_state(http: &str, expected: &Expected, records: u64) -> Result<String, String> {
-    let until = Instant::now() + Duration::from_secs(60);
     let get = |path: &str| {
         http_get(http, path, Duration::from_secs(30))
             .ok()
             .filter(|(code, _)| *code == 200)
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
     };
-    for k in CHECK_KEYS {
-        let key = format!("user-{k}");
-        let want = expected.totals.get(&key).copied().unwrap_or_default();
-        loop {
-            let got = get(&format!("/state/{key}"));
-            let count = got.as_ref().and_then(|v| v["count"].as_u64());
-            let total = got.as_ref().and_then(|v| v["total"].as_f64());
-            if count == Some(want.count) && total == Some(want.sum) {
-                break;
-            }
-            if Instant::now() >= until {
-                return Err(format!(
-                    "{key}: state {got:?}, expected count {} total {}",
-                    want.count, want.sum
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    crate::verify::await_check_keys(get, |key| format!("/state/{key}"), &expected.totals)?;
     let all = get("/state").ok_or("/state did not answer")?;
     let sum: f64 = expected.totals.values().map(|t| t.sum).sum();
     let (keys, count, total) = (

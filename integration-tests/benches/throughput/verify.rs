@@ -349,3 +349,34 @@ impl WindowExpect {
         ))
     }
 }
+
+/// Polls the state of each of [`crate::CHECK_KEYS`] (`get` of `path(key)`: a JSON object with
+/// `count` and `total`) until it equals the generator's totals, for at most a minute (the
+/// state is visible once committed).
+pub fn await_check_keys(
+    get: impl Fn(&str) -> Option<serde_json::Value>,
+    path: impl Fn(&str) -> String,
+    totals: &BTreeMap<String, KeyTotal>,
+) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(60);
+    for k in crate::CHECK_KEYS {
+        let key = format!("user-{k}");
+        let want = totals.get(&key).copied().unwrap_or_default();
+        loop {
+            let got = get(&path(&key));
+            let count = got.as_ref().and_then(|v| v["count"].as_u64());
+            let total = got.as_ref().and_then(|v| v["total"].as_f64());
+            if count == Some(want.count) && total == Some(want.sum) {
+                break;
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "{key}: state {got:?}, expected count {} total {}",
+                    want.count, want.sum
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}

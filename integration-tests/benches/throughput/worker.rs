@@ -176,34 +176,13 @@ fn tail(text: &str, n: usize) -> String {
 /// `/state/totals/<key>` of each of [`CHECK_KEYS`] equals the generator's totals (polled:
 /// the state is visible once committed).
 fn check_state(http: &str, expected: &BTreeMap<String, KeyTotal>) -> Result<(), String> {
-    let until = Instant::now() + Duration::from_secs(60);
-    for k in CHECK_KEYS {
-        let key = format!("user-{k}");
-        let want = expected.get(&key).copied().unwrap_or_default();
-        loop {
-            let got = http_get(
-                http,
-                &format!("/state/{PIPELINE}/{key}"),
-                Duration::from_secs(5),
-            )
+    let get = |path: &str| {
+        http_get(http, path, Duration::from_secs(5))
             .ok()
             .filter(|(code, _)| *code == 200)
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
-            let count = got.as_ref().and_then(|v| v["count"].as_u64());
-            let total = got.as_ref().and_then(|v| v["total"].as_f64());
-            if count == Some(want.count) && total == Some(want.sum) {
-                break;
-            }
-            if Instant::now() >= until {
-                return Err(format!(
-                    "{key}: state {got:?}, expected count {} total {}",
-                    want.count, want.sum
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    Ok(())
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+    };
+    crate::verify::await_check_keys(get, |key| format!("/state/{PIPELINE}/{key}"), expected)
 }
 
 /// Every one of `outputs` records produced to `topic` acknowledged (polled).
