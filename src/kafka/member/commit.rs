@@ -141,11 +141,7 @@ impl Core {
         for cell in self.tasks.values() {
             let mut state = cell.lock();
             let held = Instant::now();
-            let Some(task) = state
-                .task
-                .as_mut()
-                .filter(|t| t.state() == TaskState::Running)
-            else {
+            let Some(task) = state.running() else {
                 continue;
             };
             debug_assert_eq!(task.generation(), self.generation);

@@ -30,7 +30,7 @@ use super::pool::{CellState, TaskCell};
 use super::{Core, MemberConsumer};
 use crate::kafka::collector::{Collector, TxnError};
 use crate::state::now_ms;
-use crate::task::{TaskError, TaskState};
+use crate::task::TaskError;
 use crate::types::TaskId;
 
 /// How long a member that lost its producer waits between attempts at a new one, and how long
@@ -86,11 +86,7 @@ impl Core {
         let sink = collector.tagged(self.generation);
         let mut points = Vec::new();
         for state in &mut held {
-            let Some(task) = state
-                .task
-                .as_mut()
-                .filter(|t| t.state() == TaskState::Running)
-            else {
+            let Some(task) = state.running() else {
                 continue;
             };
             match task.prepare_commit(&sink) {

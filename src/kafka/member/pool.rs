@@ -82,6 +82,15 @@ pub(super) struct CellState {
     pub active: bool,
 }
 
+impl CellState {
+    /// The task, if it is open and running.
+    pub fn running(&mut self) -> Option<&mut Task> {
+        self.task
+            .as_mut()
+            .filter(|t| t.state() == TaskState::Running)
+    }
+}
+
 /// A task that processing threads may run.
 pub(super) struct TaskCell {
     /// The task's id.
