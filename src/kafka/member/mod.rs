@@ -42,7 +42,7 @@ use super::{message_headers, own_message};
 use crate::config::{Config, Guarantee};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
-use crate::state::now_ms;
+use crate::state::{now_ms, StateMemory};
 use crate::status::{MemberStatus, StatusBoard, TaskStatus};
 use crate::task::{ErrorPolicy, Outlived, Task, TaskError, TaskState};
 use crate::types::{Record, TaskId};
@@ -132,6 +132,8 @@ pub struct MemberSetup {
     /// Under exactly once, what the worker's `transactional.id`s start with (the member adds
     /// its index); see [`crate::state::identity`].
     pub transactional_id: Option<String>,
+    /// The memory the worker's task state shares (see [`StateMemory`]).
+    pub state_memory: StateMemory,
 }
 
 /// Where a source topic's records go.
@@ -562,7 +564,7 @@ impl Core {
             &topology.stores,
             changelogs,
             processor,
-            self.setup.config.state.cache_max_entries,
+            &self.setup.state_memory,
             self.setup.metrics.clone(),
         ) {
             Ok(task) => task,
