@@ -26,6 +26,10 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// Time from the start of a commit (cache flush) to the state batch written, in seconds.
     pub commit_latency: HistogramVec,
+    /// How long a commit held up a task's processing, in seconds: the longest hold of one
+    /// commit (its commit point and state write under at least once; the whole transaction
+    /// under exactly once).
+    pub commit_stall: HistogramVec,
     /// Commits that failed to commit input offsets (they are retried at the next commit).
     pub commit_failures: IntCounter,
     /// Transactions ended (exactly once), by outcome (committed / aborted).
@@ -36,9 +40,9 @@ pub struct Metrics {
     pub restore_remaining: IntGaugeVec,
     /// Tasks of this worker by state (restoring, running).
     pub tasks: IntGaugeVec,
-    /// Partitions paused because their task's queue is full.
+    /// Partitions paused because their task is not running yet (restoring, or not open).
     pub paused_partitions: IntGauge,
-    /// Records waiting in task queues.
+    /// Records fetched and waiting for their tasks (librdkafka statistics).
     pub buffered_records: IntGauge,
     /// Time one record takes through its processor, in seconds (sampled: 1 in 64).
     pub process_latency: Histogram,
@@ -124,6 +128,21 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            commit_stall: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "tributary_commit_stall_seconds",
+                        "Longest time one commit held up a task's processing",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                    &["member"],
+                )
+                .expect("valid metric"),
+            ),
             commit_failures: register(
                 &r,
                 IntCounter::new(
@@ -152,7 +171,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "tributary_paused_partitions",
-                    "Partitions paused by backpressure",
+                    "Partitions paused until their task runs",
                 )
                 .expect("valid metric"),
             ),
@@ -160,7 +179,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "tributary_buffered_records",
-                    "Records waiting in task queues",
+                    "Records fetched and waiting for their tasks",
                 )
                 .expect("valid metric"),
             ),

@@ -25,7 +25,8 @@ pub struct TaskStatus {
     pub state: TaskState,
     /// Next offset to process, per source topic.
     pub positions: BTreeMap<String, i64>,
-    /// Records waiting in the task's queue.
+    /// Records fetched and waiting for the task, as of librdkafka's last statistics
+    /// (`statistics.interval.ms`).
     pub queued: usize,
     /// Changelog records left to restore (estimate; 0 once running).
     pub restore_remaining: i64,
@@ -47,7 +48,7 @@ pub struct MemberStatus {
     pub tasks: Vec<TaskStatus>,
     /// Tasks assigned but not yet opened (their state directory is still locked).
     pub pending: usize,
-    /// Partitions paused because their task's queue is full (or the task is not running yet).
+    /// Partitions paused because their task is not running yet.
     pub paused: usize,
 }
 

@@ -1,17 +1,17 @@
-//! A task: one partition number of one topology, with its stores, processor and queue (Kafka
-//! Streams' `StreamTask`).
+//! A task: one partition number of one topology, with its stores and processor (Kafka Streams'
+//! `StreamTask`).
 //!
-//! States: `Restoring` (state being rebuilt from the changelog; input paused and queued) →
-//! `Running` → closed. Everything of the partition lives here; the member only routes records,
-//! drives restores and runs commits.
+//! States: `Restoring` (state being rebuilt from the changelog; input waits in Kafka) →
+//! `Running` → closed. Everything of the partition lives here; the member drives restores and
+//! commits, a processing thread hands it records.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
 
 use crate::config::OnError;
-use crate::kafka::collector::{Collector, CollectorError, Outgoing, SendKind};
+use crate::kafka::collector::{Collector, CollectorError, Outgoing, SendKind, Tagged};
 use crate::kafka::restore::ChangelogRecord;
 use crate::metrics::Metrics;
 use crate::processor::{Context, ProcessError, Processor, TaskInfo};
@@ -19,7 +19,7 @@ use crate::state::{
     now_ms, stale_since, Batch, ChangelogSink, Checkpoint, StateError, StateMemory, TaskDb,
     TaskStores,
 };
-use crate::types::{OutputRecord, OwnedRecord, Record, TaskId};
+use crate::types::{OutputRecord, Record, TaskId};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -107,6 +107,12 @@ impl RecordSink for Collector {
     }
 }
 
+impl RecordSink for Tagged<'_> {
+    fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        Tagged::send(self, out, kind)
+    }
+}
+
 /// How a task handles bad records, shared by all tasks of a worker.
 #[derive(Debug, Clone)]
 pub struct ErrorPolicy {
@@ -153,7 +159,9 @@ pub struct Task {
     state: TaskState,
     stores: TaskStores,
     processor: Box<dyn Processor>,
-    queue: VecDeque<OwnedRecord>,
+    /// The commit generation the task's sends belong to (see [`Collector::tagged`]); the next
+    /// commit's flush moves it on.
+    generation: u64,
     /// Progress per source topic (a task reads one partition of a few co-partitioned topics,
     /// so a short list beats hashing the topic name for every record).
     inputs: Vec<InputProgress>,
@@ -266,7 +274,7 @@ impl Task {
             state: TaskState::Restoring,
             stores: TaskStores::new(Arc::new(db), memory.cache_max_entries),
             processor,
-            queue: VecDeque::new(),
+            generation: 0,
             inputs: Vec::new(),
             changelogs,
             restored,
@@ -471,40 +479,22 @@ impl Task {
         }
     }
 
-    /// Records waiting in the queue.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    /// Drops the records of `topic` below `offset` from now on: the partition is being read
+    /// again from there (exactly once, after an abort), and anything older still on its way
+    /// from before the seek must not be processed.
+    pub fn skip_below(&mut self, topic: &str, offset: i64) {
+        let input = self.input_mut(topic);
+        input.taken = offset;
     }
 
-    /// True when a record arriving now may be processed at once (nothing waits before it).
-    pub fn can_process_now(&self) -> bool {
-        self.state == TaskState::Running && self.queue.is_empty()
+    /// The commit generation the task's sends belong to now.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    /// Queues a record for later.
-    pub(crate) fn enqueue(&mut self, rec: OwnedRecord) {
-        self.queue.push_back(rec);
-    }
-
-    /// Processes up to `max` queued records; returns how many.
-    pub fn drain(
-        &mut self,
-        max: usize,
-        collector: &dyn RecordSink,
-        policy: &ErrorPolicy,
-    ) -> Result<usize, TaskError> {
-        if self.state != TaskState::Running {
-            return Ok(0);
-        }
-        let mut n = 0;
-        while n < max {
-            let Some(rec) = self.queue.pop_front() else {
-                break;
-            };
-            self.process(&rec.as_record(), collector, policy)?;
-            n += 1;
-        }
-        Ok(n)
+    /// Starts the task in its member's current commit generation.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// Processes one record: runs the processor, sends its output, applies the error policy.
@@ -538,14 +528,23 @@ impl Task {
                         headers: &out.headers,
                         timestamp: out.timestamp,
                     };
-                    collector.send(o, SendKind::Output)?;
+                    if let Err(e) = collector.send(o, SendKind::Output) {
+                        // The record is not done: a commit must not take its state writes
+                        // (the outputs already sent go with their transaction's abort under
+                        // exactly once, and are duplicates allowed under at least once).
+                        self.stores.rollback();
+                        self.processor.rolled_back();
+                        return Err(e.into());
+                    }
                 }
             }
             Err(ProcessError::Fatal(reason)) => {
+                self.stores.rollback();
+                self.processor.rolled_back();
                 return Err(TaskError::Fatal {
                     task: self.info.id,
                     reason,
-                })
+                });
             }
             Err(ProcessError::Record { step, reason }) => {
                 // Nothing of a failed record stays: not its output, not its state writes.
@@ -640,13 +639,16 @@ impl Task {
         self.stores.wants_flush()
     }
 
-    /// First half of a commit: sends every dirty entry to the changelog and returns the state
-    /// batch that is written once the changelog is acknowledged and the input offsets are
-    /// committed ([`Task::finish_commit`]). If the offset commit fails, the caller drops the
-    /// batch: the local checkpoint stays at the last commit known to have succeeded, and the
-    /// changes wait in the cache for the next commit (or are dropped with the task, dirty, if
-    /// its partition turns out to be lost).
-    pub fn prepare_commit(&mut self, collector: &dyn RecordSink) -> Result<Batch, TaskError> {
+    /// First half of a commit, the commit point: sends every dirty entry to the changelog
+    /// (through `collector`, in the task's current generation), notes the input offsets the
+    /// commit covers, and moves the task to the next generation: what it processes from now on
+    /// belongs to the next commit. The point holds the state batch that is written once the
+    /// generation's records are acknowledged and the input offsets committed
+    /// ([`Task::finish_commit`]). If the offset commit fails, the caller drops the point: the
+    /// local checkpoint stays at the last commit known to have succeeded, and the changes wait
+    /// in the cache for the next commit (or are dropped with the task, dirty, if its partition
+    /// turns out to be lost).
+    pub fn prepare_commit(&mut self, collector: &dyn RecordSink) -> Result<CommitPoint, TaskError> {
         let mut writer = ChangelogWriter {
             collector,
             topics: &self.changelogs,
@@ -659,20 +661,24 @@ impl Task {
                 task: self.info.id,
                 source,
             })?;
-        Ok(batch)
-    }
-
-    /// Input offsets that moved since the last commit: (topic, partition, next offset).
-    pub fn offsets_to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
-        self.inputs
+        let offsets = self
+            .inputs
             .iter()
             .filter_map(|i| {
+                // Only what moved since the last commit that went through.
                 i.position
                     .filter(|p| i.committed != Some(*p))
-                    .map(|p| (i, p))
+                    .map(|p| (i.topic.clone(), p))
             })
-            .map(|(i, p)| (i.topic.clone(), self.info.id.partition, p))
-            .collect()
+            .collect();
+        let point = CommitPoint {
+            task: self.info.id,
+            batch,
+            offsets,
+            generation: self.generation,
+        };
+        self.generation += 1;
+        Ok(point)
     }
 
     /// Input offsets the group may hold for this task without losing anything: the last
@@ -695,11 +701,11 @@ impl Task {
         self.stores.dirty() + self.stores.flushed() > 0
     }
 
-    /// Notes that every effect of the records before the current positions is acknowledged:
-    /// they are about to be offered to the group.
-    pub fn offsets_durable(&mut self) {
-        for i in &mut self.inputs {
-            i.durable = i.position.or(i.durable);
+    /// Notes that every effect of the records before `point` is acknowledged: its offsets are
+    /// about to be offered to the group.
+    pub fn offsets_durable(&mut self, point: &CommitPoint) {
+        for (topic, offset) in &point.offsets {
+            self.input_mut(topic).durable = Some(*offset);
         }
     }
 
@@ -710,10 +716,10 @@ impl Task {
             .filter_map(|i| i.position.map(|p| (&i.topic, p)))
     }
 
-    /// Notes that the input offsets were committed.
-    pub fn offsets_committed(&mut self) {
-        for i in &mut self.inputs {
-            i.committed = i.position;
+    /// Notes that the input offsets of `point` were committed.
+    pub fn offsets_committed(&mut self, point: &CommitPoint) {
+        for (topic, offset) in &point.offsets {
+            self.input_mut(topic).committed = Some(*offset);
         }
     }
 
@@ -727,10 +733,11 @@ impl Task {
     /// changelog while its owner holds it), and its checkpoint says so, written or not.
     pub fn finish_commit(
         &mut self,
-        mut batch: Batch,
+        point: CommitPoint,
         acks: &HashMap<(String, i32), i64>,
         owned_since_ms: Option<i64>,
     ) -> Result<(), TaskError> {
+        let mut batch = point.batch;
         let db = self.stores.db().clone();
         let err = |source| TaskError::State {
             task: self.info.id,
@@ -769,11 +776,41 @@ impl Task {
         Ok(())
     }
 
-    /// Drops everything not committed (queued records, dirty cache entries): used when the
-    /// partition was lost and another member may already own it.
+    /// Drops everything not committed (dirty cache entries): used when the partition was lost
+    /// and another member may already own it.
     pub fn discard(&mut self) {
-        self.queue.clear();
         self.stores.discard();
+    }
+}
+
+/// A task's commit point ([`Task::prepare_commit`]): the input offsets a commit covers, the
+/// state batch it writes, and the generation whose records must be acknowledged first.
+#[derive(Debug)]
+pub struct CommitPoint {
+    task: TaskId,
+    batch: Batch,
+    /// (topic, next offset) of every source partition whose position moved since the last
+    /// commit that went through.
+    offsets: Vec<(Arc<str>, i64)>,
+    generation: u64,
+}
+
+impl CommitPoint {
+    /// The task it belongs to.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+
+    /// The input offsets to commit: (topic, partition, next offset).
+    pub fn offsets(&self) -> impl Iterator<Item = (&Arc<str>, i32, i64)> {
+        self.offsets
+            .iter()
+            .map(|(topic, offset)| (topic, self.task.partition, *offset))
+    }
+
+    /// The generation whose records the commit waits for.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -970,6 +1007,109 @@ mod tests {
         assert_eq!(task.db().get(0, b"k").unwrap(), None);
         assert_eq!(checkpoint(&task, "b").unwrap().next, 7);
         assert_eq!(task.db().get(1, b"k").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    /// Writes the record's value under its key and sends two outputs.
+    struct WriteAndSendTwo;
+    impl Processor for WriteAndSendTwo {
+        fn process(
+            &mut self,
+            rec: &Record<'_>,
+            ctx: &mut crate::processor::Context<'_>,
+        ) -> Result<(), ProcessError> {
+            let key = rec.key.unwrap_or_default();
+            ctx.store::<u64>("a")?.put(key, &7)?;
+            for _ in 0..2 {
+                ctx.send(OutputRecord::new("out", Some(key.to_vec()), None));
+            }
+            Ok(())
+        }
+    }
+
+    /// Takes `ok` records, then refuses every one.
+    struct Refusing {
+        ok: std::cell::Cell<usize>,
+    }
+    impl RecordSink for Refusing {
+        fn send(&self, out: Outgoing<'_>, _: SendKind) -> Result<(), CollectorError> {
+            match self.ok.get() {
+                0 => Err(CollectorError::Send {
+                    topic: out.topic.to_string(),
+                    reason: "refused".into(),
+                }),
+                n => {
+                    self.ok.set(n - 1);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// A record whose output the producer refuses half-way leaves no state behind: a commit
+    /// taken before the task's failure is dealt with must not carry part of it.
+    #[test]
+    fn a_record_whose_output_is_refused_leaves_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = TaskInfo {
+            id: TaskId {
+                topology: 0,
+                partition: 0,
+            },
+            topology: "t".into(),
+            app_id: "app".into(),
+            partitions: Arc::new(BTreeMap::new()),
+        };
+        let mut task = Task::open(
+            info,
+            dir.path(),
+            &["a".to_string()],
+            vec![Arc::from("cl-a")],
+            Box::new(WriteAndSendTwo),
+            &StateMemory::new(100, 8, 16),
+            Metrics::new(),
+        )
+        .unwrap();
+        task.changelog_restored("cl-a").unwrap();
+        let policy = ErrorPolicy {
+            on_error: OnError::Dlq,
+            dlq_topic: "dlq".into(),
+        };
+        let rec = |offset, key: &'static [u8]| Record {
+            topic: "in",
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: Some(key),
+            value: None,
+            headers: crate::types::Headers::none(),
+        };
+        let sink = Refusing {
+            ok: std::cell::Cell::new(3),
+        };
+        task.process(&rec(0, b"k1"), &sink, &policy).unwrap();
+        assert!(task.process(&rec(1, b"k2"), &sink, &policy).is_err());
+        assert_eq!(
+            task.store_mut()
+                .store::<u64>("a")
+                .unwrap()
+                .get(b"k1")
+                .unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            task.store_mut()
+                .store::<u64>("a")
+                .unwrap()
+                .get(b"k2")
+                .unwrap(),
+            None,
+            "the refused record's write is undone"
+        );
+        assert_eq!(
+            task.positions().map(|(_, p)| p).collect::<Vec<_>>(),
+            [1],
+            "the refused record is not done"
+        );
     }
 
     /// Drops everything sent.

@@ -44,7 +44,7 @@ use crate::pipeline::partitioner::partition_for_key;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
 use crate::state::{RocksMemory, StateError, StateMemory};
 use crate::task::{ErrorPolicy, RecordSink, Task, TaskError};
-use crate::types::{OwnedRecord, TaskId};
+use crate::types::{Headers, Record, TaskId};
 
 /// A record read from (or piped into) a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,25 +269,25 @@ impl TestDriver {
             .next_offset
             .entry((rec.topic.clone(), rec.partition))
             .or_insert(0);
-        let owned = OwnedRecord {
-            topic: Arc::from(rec.topic.as_str()),
+        let record = Record {
+            topic: &rec.topic,
             partition: rec.partition,
             offset: *offset,
             timestamp: rec.timestamp,
-            key: rec.key.map(Vec::into_boxed_slice),
-            value: rec.value.map(Vec::into_boxed_slice),
-            headers: rec.headers,
+            key: rec.key.as_deref(),
+            value: rec.value.as_deref(),
+            headers: Headers::from_pairs(&rec.headers),
         };
         *offset += 1;
         let id = TaskId {
             topology,
-            partition: owned.partition,
+            partition: record.partition,
         };
         self.task(id)
             .map_err(|source| TaskError::State { task: id, source })?;
         let task = self.tasks.get_mut(&id).expect("invariant: opened above");
-        if task.take(&owned.topic, owned.offset) {
-            task.process(&owned.as_record(), &self.sink, &self.policy)?;
+        if task.take(record.topic, record.offset) {
+            task.process(&record, &self.sink, &self.policy)?;
         }
         Ok(())
     }

@@ -60,34 +60,90 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     /// Value bytes, if any (`None` is a tombstone).
     pub value: Option<&'a [u8]>,
-    /// Headers, in order.
-    pub headers: &'a [(String, Vec<u8>)],
+    /// Headers, in order, read where they lie.
+    pub headers: Headers<'a>,
 }
 
-/// An input record copied out of the consumer, for records that wait in a task's queue.
-#[derive(Debug, Clone)]
-pub(crate) struct OwnedRecord {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp: Option<i64>,
-    pub key: Option<Box<[u8]>>,
-    pub value: Option<Box<[u8]>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+/// Headers kept elsewhere (the consumer's buffers), read one at a time.
+pub trait HeaderList: Sync {
+    /// How many headers there are.
+    fn count(&self) -> usize;
+    /// The name and value of header `index` (`< count()`); a null value reads as empty.
+    fn header(&self, index: usize) -> (&str, &[u8]);
 }
 
-impl OwnedRecord {
-    /// Borrows the record in the form processors take.
-    pub fn as_record(&self) -> Record<'_> {
-        Record {
-            topic: &self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            timestamp: self.timestamp,
-            key: self.key.as_deref(),
-            value: self.value.as_deref(),
-            headers: &self.headers,
+/// A record's headers, in order. Reading them copies nothing: a processor that never looks at
+/// them costs nothing for them.
+#[derive(Clone, Copy)]
+pub struct Headers<'a>(HeadersRef<'a>);
+
+#[derive(Clone, Copy)]
+enum HeadersRef<'a> {
+    Pairs(&'a [(String, Vec<u8>)]),
+    List(&'a dyn HeaderList),
+}
+
+impl<'a> Headers<'a> {
+    /// No headers.
+    pub const fn none() -> Self {
+        Self(HeadersRef::Pairs(&[]))
+    }
+
+    /// Headers held as (name, value) pairs.
+    pub fn from_pairs(pairs: &'a [(String, Vec<u8>)]) -> Self {
+        Self(HeadersRef::Pairs(pairs))
+    }
+
+    /// Headers read from a list kept elsewhere.
+    pub fn from_list(list: &'a dyn HeaderList) -> Self {
+        Self(HeadersRef::List(list))
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        match self.0 {
+            HeadersRef::Pairs(p) => p.len(),
+            HeadersRef::List(l) => l.count(),
         }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Header `index`: its name and value.
+    fn at(&self, index: usize) -> (&'a str, &'a [u8]) {
+        match self.0 {
+            HeadersRef::Pairs(p) => (&p[index].0, &p[index].1),
+            HeadersRef::List(l) => l.header(index),
+        }
+    }
+
+    /// Every header, in order: (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let headers = *self;
+        (0..headers.len()).map(move |i| headers.at(i))
+    }
+
+    /// The value of the first header called `name`.
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Copies the headers out.
+    pub fn to_vec(&self) -> Vec<(String, Vec<u8>)> {
+        self.iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Headers<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, v)| (n, String::from_utf8_lossy(v))))
+            .finish()
     }
 }
 

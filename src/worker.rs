@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigIssue, Guarantee, OnError};
 use crate::kafka::admin::{Admin, AdminError, TopicSpec};
 use crate::kafka::embedded::EmbeddedCluster;
-use crate::kafka::member::{Member, MemberError, MemberSetup};
+use crate::kafka::member::{Member, MemberError, MemberSetup, Pool};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
 use crate::state::StateMemory;
@@ -52,6 +52,9 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    /// The processing threads could not be started.
+    #[error("starting the processing threads (processing.threads): {0}")]
+    Threads(#[source] std::io::Error),
     /// A member failed.
     #[error(transparent)]
     Member(#[from] MemberError),
@@ -368,6 +371,7 @@ impl Worker {
                 Some(format!("{}-{worker}", self.config.app.id))
             }
         };
+        let pool = Pool::start(self.config.processing.threads).map_err(WorkerError::Threads)?;
         let stop = shutdown.child_token();
         let http_stop = CancellationToken::new();
         let http = match self.config.http.listen {
@@ -410,6 +414,7 @@ impl Worker {
                 shutdown: stop.clone(),
                 transactional_id: transactional_id.clone(),
                 state_memory: state_memory.clone(),
+                pool: pool.clone(),
             };
             let member = match Member::new(setup) {
                 Ok(m) => m,
@@ -434,6 +439,7 @@ impl Worker {
                 first_error.get_or_insert(e);
             }
         }
+        pool.stop();
         cleaner_stop.cancel();
         let _ = cleaner.await;
         http_stop.cancel();

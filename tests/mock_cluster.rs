@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1239,11 +1238,11 @@ async fn on_error_skip_counts() {
 // e. back-pressure
 // ---------------------------------------------------------------------------------------------
 
-/// Records a member takes from its consumer per loop turn (`POLL_BATCH` in src/kafka/member.rs).
-const MEMBER_POLL_BATCH: usize = 2000;
-
+/// A slow task leaves its input in Kafka: librdkafka fetches a partition only while fewer than
+/// `max_buffered_records` of its records wait (`queued.min.messages`), and nothing is lost or
+/// read twice however long the records wait, including those produced while they do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn slow_task_pauses_its_partition() {
+async fn slow_task_leaves_its_input_in_kafka() {
     init_tracing();
     const APP: &str = "slow";
     const INPUT: &str = "slow-in";
@@ -1251,13 +1250,17 @@ async fn slow_task_pauses_its_partition() {
     const MAX_BUFFERED: usize = 50;
     /// Records produced before the worker starts.
     const N: usize = 2000;
-    /// Records produced once the partition is paused: they are read after it resumes.
+    /// Records produced while the first ones wait.
     const MORE: usize = 1500;
     let cluster = cluster(&[(INPUT, 1), (SINK, 1), ("slow-counts-changelog", 1)]);
     let bootstrap = cluster.bootstrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let pipeline = placeholder_pipeline(INPUT, SINK);
+    // librdkafka's statistics say how many records wait; every 100 ms here.
+    let pipeline = format!(
+        "[kafka.properties]\n\"statistics.interval.ms\" = \"100\"\n\n{}",
+        placeholder_pipeline(INPUT, SINK)
+    );
     let processing = format!("max_buffered_records = {MAX_BUFFERED}");
     let config = load_config(
         dir.path(),
@@ -1285,37 +1288,12 @@ async fn slow_task_pauses_its_partition() {
     }
     produce(&bootstrap, INPUT, &input[..N]).await;
 
-    // Watch the status board on a thread of its own while the worker runs.
-    let watching = Arc::new(AtomicBool::new(true));
-    let paused_while_running = Arc::new(AtomicBool::new(false));
-    let max_queued = Arc::new(AtomicUsize::new(0));
-    let watcher = {
-        let (watching, paused_while_running, max_queued) = (
-            watching.clone(),
-            paused_while_running.clone(),
-            max_queued.clone(),
-        );
-        let status = status.clone();
-        std::thread::spawn(move || {
-            while watching.load(Ordering::SeqCst) {
-                let tasks = status.tasks();
-                let paused = status.paused();
-                let running_with_queue = tasks
-                    .iter()
-                    .any(|t| t.state == tributary::task::TaskState::Running && t.queued > 0);
-                if paused > 0 && running_with_queue {
-                    paused_while_running.store(true, Ordering::SeqCst);
-                }
-                let queued = tasks.iter().map(|t| t.queued).max().unwrap_or(0);
-                max_queued.fetch_max(queued, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
-
     let mut run = Running::start(worker);
-    run.wait_until("the running task's partition is paused", |_| {
-        paused_while_running.load(Ordering::SeqCst)
+    run.wait_until("records wait for the running, slow task", |_| {
+        status
+            .tasks()
+            .iter()
+            .any(|t| t.state == tributary::task::TaskState::Running && t.queued > 0)
     })
     .await;
     produce(&bootstrap, INPUT, &input[N..]).await;
@@ -1331,28 +1309,161 @@ async fn slow_task_pauses_its_partition() {
     })
     .await;
     run.stop().await.expect("the worker stops cleanly");
-    watching.store(false, Ordering::SeqCst);
-    watcher.join().unwrap();
-    let max_queued = max_queued.load(Ordering::SeqCst);
-    eprintln!("slow task: largest queue seen {max_queued}");
-
-    // The bound on a task's queue: a full queue pauses its partition, so librdkafka hands out
-    // nothing more of it; the records of the poll batch being routed when it filled are still
-    // queued. So a queue holds at most (max_buffered_records - 1) + POLL_BATCH records
-    // (POLL_BATCH = 2000 in src/kafka/member.rs). The records produced while it was paused
-    // prove nothing is lost or read twice across the pause and resume.
-    assert!(
-        max_queued < MAX_BUFFERED + MEMBER_POLL_BATCH,
-        "queue reached {max_queued}, over max_buffered_records ({MAX_BUFFERED}) + the poll batch"
-    );
-    assert!(
-        max_queued > 0,
-        "the slow task queued records (max seen {max_queued})"
-    );
 
     blocking(|| sink.read_to_end());
     assert_eq!(sink.records.len(), N + MORE, "every record processed once");
     assert_count_sequences(&sink.values_per_key(), &expected);
+}
+
+/// Expressions read the headers of records as the consumer delivered them (read in place,
+/// not copied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expressions_read_the_consumed_headers() {
+    init_tracing();
+    const INPUT: &str = "hdr-in";
+    const SINK: &str = "hdr-out";
+    let cluster = cluster(&[(INPUT, 1), (SINK, 1)]);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"hdr\"\nsource = {{ topics = [\"{INPUT}\"] }}\n\
+         sink = {{ topic = \"{SINK}\" }}\n\
+         steps = [ {{ map = \"{{'trace': 'trace' in headers ? headers['trace'] : '', 'n': size(headers)}}\" }} ]\n"
+    );
+    let config = load_config(
+        dir.path(),
+        &bootstrap,
+        state.path(),
+        &Settings {
+            app: "hdr",
+            threads: 1,
+            processing: "",
+            pipeline: &pipeline,
+        },
+    );
+    let worker = Worker::builder(config)
+        .pipelines_from_config()
+        .expect("the pipeline compiles")
+        .build()
+        .expect("worker builds");
+    let with_headers = In {
+        headers: vec![
+            ("trace".into(), b"abc".to_vec()),
+            ("other".into(), b"x".to_vec()),
+        ],
+        ..In::new("k", "{}")
+    };
+    produce(&bootstrap, INPUT, &[with_headers, In::new("k", "{}")]).await;
+    let mut run = Running::start(worker);
+    let mut sink = blocking(|| Reader::open(&bootstrap, SINK, 1));
+    run.wait_until("both records are out", |_| {
+        sink.poll_for(Duration::from_millis(100));
+        sink.records.len() >= 2
+    })
+    .await;
+    run.stop().await.expect("the worker stops cleanly");
+    let values: Vec<Value> = sink
+        .records
+        .iter()
+        .map(|r| serde_json::from_str(&r.value_str()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            json!({"trace": "abc", "n": 2}),
+            json!({"trace": "", "n": 0})
+        ]
+    );
+}
+
+/// Counts the records being processed at the same moment, across tasks.
+#[derive(Debug, Default)]
+struct Concurrency {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+/// Records nothing; notes how many records are in its processors at once.
+struct Probe {
+    seen: Arc<Concurrency>,
+}
+
+impl Processor for Probe {
+    fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.seen.now.fetch_add(1, SeqCst) + 1;
+        self.seen.most.fetch_max(now, SeqCst);
+        std::thread::sleep(Duration::from_millis(1));
+        self.seen.now.fetch_sub(1, SeqCst);
+        Ok(())
+    }
+}
+
+/// Runs a 2-partition topic through a worker with `threads` processing threads; returns the
+/// most records that were in processors at once.
+async fn most_at_once(threads: usize) -> usize {
+    let app = format!("parallel-{threads}");
+    let input = format!("parallel-{threads}-in");
+    const N: usize = 600;
+    let cluster = cluster(&[(&input, 2)]);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline =
+        format!("[[pipeline]]\nname = \"probe\"\nsource = {{ topics = [\"{input}\"] }}\n");
+    let processing = format!("threads = {threads}");
+    let config = load_config(
+        dir.path(),
+        &bootstrap,
+        state.path(),
+        &Settings {
+            app: &app,
+            threads: 1,
+            processing: &processing,
+            pipeline: &pipeline,
+        },
+    );
+    let seen = Arc::new(Concurrency::default());
+    let probe = seen.clone();
+    let worker = Worker::builder(config)
+        .topology(Topology::new("probe", [input.as_str()], move |_| Probe {
+            seen: probe.clone(),
+        }))
+        .build()
+        .expect("worker builds");
+    // Both partitions hold records before the worker starts, so both tasks have work at once.
+    produce(&bootstrap, &input, &keyed_records(N, 20)).await;
+    let mut run = Running::start(worker);
+    run.wait_until("every record is processed", |r| {
+        consumed(&r.metrics, &input) == N as f64
+    })
+    .await;
+    run.stop().await.expect("the worker stops cleanly");
+    seen.most.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `tributary_records_consumed_total` of `topic`, over its partitions.
+fn consumed(metrics: &Metrics, topic: &str) -> f64 {
+    let series = format!("topic=\"{topic}\"");
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("tributary_records_consumed_total{") && l.contains(&series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Tasks run in parallel on `processing.threads`, and one thread runs them one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_run_in_parallel_on_the_processing_threads() {
+    init_tracing();
+    assert_eq!(most_at_once(1).await, 1, "one processing thread");
+    assert_eq!(
+        most_at_once(2).await,
+        2,
+        "two processing threads, two busy tasks"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

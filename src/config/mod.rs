@@ -563,9 +563,13 @@ pub struct ProcessingConfig {
     /// `dlq_topic` (optional, default `"<app.id>-dlq"`): the dead-letter topic used with
     /// `on_error = "dlq"`; read it through [`ProcessingConfig::dlq_topic`].
     pub dlq_topic: Option<String>,
-    /// `max_buffered_records` (default 1000, at least 1): records queued per partition before
-    /// that partition is paused.
+    /// `max_buffered_records` (default 1000, at least 1): records librdkafka keeps fetched
+    /// ahead per partition (its `queued.min.messages`); a partition whose queue holds that many
+    /// is not fetched until its task has taken some.
     pub max_buffered_records: usize,
+    /// `threads` (default: the machine's cores, at least 1): processing threads shared by every
+    /// group member of the worker. Tasks are spread over them; each task runs on one at a time.
+    pub threads: usize,
     /// `commit_timeout_ms` (milliseconds, default 60000, at least 1): how long a commit waits
     /// for the broker to acknowledge every record produced since the last one. A commit that
     /// waits longer fails (and with it the worker, committing nothing), rather than hang.
@@ -580,9 +584,15 @@ impl Default for ProcessingConfig {
             on_error: OnError::default(),
             dlq_topic: None,
             max_buffered_records: 1_000,
+            threads: default_threads(),
             commit_timeout_ms: 60_000,
         }
     }
+}
+
+/// The default of `processing.threads`: the cores this process may use.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl ProcessingConfig {

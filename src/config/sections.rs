@@ -163,6 +163,7 @@ fn processing(cx: &mut Cx, top: &mut Table<'_>) -> ProcessingConfig {
         max_buffered_records: t
             .opt(cx, "max_buffered_records", read::positive)
             .unwrap_or(d.max_buffered_records),
+        threads: t.opt(cx, "threads", read::positive).unwrap_or(d.threads),
         commit_timeout_ms: t
             .opt(cx, "commit_timeout_ms", read::positive)
             .unwrap_or(d.commit_timeout_ms),

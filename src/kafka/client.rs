@@ -6,10 +6,10 @@ use rdkafka::ClientConfig;
 use super::properties::TRANSACTION_TIMEOUT_PROPERTY;
 use crate::config::{Config, GroupProtocol};
 
-/// How long librdkafka waits before fetching again once `queued.min.messages` are queued. With
-/// one poll queue for all partitions it compares that limit with the *total* queued, and one
-/// fetch response can exceed it; its default (1 s) then idles the consumer for a second at a
-/// time (measured: 420k records/s instead of 1.6-2.1M, see BENCHMARKS.md).
+/// How long librdkafka waits before fetching a partition again once `queued.min.messages` of
+/// its records are queued. One fetch response can exceed that limit; its default (1 s) then
+/// idles the partition for a second at a time (measured: 420k records/s instead of 1.6-2.1M,
+/// see BENCHMARKS.md).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// Settings common to every client: brokers, then the user's passthrough properties.
@@ -69,10 +69,17 @@ fn is_producer_property(key: &str) -> bool {
 /// The group member's consumer. The worker owns group id, commits, offset storage and the
 /// group protocol settings; fetch settings default to values that keep throughput high
 /// (BENCHMARKS.md measured them) and can be overridden.
+///
+/// Each source partition has its own queue (split off for the processing threads), and
+/// `processing.max_buffered_records` bounds it: librdkafka fetches a partition only while fewer
+/// of its records wait (`queued.min.messages`, per partition queue).
 pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}", cfg.app.id));
     c.set("fetch.wait.max.ms", "10")
-        .set("queued.min.messages", "200000")
+        .set(
+            "queued.min.messages",
+            cfg.processing.max_buffered_records.to_string(),
+        )
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000");
@@ -232,6 +239,20 @@ mod tests {
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "2000"),
     ];
+
+    #[test]
+    fn max_buffered_records_bounds_each_partition_queue() {
+        let cfg = crate::config::load_str(&format!(
+            "[app]\nid = \"app\"\n[kafka]\nbootstrap_servers = \"{NO_BROKER}\"\n\
+             [processing]\nmax_buffered_records = 1234\n[[pipeline]]\nname = \"p\"\n\
+             source = {{ topics = [\"in\"] }}\n"
+        ))
+        .expect("valid config");
+        assert_eq!(
+            consumer(&cfg, NO_BROKER, 0).get("queued.min.messages"),
+            Some("1234")
+        );
+    }
 
     #[test]
     fn classic_protocol_sets_assignor_and_session_timeout() {

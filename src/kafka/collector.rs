@@ -8,7 +8,7 @@
 //! restore point written into RocksDB.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -146,8 +146,22 @@ fn retrying(
     }
 }
 
+/// Bits of a record's delivery opaque that hold its [`SendKind`]; the bit above them holds the
+/// parity of the commit generation it was sent in.
+const KIND_BITS: usize = 2;
+
+/// The delivery opaque of a record: what it is for, and which of two commit generations it
+/// belongs to.
+fn opaque(kind: SendKind, generation: u64) -> usize {
+    kind as usize | ((generation & 1) as usize) << KIND_BITS
+}
+
 struct CollectorContext {
     metrics: Metrics,
+    /// Records not yet acknowledged (or failed), per parity of the commit generation they were
+    /// sent in. A commit waits for its own generation only, while the tasks, already in the
+    /// next one, go on sending.
+    in_flight: [AtomicI64; 2],
     changelog_acks: Mutex<HashMap<(String, i32), i64>>,
     first_error: Mutex<Option<CollectorError>>,
 }
@@ -157,7 +171,10 @@ impl ClientContext for CollectorContext {}
 impl ProducerContext for CollectorContext {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let kind = opaque & ((1 << KIND_BITS) - 1);
+        // Counted down after the bookkeeping below: a commit that sees zero finds every ack.
+        let generation = opaque >> KIND_BITS;
         match result {
             Ok(m) => {
                 self.metrics
@@ -194,6 +211,7 @@ impl ProducerContext for CollectorContext {
                 }
             }
         }
+        self.in_flight[generation].fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -202,6 +220,10 @@ pub struct Collector {
     producer: ThreadedProducer<CollectorContext>,
     /// True once a record was sent since the last transaction began (exactly once).
     sent: AtomicBool,
+    /// Set when a send gave up on a queue that stayed full: the producer acknowledges nothing,
+    /// and every other send fails at once rather than wait as long again (each would hold a
+    /// task). Cleared when a transaction begins (an abort empties the queue).
+    stuck: AtomicBool,
     /// How long a send may wait for room in librdkafka's queue (`processing.commit_timeout_ms`).
     send_timeout: Duration,
 }
@@ -222,6 +244,7 @@ impl Collector {
     ) -> Result<Self, CollectorError> {
         let ctx = CollectorContext {
             metrics,
+            in_flight: Default::default(),
             changelog_acks: Mutex::default(),
             first_error: Mutex::default(),
         };
@@ -231,14 +254,35 @@ impl Collector {
         Ok(Self {
             producer,
             sent: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             send_timeout,
         })
     }
 
+    /// Queues one record in commit generation 0 (see [`Collector::tagged`]).
+    pub fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        self.send_in(out, kind, 0)
+    }
+
+    /// A sink whose records belong to commit `generation`: a commit that covers a task's input
+    /// up to some point waits, with [`Collector::flush_generation`], for what the task sent up
+    /// to that point only.
+    pub fn tagged(&self, generation: u64) -> Tagged<'_> {
+        Tagged {
+            collector: self,
+            generation,
+        }
+    }
+
     /// Queues one record; waits while librdkafka's queue is full, at most the send timeout
     /// (a broker that acknowledges nothing must fail the member, not hang it).
-    pub fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
-        let mut record = BaseRecord::with_opaque_to(out.topic, kind as usize);
+    fn send_in(
+        &self,
+        out: Outgoing<'_>,
+        kind: SendKind,
+        generation: u64,
+    ) -> Result<(), CollectorError> {
+        let mut record = BaseRecord::with_opaque_to(out.topic, opaque(kind, generation));
         if let Some(k) = out.key {
             record = record.key(k);
         }
@@ -262,6 +306,16 @@ impl Collector {
             record = record.headers(headers);
         }
         let mut full_since = None;
+        let queue_full = || CollectorError::QueueFull {
+            topic: out.topic.to_string(),
+            timeout_ms: self.send_timeout.as_millis() as u64,
+        };
+        if self.stuck.load(Ordering::Relaxed) {
+            return Err(queue_full());
+        }
+        let in_flight = &self.producer.context().in_flight[(generation & 1) as usize];
+        // Counted before the send: its delivery may come before `send` returns.
+        in_flight.fetch_add(1, Ordering::AcqRel);
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
@@ -271,20 +325,20 @@ impl Collector {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Backpressure from librdkafka: wait for acknowledgements to make room.
                     let since = *full_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.send_timeout {
-                        return Err(CollectorError::QueueFull {
-                            topic: out.topic.to_string(),
-                            timeout_ms: self.send_timeout.as_millis() as u64,
-                        });
+                    if since.elapsed() >= self.send_timeout || self.stuck.load(Ordering::Relaxed) {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        self.stuck.store(true, Ordering::Relaxed);
+                        return Err(queue_full());
                     }
                     record = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                     return Err(CollectorError::Send {
                         topic: out.topic.to_string(),
                         reason: e.to_string(),
-                    })
+                    });
                 }
             }
         }
@@ -310,14 +364,7 @@ impl Collector {
                 other => break other,
             }
         };
-        if let Some(e) = self
-            .producer
-            .context()
-            .first_error
-            .lock()
-            .expect("invariant: no panics under this lock")
-            .take()
-        {
+        if let Some(e) = self.take_first_error() {
             return Err(e);
         }
         flushed.map_err(|e| match e {
@@ -332,6 +379,45 @@ impl Collector {
                 reason: format!("flush: {e}"),
             },
         })
+    }
+
+    /// Waits until every record sent in commit `generation` is acknowledged, at most `timeout`,
+    /// while records of the next generation go on being sent; fails if any record sent since
+    /// the producer started was not acknowledged, or if some of the generation's are still
+    /// waiting. Two generations are told apart by parity: a commit waits only while no other
+    /// commit does, so records of the generation before are done (or failed, which fails this
+    /// wait too) unless an earlier wait gave up on them, and then waiting for them as well is
+    /// only slower.
+    pub fn flush_generation(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<(), CollectorError> {
+        let in_flight = &self.producer.context().in_flight[(generation & 1) as usize];
+        let deadline = Instant::now() + timeout;
+        // Polled every millisecond, as in `flush`.
+        while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(e) = self.take_first_error() {
+            return Err(e);
+        }
+        match in_flight.load(Ordering::Acquire) {
+            0 => Ok(()),
+            pending => Err(CollectorError::FlushTimeout {
+                pending: pending.try_into().unwrap_or(i32::MAX),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    fn take_first_error(&self) -> Option<CollectorError> {
+        self.producer
+            .context()
+            .first_error
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .take()
     }
 
     /// The highest acknowledged offset of every changelog partition written since the last call.
@@ -392,12 +478,7 @@ impl Collector {
             self.producer.abort_transaction(t)
         })?;
         self.take_changelog_acks();
-        self.producer
-            .context()
-            .first_error
-            .lock()
-            .expect("invariant: no panics under this lock")
-            .take();
+        self.take_first_error();
         self.begin_transaction()
     }
 
@@ -406,11 +487,26 @@ impl Collector {
             .begin_transaction()
             .map_err(|e| TxnError::from_kafka("beginning a transaction", &e))?;
         self.sent.store(false, Ordering::Relaxed);
+        self.stuck.store(false, Ordering::Relaxed);
         Ok(())
     }
 
     /// True when a record was sent in the open transaction.
     pub fn sent_in_transaction(&self) -> bool {
         self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// A [`Collector`] whose records belong to one commit generation ([`Collector::tagged`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Tagged<'a> {
+    collector: &'a Collector,
+    generation: u64,
+}
+
+impl Tagged<'_> {
+    /// Queues one record in this generation.
+    pub fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
+        self.collector.send_in(out, kind, self.generation)
     }
 }

@@ -18,35 +18,20 @@ pub mod properties;
 pub mod reader;
 pub mod restore;
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedHeaders, Headers};
 
-use crate::types::OwnedRecord;
+use crate::types::HeaderList;
 
-/// Copies a consumer message into an owned record (for task queues).
-pub(crate) fn own_message(topic: &std::sync::Arc<str>, m: &BorrowedMessage<'_>) -> OwnedRecord {
-    OwnedRecord {
-        topic: topic.clone(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp: m.timestamp().to_millis(),
-        key: m.key().map(Box::from),
-        value: m.payload().map(Box::from),
-        headers: message_headers(m),
+/// The headers of a consumer message, read in place (see [`crate::types::Headers`]).
+pub(crate) struct MessageHeaders<'a>(pub &'a BorrowedHeaders);
+
+impl HeaderList for MessageHeaders<'_> {
+    fn count(&self) -> usize {
+        self.0.count()
     }
-}
 
-/// The headers of a message, in order; values of null headers are empty.
-pub(crate) fn message_headers(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
-    match m.headers() {
-        None => Vec::new(),
-        Some(h) => h
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_string(),
-                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                )
-            })
-            .collect(),
+    fn header(&self, index: usize) -> (&str, &[u8]) {
+        let h = self.0.get(index);
+        (h.key, h.value.unwrap_or_default())
     }
 }

@@ -1,4 +1,9 @@
-//! CEL expressions over records, compiled once and evaluated per record with the `cel` crate.
+//! CEL expressions over records, compiled once and evaluated per record.
+//!
+//! Most expressions are evaluated natively ([`native`]): field reads, literals, operators, list
+//! and map literals. The others (function calls, macros, `headers`, ...) run on the `cel` crate,
+//! which also words every runtime error: an expression that fails natively is evaluated again
+//! by the crate, so errors read the same whichever path an expression takes.
 //!
 //! An expression sees the record value's top-level fields as variables, plus `key`, `value`,
 //! `partition`, `offset`, `timestamp` (ms) and `headers` (a map of text). Those six names win
@@ -11,9 +16,14 @@ use cel::objects::{Key, Map};
 use cel::{Context, Env, ExecutionError, Program, Value};
 
 use super::value;
+use crate::types::Headers;
 
-/// CEL's reserved words and literals, which are never field names.
-const RESERVED_WORDS: [&str; 3] = ["true", "false", "null"];
+mod native;
+
+#[cfg(test)]
+mod differential;
+
+use native::Native;
 
 /// The names bound besides the value's fields.
 pub const RECORD_VARIABLES: [&str; 6] = [
@@ -51,7 +61,7 @@ pub struct Scope<'a> {
     /// Event time, epoch ms.
     pub timestamp: i64,
     /// Headers of the input record.
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: Headers<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,9 +79,8 @@ enum Var {
 #[derive(Clone)]
 pub struct Expr {
     text: Arc<str>,
-    /// Set when the expression is just a field name (`amount`): it is then read directly, which
-    /// is what CEL would do, without building an evaluation context.
-    field: Option<Arc<str>>,
+    /// Set when every part of the expression is in the native subset.
+    native: Option<Arc<Native>>,
     program: Arc<Program>,
     vars: Arc<[Var]>,
     env: Arc<Env>,
@@ -114,18 +123,10 @@ impl Expr {
                 field => Var::Field(field.to_string()),
             })
             .collect();
-        let trimmed = text.trim();
-        let is_ident = trimmed
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && trimmed.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
-        let field = (is_ident
-            && !RECORD_VARIABLES.contains(&trimmed)
-            && !RESERVED_WORDS.contains(&trimmed))
-        .then(|| Arc::from(trimmed));
+        let native = Native::compile(program.expression(), env).map(Arc::new);
         Ok(Self {
             text: text.into(),
-            field,
+            native,
             program: Arc::new(program),
             vars,
             env: env.clone(),
@@ -151,14 +152,32 @@ impl Expr {
         &self.text
     }
 
+    /// Whether the expression is evaluated natively (else by the `cel` crate).
+    #[cfg(test)]
+    fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
     /// Evaluates the expression for one record.
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, String> {
-        if let Some(f) = &self.field {
-            return value::field(scope.value, f).cloned().ok_or_else(|| {
-                let e = ExecutionError::UndeclaredReference(Arc::new(f.to_string()));
-                format!("`{}`: {}", self.text, describe(&e, scope.value))
-            });
+        if let Some(native) = &self.native {
+            if let Ok(v) = native.eval(scope) {
+                return Ok(v);
+            }
+            // The crate words the error; failing records are the exception, so the second
+            // evaluation is not on the hot path.
         }
+        self.eval_cel(scope)
+    }
+
+    /// The native evaluation alone, for the differential test.
+    #[cfg(test)]
+    fn eval_native(&self, scope: &Scope<'_>) -> Option<Result<Value, native::Fail>> {
+        self.native.as_ref().map(|n| n.eval(scope))
+    }
+
+    /// Evaluates the expression with the `cel` crate.
+    fn eval_cel(&self, scope: &Scope<'_>) -> Result<Value, String> {
         let mut ctx = Context::with_env(self.env.clone());
         for var in self.vars.iter() {
             let (name, v) = match var {
@@ -196,12 +215,12 @@ impl Expr {
     }
 }
 
-fn headers(headers: &[(String, Vec<u8>)]) -> Value {
+fn headers(headers: Headers<'_>) -> Value {
     let map = headers
         .iter()
         .map(|(k, v)| {
             (
-                Key::String(Arc::new(k.clone())),
+                Key::String(Arc::new(k.to_string())),
                 Value::String(Arc::new(String::from_utf8_lossy(v).into_owned())),
             )
         })
@@ -250,7 +269,7 @@ mod tests {
             partition: 3,
             offset: 17,
             timestamp: 1_000,
-            headers: &headers,
+            headers: Headers::from_pairs(&headers),
         })
     }
 
@@ -326,9 +345,139 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 timestamp: 0,
-                headers: &[],
+                headers: Headers::none(),
             })
             .unwrap_err();
         assert!(e.contains("expected a bool"), "{e}");
+    }
+
+    fn compile(text: &str) -> Expr {
+        Expr::compile(&environment(), text).unwrap()
+    }
+
+    #[test]
+    fn the_common_shapes_are_native_and_the_rest_runs_on_cel() {
+        for text in [
+            "amount",
+            "amount > 50",
+            "{'user': user, 'amount': amount * 2}",
+            "value.a.b != null && !(key in ['k1', 'k2'])",
+            "has(value.zz) ? value.zz[0] : -1.5",
+            "partition + offset % 2u == timestamp / 3",
+            "[b'x', 'y'] + l",
+        ] {
+            assert!(compile(text).is_native(), "{text}");
+        }
+        for text in [
+            "headers['trace']",
+            "'AbC'.lowerAscii()",
+            "size(l) > 1",
+            "l.map(x, x * 2)",
+            "string(partition)",
+            // A missing field named like a type is the type: the crate knows which names are.
+            "int",
+            "value.?a",
+        ] {
+            assert!(!compile(text).is_native(), "{text}");
+        }
+    }
+
+    #[test]
+    fn native_failures_read_as_the_crates_errors() {
+        let max = r#"{"amount": 9223372036854775807}"#;
+        let e = eval("amount + 1", max).unwrap_err();
+        assert_eq!(
+            e,
+            "`amount + 1`: Overflow from binary operator 'add': Int(9223372036854775807), Int(1)"
+        );
+        let e = eval("amount / (amount - amount)", max).unwrap_err();
+        assert!(e.contains("Division by zero"), "{e}");
+        let e = eval("amount * 2.0", r#"{"amount": 2}"#).unwrap_err();
+        assert!(e.contains("CEL does not mix int and double"), "{e}");
+        // Errors that the other side of `&&` or `||` decides are no errors.
+        assert_eq!(
+            eval("missing > 1 || amount == 2", r#"{"amount": 2}"#),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            eval("amount / 0 > 1 && false", r#"{"amount": 2}"#),
+            Ok(Value::Bool(false))
+        );
+    }
+
+    #[test]
+    fn what_the_native_path_leaves_to_the_crate_still_evaluates() {
+        // The crate appends a map's keys to a list; the native path leaves that to it.
+        assert_eq!(
+            eval("[1] + {'a': 1}", "{}"),
+            Ok(Value::List(Arc::new(vec![
+                Value::Int(1),
+                Value::String(Arc::new("a".into()))
+            ])))
+        );
+        assert_eq!(eval("int", r#"{"int": 5}"#), Ok(Value::Int(5)));
+    }
+
+    /// Prints the time per evaluation, native against the `cel` crate, of the expressions of the
+    /// throughput benchmark's stateless pipeline. Run it optimized:
+    /// `cargo test -p tributary --lib --config 'profile.dev.package.tributary.opt-level=3'
+    /// --config 'profile.dev.package.cel.opt-level=3' eval_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run with --ignored --nocapture"]
+    fn eval_speed() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        let fields = ["user".to_string(), "amount".to_string()];
+        let record = br#"{"user": "u1234", "amount": 75, "ts": 1700000000000}"#;
+        let picked = value::from_json_fields(record, &fields).unwrap();
+        let whole = value::from_json(record).unwrap();
+        let key = Value::String(Arc::new("u1234".into()));
+        for (text, v) in [
+            ("amount", &picked),
+            ("amount > 50", &picked),
+            ("{'user': user, 'amount': amount * 2}", &picked),
+            ("value.amount > 50 && value.user != ''", &whole),
+        ] {
+            let expr = compile(text);
+            assert!(expr.is_native(), "{text}");
+            let scope = Scope {
+                key: &key,
+                value: v,
+                partition: 0,
+                offset: 0,
+                timestamp: 0,
+                headers: Headers::none(),
+            };
+            assert!(same(&expr.eval(&scope), &expr.eval_cel(&scope)), "{text}");
+            // The fastest of many short rounds: the machine is shared, and a round that the
+            // scheduler interrupts only shows the interruption.
+            let time = |f: &dyn Fn() -> Result<Value, String>| {
+                let n = 5_000;
+                (0..100)
+                    .map(|_| {
+                        let start = Instant::now();
+                        for _ in 0..n {
+                            black_box(f()).ok();
+                        }
+                        start.elapsed().as_nanos() as f64 / n as f64
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let cel = time(&|| expr.eval_cel(black_box(&scope)));
+            let native = time(&|| expr.eval(black_box(&scope)));
+            println!(
+                "{text:<40} cel {cel:>7.0} ns   native {native:>5.0} ns   {:>5.1}x",
+                cel / native
+            );
+        }
+    }
+
+    fn same(a: &Result<Value, String>, b: &Result<Value, String>) -> bool {
+        let json = |r: &Result<Value, String>| {
+            r.as_ref()
+                .map(|v| value::to_json(v).unwrap())
+                .map_err(Clone::clone)
+        };
+        json(a) == json(b)
     }
 }

@@ -16,17 +16,18 @@
 //! commit is thrown away: the transaction is aborted (or, if the producer cannot go on, a new
 //! producer fences the old one, which aborts it), every task is closed without writing
 //! anything and opened again from its committed state, and every input partition is read
-//! again from the group's committed offset. Queues, re-delivery marks, caches and whatever a
-//! processor keeps in memory (stream time, window timers) go with the closed tasks.
+//! again from the group's committed offset. Re-delivery marks, caches and whatever a processor
+//! keeps in memory (stream time, window timers) go with the closed tasks.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Core, MemberConsumer, Rewind};
+use super::pool::{CellState, TaskCell};
+use super::{Core, MemberConsumer};
 use crate::kafka::collector::{Collector, TxnError};
 use crate::state::now_ms;
 use crate::task::{TaskError, TaskState};
@@ -59,6 +60,9 @@ impl Core {
     /// Commits the open transaction: flushes the caches into it, waits for every record it
     /// holds to be acknowledged, sends the input offsets, commits, and writes the state
     /// batches into RocksDB. A failure aborts it ([`Core::abort_and_rewind`]); the member goes on.
+    ///
+    /// The tasks wait meanwhile (the commit holds every cell's lock): a record sent while the
+    /// transaction commits would be committed with it, without the input offset it came from.
     pub(super) fn commit_transaction(&mut self) -> Result<(), TaskError> {
         let start = Instant::now();
         let started_ms = now_ms();
@@ -66,28 +70,46 @@ impl Core {
         if self.failed.is_some() || self.txn != Transactions::Open {
             return Ok(());
         }
-        let mut batches = Vec::new();
-        for task in self
-            .tasks
-            .values_mut()
-            .filter(|t| t.state() == TaskState::Running)
-        {
-            match task.prepare_commit(&self.collector) {
-                Ok(batch) => batches.push((task.id(), batch)),
+        let cells: Vec<Arc<TaskCell>> = self.tasks.values().cloned().collect();
+        let mut held: Vec<MutexGuard<'_, CellState>> = cells.iter().map(|c| c.lock()).collect();
+        let held_since = Instant::now();
+        // A task that failed while the locks were being taken may have sent part of a record's
+        // output into this transaction, whose offsets stop before that record: it must abort.
+        if let Some(cause) = self.failures_now() {
+            stop_all(held);
+            if let Some(cause) = cause {
+                self.abort_and_rewind(cause);
+            }
+            return Ok(());
+        }
+        let collector = self.collector.clone();
+        let sink = collector.tagged(self.generation);
+        let mut points = Vec::new();
+        for state in &mut held {
+            let Some(task) = state
+                .task
+                .as_mut()
+                .filter(|t| t.state() == TaskState::Running)
+            else {
+                continue;
+            };
+            match task.prepare_commit(&sink) {
+                Ok(point) => points.push(point),
                 // The flush only sends (the changelog records of the cached changes): a
                 // failure is the transaction's.
                 Err(e) => {
-                    drop(batches);
+                    stop_all(held);
                     self.abort_and_rewind(TxnError::Abort(format!("flushing caches: {e}")));
                     return Ok(());
                 }
             }
         }
+        self.generation += 1;
         let mut offsets = TopicPartitionList::new();
-        for task in self.tasks.values() {
-            for (topic, partition, offset) in task.offsets_to_commit() {
+        for point in &points {
+            for (topic, partition, offset) in point.offsets() {
                 offsets
-                    .add_partition_offset(&topic, partition, Offset::Offset(offset))
+                    .add_partition_offset(topic, partition, Offset::Offset(offset))
                     .expect("invariant: offsets are valid");
             }
         }
@@ -95,12 +117,9 @@ impl Core {
             // Nothing happened since the last commit: the transaction stays open, and empty.
             // The stores' sync times are refreshed as under at least once (a changelog ends in
             // a transaction marker, so a restore always sees a tail to read).
+            drop(held);
             if self.confirm_quiet_ownership(start) {
-                for (id, batch) in batches {
-                    if let Some(task) = self.tasks.get_mut(&id) {
-                        task.finish_commit(batch, &HashMap::new(), Some(started_ms))?;
-                    }
-                }
+                self.finish_commits(points, &HashMap::new(), Some(started_ms))?;
             }
             return Ok(());
         }
@@ -119,30 +138,33 @@ impl Core {
                 self.collector.commit_transaction(&offsets, &group, timeout)
             });
         if let Err(e) = result {
-            drop(batches);
+            stop_all(held);
+            drop(points);
             self.abort_and_rewind(e);
             return Ok(());
         }
         self.failed_in_a_row = 0;
         let acks = self.collector.take_changelog_acks();
-        for task in self.tasks.values_mut() {
-            task.offsets_durable();
-            task.offsets_committed();
-        }
-        for (id, batch) in batches {
-            if let Some(task) = self.tasks.get_mut(&id) {
+        for point in points {
+            let task = held
+                .iter_mut()
+                .filter_map(|state| state.task.as_mut())
+                .find(|t| t.id() == point.task());
+            if let Some(task) = task {
+                task.offsets_durable(&point);
+                task.offsets_committed(&point);
                 // The coordinator took the offsets: the member owned its partitions.
-                task.finish_commit(batch, &acks, Some(started_ms))?;
+                task.finish_commit(point, &acks, Some(started_ms))?;
             }
         }
+        drop(held);
         self.last_confirmed = start;
-        let member = self.member().to_string();
-        let metrics = &self.setup.metrics;
-        metrics.transactions.with_label_values(&["committed"]).inc();
-        metrics
-            .commit_latency
-            .with_label_values(&[&member])
-            .observe(start.elapsed().as_secs_f64());
+        self.setup
+            .metrics
+            .transactions
+            .with_label_values(&["committed"])
+            .inc();
+        self.observe_commit(start, held_since.elapsed());
         Ok(())
     }
 
@@ -171,6 +193,12 @@ impl Core {
                  state.dir or app.instance_id)"
             ));
         }
+        // Nothing more is sent for the aborted transaction's tasks: what they would send now
+        // would go into the next one.
+        self.hold_all();
+        // Every task that failed sending failed with this transaction: one abort answers them
+        // all (a failure of another kind still stops the member).
+        let _ = self.failures_now();
         let replaced = match cause {
             TxnError::Fatal(reason) => Some(reason),
             // Bounded short: an abort that cannot complete (a commit whose outcome is still
@@ -201,10 +229,10 @@ impl Core {
             }
         }
         // Where each input partition started, for those the group has no offset for yet.
-        for task in self.tasks.values() {
-            for (topic, partition, offset) in task.settled_offsets() {
-                self.rewind_fallback.insert((topic, partition), offset);
-            }
+        let mut fallback = Vec::new();
+        self.for_each_task(|task| fallback.extend(task.settled_offsets()));
+        for (topic, partition, offset) in fallback {
+            self.rewind_fallback.insert((topic, partition), offset);
         }
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in ids {
@@ -239,7 +267,7 @@ impl Core {
             .and_then(|c| c.init_transactions(RECOVERY_STEP).map(|()| c))
             {
                 Ok(collector) => {
-                    self.collector = collector;
+                    self.collector = Arc::new(collector);
                     self.txn = Transactions::Open;
                 }
                 Err(e) => {
@@ -257,13 +285,37 @@ impl Core {
         }
     }
 
+    /// Takes the failures reported so far: `None` if there were none; `Some(None)` if one
+    /// stopped the member; `Some(Some(cause))` if tasks failed sending into the transaction.
+    pub(super) fn failures_now(&mut self) -> Option<Option<TxnError>> {
+        let mut outcome = None;
+        while let Ok((id, error)) = self.failures.try_recv() {
+            match error {
+                TaskError::Collector(e) => {
+                    if outcome.is_none() {
+                        outcome = Some(Some(TxnError::Abort(format!("task {id}: sending: {e}"))));
+                    }
+                }
+                other => {
+                    self.fail(other.to_string());
+                    outcome = Some(None);
+                }
+            }
+        }
+        if self.failed.is_some() {
+            return Some(None);
+        }
+        outcome
+    }
+
     /// True when tasks may open: no abort is half done.
     pub(super) fn ready_for_tasks(&self) -> bool {
         !self.exactly_once() || (self.txn == Transactions::Open && !self.rewind_pending)
     }
 
     /// Pauses every assigned input partition and marks it to be read again, once its task
-    /// runs, from the offset the group committed (the last committed transaction's).
+    /// runs, from the offset the group committed (the last committed transaction's): see
+    /// [`Core::activate`].
     fn rewind_to_committed(&mut self, consumer: &MemberConsumer) {
         let mut tpl = TopicPartitionList::new();
         for (id, topics) in &self.assigned {
@@ -294,11 +346,18 @@ impl Core {
                 _ => self.rewind_fallback.get(&key).copied(),
             };
             if let Some(offset) = offset {
-                self.rewind.insert(key.clone(), Rewind::Left(offset));
+                self.rewind.insert(key.clone(), offset);
             }
             self.pause(consumer, &key.0, key.1);
         }
         self.rewind_fallback.clear();
         self.rewind_pending = false;
+    }
+}
+
+/// Stops the held tasks from processing, then lets go of them.
+fn stop_all(held: Vec<MutexGuard<'_, CellState>>) {
+    for mut state in held {
+        state.active = false;
     }
 }
