@@ -16,7 +16,8 @@ use crate::kafka::restore::ChangelogRecord;
 use crate::metrics::Metrics;
 use crate::processor::{Context, ProcessError, Processor, TaskInfo};
 use crate::state::{
-    now_ms, stale_since, Batch, ChangelogSink, Checkpoint, StateError, TaskDb, TaskStores,
+    now_ms, stale_since, Batch, ChangelogSink, Checkpoint, StateError, StateMemory, TaskDb,
+    TaskStores,
 };
 use crate::types::{OutputRecord, Record, TaskId};
 
@@ -165,8 +166,8 @@ pub struct Task {
     /// so a short list beats hashing the topic name for every record).
     inputs: Vec<InputProgress>,
     changelogs: Vec<StoreRestore>,
-    restore_batch: Option<Batch>,
-    restore_batch_len: usize,
+    /// `tributary_restored_records_total` of each store (looked up once, not per record).
+    restored: Vec<IntCounter>,
     outputs: Vec<OutputRecord>,
     metrics: Metrics,
 }
@@ -228,9 +229,6 @@ impl ChangelogSink for ChangelogWriter<'_> {
 /// How often a confirmed commit rewrites the sync time of a store it wrote nothing to.
 const IDLE_SYNC_REFRESH_MS: i64 = 60_000;
 
-/// Rows written per restore batch.
-const RESTORE_BATCH: usize = 1000;
-
 impl Task {
     /// Opens the task's database under `dir` (wiping it if unreadable; [`StateError::Locked`]
     /// while another handle holds it) and creates its processor.
@@ -241,11 +239,11 @@ impl Task {
         stores: &[String],
         changelogs: Vec<Arc<str>>,
         processor: Box<dyn Processor>,
-        cache_max_entries: usize,
+        memory: &StateMemory,
         metrics: Metrics,
     ) -> Result<Self, StateError> {
         let opened_ms = now_ms();
-        let (db, wiped) = TaskDb::open_or_rebuild(dir, stores)?;
+        let (db, wiped) = TaskDb::open_or_rebuild(dir, stores, &memory.rocks)?;
         if let Some(reason) = wiped {
             tracing::warn!(task = %info.id, path = %dir.display(), %reason, "state unreadable; wiped it for a full restore");
         }
@@ -267,16 +265,19 @@ impl Task {
                 })
             })
             .collect::<Result<_, StateError>>()?;
+        let restored = stores
+            .iter()
+            .map(|s| metrics.restored_records.with_label_values(&[s]))
+            .collect();
         Ok(Self {
             info,
             state: TaskState::Restoring,
-            stores: TaskStores::new(Arc::new(db), cache_max_entries),
+            stores: TaskStores::new(Arc::new(db), memory.cache_max_entries),
             processor,
             generation: 0,
             inputs: Vec::new(),
             changelogs,
-            restore_batch: None,
-            restore_batch_len: 0,
+            restored,
             outputs: Vec::new(),
             metrics,
         })
@@ -345,41 +346,24 @@ impl Task {
     pub fn apply_changelog(&mut self, rec: ChangelogRecord<'_>) -> Result<(), StateError> {
         let Some((store, c)) = self
             .changelogs
-            .iter_mut()
+            .iter()
             .enumerate()
             .find(|(_, c)| *c.changelog == *rec.topic)
         else {
             return Ok(());
         };
-        let db = self.stores.db().clone();
-        let batch = self.restore_batch.get_or_insert_with(|| db.batch());
-        match rec.value {
-            Some(v) => db.batch_put(batch, store, rec.key, v),
-            None => db.batch_delete(batch, store, rec.key),
-        }
         let checkpoint = Checkpoint {
             next: rec.offset + 1,
             synced_at_ms: c.synced_at_ms,
         };
-        db.batch_checkpoint(batch, store, checkpoint);
-        self.restore_batch_len += 1;
-        self.metrics
-            .restored_records
-            .with_label_values(&[&db.stores()[store]])
-            .inc();
-        if self.restore_batch_len >= RESTORE_BATCH {
-            self.write_restore_batch()?;
-        }
+        self.stores.restore(store, rec.key, rec.value, checkpoint)?;
+        self.restored[store].inc();
         Ok(())
     }
 
     /// Writes what restore has applied so far.
     pub fn write_restore_batch(&mut self) -> Result<(), StateError> {
-        self.restore_batch_len = 0;
-        match self.restore_batch.take() {
-            Some(batch) => self.stores.db().write(batch),
-            None => Ok(()),
-        }
+        self.stores.write_restored()
     }
 
     /// Notes whether the restore of the store with changelog `changelog` has a tail to read:
@@ -852,7 +836,7 @@ mod tests {
             &["a".to_string(), "b".to_string()],
             vec![Arc::from("cl-a"), Arc::from("cl-b")],
             Box::new(Nothing),
-            100,
+            &StateMemory::new(100, 8, 16),
             Metrics::new(),
         )
         .unwrap()
@@ -1081,7 +1065,7 @@ mod tests {
             &["a".to_string()],
             vec![Arc::from("cl-a")],
             Box::new(WriteAndSendTwo),
-            100,
+            &StateMemory::new(100, 8, 16),
             Metrics::new(),
         )
         .unwrap();

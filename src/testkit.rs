@@ -42,7 +42,7 @@ use crate::kafka::collector::{CollectorError, Outgoing, SendKind};
 use crate::metrics::Metrics;
 use crate::pipeline::partitioner::partition_for_key;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
-use crate::state::StateError;
+use crate::state::{RocksMemory, StateError, StateMemory};
 use crate::task::{ErrorPolicy, RecordSink, Task, TaskError};
 use crate::types::{Headers, Record, TaskId};
 
@@ -130,6 +130,8 @@ pub struct TestDriver {
     next_offset: HashMap<(String, i32), i64>,
     outputs: HashMap<String, VecDeque<TestRecord>>,
     metrics: Metrics,
+    /// Shared by the driver's tasks, as a worker's tasks share it.
+    memory: StateMemory,
 }
 
 impl std::fmt::Debug for TestDriver {
@@ -160,6 +162,10 @@ impl TestDriver {
             next_offset: HashMap::new(),
             outputs: HashMap::new(),
             metrics: Metrics::new(),
+            memory: StateMemory {
+                cache_max_entries: 10_000,
+                rocks: RocksMemory::default(),
+            },
         }
     }
 
@@ -313,7 +319,7 @@ impl TestDriver {
                 &t.stores,
                 changelogs.clone(),
                 processor,
-                10_000,
+                &self.memory,
                 self.metrics.clone(),
             )?;
             for c in &changelogs {

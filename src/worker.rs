@@ -15,6 +15,7 @@ use crate::kafka::embedded::EmbeddedCluster;
 use crate::kafka::member::{Member, MemberError, MemberSetup, Pool};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
+use crate::state::StateMemory;
 use crate::status::StatusBoard;
 
 /// Partitions of source topics the embedded cluster creates when they are missing.
@@ -392,6 +393,13 @@ impl Worker {
             Duration::from_millis(self.config.state.cleanup_delay_ms),
             cleaner_stop.clone(),
         ));
+        // One block cache and write buffer budget for every task of every member.
+        let state = &self.config.state;
+        let state_memory = StateMemory::new(
+            state.cache_max_entries,
+            state.block_cache_mb,
+            state.write_buffer_mb,
+        );
         let mut members = tokio::task::JoinSet::new();
         for index in 0..self.config.app.threads {
             let setup = MemberSetup {
@@ -405,6 +413,7 @@ impl Worker {
                 status: self.status.clone(),
                 shutdown: stop.clone(),
                 transactional_id: transactional_id.clone(),
+                state_memory: state_memory.clone(),
                 pool: pool.clone(),
             };
             let member = match Member::new(setup) {
@@ -547,7 +556,14 @@ mod tests {
     async fn state_from_before_a_restart_gets_the_whole_delay() {
         let app = tempfile::tempdir().unwrap();
         let dir = app.path().join("0_0");
-        drop(crate::state::TaskDb::open(&dir, &["s".to_string()]).unwrap());
+        drop(
+            crate::state::TaskDb::open(
+                &dir,
+                &["s".to_string()],
+                &crate::state::RocksMemory::default(),
+            )
+            .unwrap(),
+        );
         crate::state::cleaner::age(&dir, Duration::from_secs(3600));
         let delay = Duration::from_secs(1);
         let stop = CancellationToken::new();

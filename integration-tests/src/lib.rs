@@ -15,12 +15,14 @@
 //! * [`Workload`]: deterministic input records and their expected per-key totals.
 //! * [`WorkerProcess`]: the built `tributary` binary run as a child process (`run -c FILE`),
 //!   with kill -9, SIGTERM, `/ready` and `/metrics` helpers; [`run_cli`] for one-shot commands.
+//! * [`procstat`]: peak RSS and CPU time per thread of a process, for the benches.
 //!
 //! Only loopback addresses (127.0.0.1) are ever used.
 
 mod broker;
 mod group;
 mod kafka;
+pub mod procstat;
 mod registry;
 pub mod sig;
 mod worker;

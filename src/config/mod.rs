@@ -643,6 +643,12 @@ pub struct StateConfig {
     /// `cache_max_entries` (default 100000, at least 1): entries cached in memory per store
     /// before they are written to RocksDB.
     pub cache_max_entries: usize,
+    /// `block_cache_mb` (MiB, default 32, at least 1): RocksDB's block cache, one for every
+    /// store of the worker: data, index and bloom filter blocks read from disk.
+    pub block_cache_mb: usize,
+    /// `write_buffer_mb` (MiB, default 32, at least 1): RocksDB's write buffers (memtables) of
+    /// every store of the worker together; when they near it, the largest is flushed to disk.
+    pub write_buffer_mb: usize,
     /// `cleanup_delay_ms` (milliseconds, default 600000 = 10 minutes, at least 1): the state
     /// directory of a task that is no longer open on this worker (its partition moved away) is
     /// deleted once it has been closed this long, so that it is not reused, stale, if the
@@ -656,6 +662,8 @@ impl Default for StateConfig {
             dir: PathBuf::from("./tributary-state"),
             standby_replicas: 0,
             cache_max_entries: 100_000,
+            block_cache_mb: 32,
+            write_buffer_mb: 32,
             cleanup_delay_ms: 600_000,
         }
     }

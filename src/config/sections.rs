@@ -183,6 +183,12 @@ fn state(cx: &mut Cx, top: &mut Table<'_>) -> StateConfig {
         cache_max_entries: t
             .opt(cx, "cache_max_entries", read::positive)
             .unwrap_or(d.cache_max_entries),
+        block_cache_mb: t
+            .opt(cx, "block_cache_mb", mebibytes)
+            .unwrap_or(d.block_cache_mb),
+        write_buffer_mb: t
+            .opt(cx, "write_buffer_mb", mebibytes)
+            .unwrap_or(d.write_buffer_mb),
         cleanup_delay_ms: t
             .opt(cx, "cleanup_delay_ms", read::positive)
             .unwrap_or(d.cleanup_delay_ms),
@@ -212,6 +218,21 @@ fn listen(value: &Value) -> Result<Option<std::net::SocketAddr>, String> {
             .map(Some)
             .map_err(|_| format!("{expected}, found {}", read::describe(value))),
     }
+}
+
+/// Largest memory size a `*_mb` key takes: 1 TiB.
+const MAX_MEBIBYTES: usize = 1 << 20;
+
+/// A memory size in MiB (`state.block_cache_mb`, `state.write_buffer_mb`): 1 to 1 TiB.
+fn mebibytes(value: &Value) -> Result<usize, String> {
+    let n: usize = read::positive(value)?;
+    if n > MAX_MEBIBYTES {
+        return Err(format!(
+            "expected at most {MAX_MEBIBYTES} (MiB, 1 TiB), found {}",
+            read::describe(value)
+        ));
+    }
+    Ok(n)
 }
 
 /// A file system path.

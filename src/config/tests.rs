@@ -635,6 +635,56 @@ fn state_cleanup_delay() {
     }
 }
 
+/// `state.block_cache_mb` and `state.write_buffer_mb`: MiB from 1 to 1 TiB, from a file or the
+/// environment.
+#[test]
+fn state_memory_sizes() {
+    let defaults = load_str(MINIMAL).unwrap().state;
+    assert_eq!(
+        (defaults.block_cache_mb, defaults.write_buffer_mb),
+        (32, 32)
+    );
+    let with = |k: &str, v: &str| format!("{MINIMAL}\n[state]\n{k} = {v}\n");
+    let state = load_str(&format!(
+        "{MINIMAL}\n[state]\nblock_cache_mb = 8\nwrite_buffer_mb = 16\n"
+    ))
+    .unwrap()
+    .state;
+    assert_eq!((state.block_cache_mb, state.write_buffer_mb), (8, 16));
+    let from_env = load_with_env(
+        &[file(MINIMAL)],
+        env(&[
+            ("TRIBUTARY_STATE__BLOCK_CACHE_MB", "4"),
+            ("TRIBUTARY_STATE__WRITE_BUFFER_MB", "12"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            from_env.state.block_cache_mb,
+            from_env.state.write_buffer_mb
+        ),
+        (4, 12)
+    );
+    for key in ["block_cache_mb", "write_buffer_mb"] {
+        for (bad, expected) in [
+            ("0", "expected a positive integer, found integer 0"),
+            (
+                "\"64MB\"",
+                "expected a positive integer, found string \"64MB\"",
+            ),
+            (
+                "1048577",
+                "expected at most 1048576 (MiB, 1 TiB), found integer 1048577",
+            ),
+        ] {
+            let issues = rejected(&with(key, bad));
+            assert_issue(&issues, &format!("state.{key}"), &[expected]);
+            assert_eq!(issues.len(), 1, "{issues:#?}");
+        }
+    }
+}
+
 /// A pipeline reading several topics runs one task per partition number over all of them: only
 /// an assignor that keeps partition n of every topic on one member may run it.
 #[test]

@@ -127,11 +127,40 @@ fn set_group_protocol(c: &mut ClientConfig, cfg: &Config) {
     }
 }
 
+/// Bytes one fetch of the restore consumer asks for, over all its partitions (at least
+/// `message.max.bytes`, which librdkafka requires).
+const RESTORE_FETCH_MAX_BYTES: u64 = 1 << 20;
+/// Bytes one fetch of the restore consumer asks for per partition.
+const RESTORE_PARTITION_FETCH_MAX_BYTES: &str = "262144";
+/// Records the restore consumer keeps queued before it stops fetching.
+const RESTORE_QUEUED_MIN_MESSAGES: &str = "50000";
+
 /// The changelog restore consumer: no group, reads assigned partitions only.
+///
+/// Its fetches are small: a restore reads faster than RocksDB takes the records, so
+/// librdkafka's queue fills to its limits, and `queued.min.messages` is only checked between
+/// fetches. With librdkafka's defaults one fetch may bring 50 MB of compressed records
+/// (1 MB per partition): with small records, most of a 1M-key changelog at once, about 110 MB
+/// of librdkafka's per-message overhead (measured with heaptrack). 1 MiB per fetch still
+/// keeps far ahead of the writes (see `integration-tests/benches/restore.rs`).
 pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
+    let message_max = cfg
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     c.set("fetch.wait.max.ms", "10")
-        .set("queued.min.messages", "200000")
+        .set("queued.min.messages", RESTORE_QUEUED_MIN_MESSAGES)
+        .set(
+            "fetch.max.bytes",
+            RESTORE_FETCH_MAX_BYTES.max(message_max).to_string(),
+        )
+        .set(
+            "max.partition.fetch.bytes",
+            RESTORE_PARTITION_FETCH_MAX_BYTES,
+        )
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
     // librdkafka only assigns partitions with a group id; this consumer never subscribes or
@@ -291,5 +320,32 @@ mod tests {
         ] {
             assert_eq!(c.get("isolation.level"), Some("read_committed"));
         }
+    }
+
+    /// The restore consumer fetches 1 MiB at a time (so its queue stays small), or a user's
+    /// `message.max.bytes` if larger (librdkafka refuses less); the user's own fetch settings
+    /// win.
+    #[test]
+    fn the_restore_consumer_fetches_little_at_a_time() {
+        let props = |p: &str| {
+            crate::config::load_str(&format!(
+                "[app]\nid = \"app\"\n[kafka]\nbootstrap_servers = \"{NO_BROKER}\"\n\
+                 [kafka.properties]\n{p}\n\
+                 [[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n"
+            ))
+            .expect("valid config")
+        };
+        let c = restore_consumer(&config(""), NO_BROKER, 0);
+        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(c.get("max.partition.fetch.bytes"), Some("262144"));
+        assert_eq!(c.get("queued.min.messages"), Some("50000"));
+        c.create::<BaseConsumer>()
+            .expect("librdkafka takes the settings");
+        let big = restore_consumer(&props("\"message.max.bytes\" = \"5000000\""), NO_BROKER, 0);
+        assert_eq!(big.get("fetch.max.bytes"), Some("5000000"));
+        big.create::<BaseConsumer>()
+            .expect("fetch.max.bytes is at least message.max.bytes");
+        let own = restore_consumer(&props("\"fetch.max.bytes\" = \"8000000\""), NO_BROKER, 0);
+        assert_eq!(own.get("fetch.max.bytes"), Some("8000000"));
     }
 }

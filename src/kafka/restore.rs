@@ -60,6 +60,9 @@ struct Progress {
     end: i64,
     /// When the position was last seen to move (or reading started).
     last_activity: Instant,
+    /// A record of it was read in the current [`RestoreConsumer::poll`] (whose end then counts
+    /// as its last activity: one clock read per poll, not per record).
+    read: bool,
 }
 
 /// Where a changelog partition's restore starts.
@@ -188,6 +191,7 @@ impl RestoreConsumer {
                 position: start.from,
                 end: high,
                 last_activity: Instant::now(),
+                read: false,
             },
         );
         Ok(start)
@@ -244,7 +248,7 @@ impl RestoreConsumer {
                 continue; // a partition stopped after this record was fetched
             };
             progress.position = progress.position.max(msg.offset() + 1);
-            progress.last_activity = Instant::now();
+            progress.read = true;
             n += 1;
             if let Some(key) = msg.key() {
                 apply(ChangelogRecord {
@@ -254,6 +258,12 @@ impl RestoreConsumer {
                     key,
                     value: msg.payload(),
                 });
+            }
+        }
+        let now = Instant::now();
+        for progress in self.parts.values_mut() {
+            if std::mem::take(&mut progress.read) {
+                progress.last_activity = now;
             }
         }
         self.advance_positions()?;

@@ -379,10 +379,10 @@ impl Aggregate {
                     fields: Vec::new(),
                 });
                 self.merge(&mut state.fields, &single);
-                store.put(&key, &state)?;
                 if self.emits && self.emit == Emit::Update {
                     out.push(self.output(&rec.key, &state, rec.time));
                 }
+                store.put_owned(&key, state)?;
                 Ok(())
             }
             Some(w) => self.apply_windowed(w, rec, &key, single, ctx, out),
@@ -473,10 +473,10 @@ impl Aggregate {
                 if matches!(w, Windows::Session { .. }) {
                     expiry.insert(close(&state), entry.clone());
                 }
-                store.put(&entry, &state)?;
                 if self.emits && self.emit == Emit::Update {
                     out.push(self.output(&rec.key, &state, t));
                 }
+                store.put_owned(&entry, state)?;
             }
             // Windows the new stream time closed: emit them (final) and purge them.
             for (_, entry) in expiry.expired(now) {

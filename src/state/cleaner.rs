@@ -196,14 +196,14 @@ pub(crate) fn age(dir: &Path, by: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::TaskDb;
+    use crate::state::{RocksMemory, TaskDb};
 
     const DELAY: Duration = Duration::from_secs(600);
 
     /// A task directory with a database, closed (as a task leaves it).
     fn closed_task(app: &Path, name: &str) -> PathBuf {
         let dir = app.join(name);
-        drop(TaskDb::open(&dir, &["s".to_string()]).unwrap());
+        drop(TaskDb::open(&dir, &["s".to_string()], &RocksMemory::default()).unwrap());
         dir
     }
 
@@ -255,7 +255,7 @@ mod tests {
         let old = closed_task(app.path(), "0_0");
         let recent = closed_task(app.path(), "0_1");
         let open_dir = app.path().join("0_2");
-        let open = TaskDb::open(&open_dir, &["s".to_string()]).unwrap();
+        let open = TaskDb::open(&open_dir, &["s".to_string()], &RocksMemory::default()).unwrap();
         age(&old, 2 * DELAY);
         age(&recent, DELAY / 2);
         age(&open_dir, 2 * DELAY);
@@ -302,7 +302,7 @@ mod tests {
         let app = tempfile::tempdir().unwrap();
         let dir = app.path().join("0_0");
         {
-            let db = TaskDb::open(&dir, &["s".to_string()]).unwrap();
+            let db = TaskDb::open(&dir, &["s".to_string()], &RocksMemory::default()).unwrap();
             let mut batch = db.batch();
             db.batch_put(&mut batch, 0, b"k", b"v");
             db.write(batch).unwrap();
@@ -311,14 +311,14 @@ mod tests {
             .unwrap()
             .expect("the cleaner's lock");
         assert!(matches!(
-            TaskDb::open(&dir, &["s".to_string()]),
+            TaskDb::open(&dir, &["s".to_string()], &RocksMemory::default()),
             Err(crate::state::StateError::Locked { .. })
         ));
         drop(cleaner);
         age(&dir, 2 * DELAY);
         let report = clean(app.path(), DELAY, SystemTime::now()).unwrap();
         assert_eq!(removed(&report), ["0_0"], "{report:?}");
-        let db = TaskDb::open(&dir, &["s".to_string()]).unwrap();
+        let db = TaskDb::open(&dir, &["s".to_string()], &RocksMemory::default()).unwrap();
         assert_eq!(
             db.get(0, b"k").unwrap(),
             None,

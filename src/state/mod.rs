@@ -14,6 +14,7 @@
 pub mod cleaner;
 pub mod identity;
 pub mod lock;
+pub mod restore;
 pub mod rocks;
 
 use std::any::Any;
@@ -28,7 +29,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use rocks::{Batch, TaskDb};
+pub use restore::RestoreBatch;
+pub use rocks::{Batch, RocksMemory, TaskDb};
 
 /// Key-value pairs read from a store, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -155,6 +157,27 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The memory task state may use: the bound of each store's write-back cache, and RocksDB's
+/// block cache and write buffers, which every task of a worker shares (clones share them).
+#[derive(Debug, Clone)]
+pub struct StateMemory {
+    /// Entries each store's write-back cache may hold (`state.cache_max_entries`).
+    pub cache_max_entries: usize,
+    /// RocksDB's shared block cache and write buffer budget.
+    pub rocks: RocksMemory,
+}
+
+impl StateMemory {
+    /// From the `[state]` settings: entries per store cache, MiB of block cache, MiB of write
+    /// buffers.
+    pub fn new(cache_max_entries: usize, block_cache_mb: usize, write_buffer_mb: usize) -> Self {
+        Self {
+            cache_max_entries,
+            rocks: RocksMemory::new(block_cache_mb << 20, write_buffer_mb << 20),
+        }
+    }
+}
+
 /// Where flushed changes go besides RocksDB: the store's changelog topic.
 pub trait ChangelogSink {
     /// Sends one change of store number `store`; `value = None` is a deletion (tombstone).
@@ -164,12 +187,18 @@ pub trait ChangelogSink {
 /// A value a processor wrote, kept decoded until the next flush.
 trait TypedValue: Send {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
+    /// Appends the encoding to `out`.
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
     fn as_any(&self) -> &dyn Any;
 }
 
 impl<T: Serialize + Send + 'static> TypedValue for T {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -199,6 +228,24 @@ impl std::fmt::Debug for Cached {
 impl Cached {
     fn from_bytes(value: Option<Vec<u8>>) -> Self {
         value.map_or(Self::Absent, Self::Bytes)
+    }
+
+    /// The stored form, with a decoded value replaced by its encoding (at flush: the encoding
+    /// goes to the changelog and RocksDB anyway, and kept as bytes a clean entry costs a few
+    /// dozen bytes instead of the decoded value's allocations). `scratch` is where it is
+    /// encoded; the cache keeps an exact-size copy (serde_json's own buffer starts at 128
+    /// bytes, several times a typical aggregate's encoding).
+    fn make_stored(&mut self, scratch: &mut Vec<u8>) -> Result<Option<&[u8]>, serde_json::Error> {
+        if let Self::Typed(t) = self {
+            scratch.clear();
+            t.encode_into(scratch)?;
+            *self = Self::Bytes(scratch.as_slice().to_vec());
+        }
+        Ok(match self {
+            Self::Absent => None,
+            Self::Bytes(b) => Some(b),
+            Self::Typed(_) => unreachable!("encoded above"),
+        })
     }
 
     /// The stored form: bytes, encoding a decoded value.
@@ -249,7 +296,8 @@ struct Entry {
 /// RocksDB.
 #[derive(Debug, Default)]
 struct StoreCache {
-    entries: BTreeMap<Vec<u8>, Entry>,
+    /// Boxed keys: two words in the map's nodes instead of a `Vec`'s three.
+    entries: BTreeMap<Box<[u8]>, Entry>,
     /// Entries in [`Slot::Dirty`].
     dirty: usize,
     /// Entries in [`Slot::Flushed`] (left by commits that failed).
@@ -292,7 +340,7 @@ impl StoreCache {
                     value,
                     slot: Slot::Dirty,
                 };
-                self.entries.insert(key.to_vec(), dirty);
+                self.entries.insert(Box::from(key), dirty);
                 None
             }
         }
@@ -304,7 +352,9 @@ impl StoreCache {
 #[derive(Debug)]
 struct Undo {
     store: usize,
-    key: Vec<u8>,
+    /// Where the key is in [`TaskStores::undo_keys`].
+    key: std::ops::Range<usize>,
+    /// The entry the write replaced (moved out of the cache, not copied).
     before: Option<Entry>,
 }
 
@@ -316,6 +366,13 @@ pub struct TaskStores {
     max_entries: usize,
     /// Writes of the record being processed, oldest first.
     undo: Vec<Undo>,
+    /// The keys of `undo`, one after another: a buffer reused from record to record, so that
+    /// remembering a write allocates nothing.
+    undo_keys: Vec<u8>,
+    /// Where a flush encodes values (reused).
+    scratch: Vec<u8>,
+    /// Changelog records being restored, not yet written.
+    restoring: RestoreBatch,
 }
 
 impl TaskStores {
@@ -324,17 +381,45 @@ impl TaskStores {
     pub fn new(db: Arc<TaskDb>, max_entries: usize) -> Self {
         let caches = db.stores().iter().map(|_| StoreCache::default()).collect();
         Self {
+            restoring: RestoreBatch::new(&db),
             db,
             caches,
             max_entries: max_entries.max(1),
             undo: Vec::new(),
+            undo_keys: Vec::new(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Applies one changelog record to store `store` while the task restores (straight to
+    /// RocksDB, not through the cache): `key` is set to `value` (`None`: deleted), and the
+    /// store then stands at `checkpoint`. Records are written in batches of
+    /// [`restore::RESTORE_BATCH_RECORDS`], each with the checkpoint of every store it changes;
+    /// [`TaskStores::write_restored`] writes the rest.
+    pub fn restore(
+        &mut self,
+        store: usize,
+        key: &[u8],
+        value: Option<&[u8]>,
+        checkpoint: Checkpoint,
+    ) -> Result<(), StateError> {
+        self.restoring.add(&self.db, store, key, value, checkpoint);
+        if self.restoring.is_full() {
+            self.restoring.write(&self.db)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the changelog records [`TaskStores::restore`] has not written yet.
+    pub fn write_restored(&mut self) -> Result<(), StateError> {
+        self.restoring.write(&self.db)
     }
 
     /// Starts a record: its writes can be undone with [`TaskStores::rollback`] until the next
     /// call.
     pub fn begin_record(&mut self) {
         self.undo.clear();
+        self.undo_keys.clear();
     }
 
     /// Undoes every write since [`TaskStores::begin_record`] (the record failed).
@@ -342,12 +427,13 @@ impl TaskStores {
         let mut touched = vec![false; self.caches.len()];
         while let Some(u) = self.undo.pop() {
             let cache = &mut self.caches[u.store];
+            let key = &self.undo_keys[u.key];
             match u.before {
                 Some(entry) => {
-                    cache.entries.insert(u.key, entry);
+                    cache.entries.insert(Box::from(key), entry);
                 }
                 None => {
-                    cache.entries.remove(&u.key);
+                    cache.entries.remove(key);
                 }
             }
             touched[u.store] = true;
@@ -360,9 +446,11 @@ impl TaskStores {
     /// Writes into a cache, keeping what the write replaced for [`TaskStores::rollback`].
     fn write(&mut self, store: usize, key: &[u8], value: Cached) {
         let before = self.caches[store].write(key, value);
+        let at = self.undo_keys.len();
+        self.undo_keys.extend_from_slice(key);
         self.undo.push(Undo {
             store,
-            key: key.to_vec(),
+            key: at..self.undo_keys.len(),
             before,
         });
     }
@@ -404,7 +492,7 @@ impl TaskStores {
             cache.evict_clean();
         }
         cache.entries.insert(
-            key.to_vec(),
+            Box::from(key),
             Entry {
                 value,
                 slot: Slot::Clean,
@@ -451,7 +539,7 @@ impl TaskStores {
                 .value
                 .bytes()
                 .map_err(|err| self.codec_err(store, k, err))?;
-            merged.insert(k.clone(), bytes.map(Cow::into_owned));
+            merged.insert(k.to_vec(), bytes.map(Cow::into_owned));
         }
         Ok(merged
             .into_iter()
@@ -490,14 +578,18 @@ impl TaskStores {
                 .iter_mut()
                 .filter(|(_, e)| e.slot != Slot::Clean)
             {
-                let bytes = entry.value.bytes().map_err(|e| StateError::Codec {
-                    store: self.db.stores()[store].clone(),
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    reason: e.to_string(),
-                })?;
+                let bytes =
+                    entry
+                        .value
+                        .make_stored(&mut self.scratch)
+                        .map_err(|e| StateError::Codec {
+                            store: self.db.stores()[store].clone(),
+                            key: String::from_utf8_lossy(key).into_owned(),
+                            reason: e.to_string(),
+                        })?;
                 if entry.slot == Slot::Dirty {
                     changelog
-                        .send(store, key, bytes.as_deref())
+                        .send(store, key, bytes)
                         .map_err(|reason| StateError::Io {
                             path: self.db.path().to_path_buf(),
                             reason: format!(
@@ -506,7 +598,7 @@ impl TaskStores {
                             ),
                         })?;
                 }
-                match &bytes {
+                match bytes {
                     Some(v) => self.db.batch_put(&mut batch, store, key, v),
                     None => self.db.batch_delete(&mut batch, store, key),
                 }
@@ -572,13 +664,17 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Store<'_, T> {
         decoded.map_err(|e| self.codec_err(key, e))
     }
 
-    /// Stores `value` under `key` (kept decoded in the cache; serialized at the next commit).
+    /// Stores a copy of `value` under `key` (kept decoded in the cache; serialized at the next
+    /// commit). [`Store::put_owned`] takes the value instead of copying it.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: &T) -> Result<(), StateError> {
-        self.stores.write(
-            self.index,
-            key.as_ref(),
-            Cached::Typed(Box::new(value.clone())),
-        );
+        self.put_owned(key, value.clone())
+    }
+
+    /// Stores `value` under `key`, taking it (kept decoded in the cache; serialized at the next
+    /// commit).
+    pub fn put_owned(&mut self, key: impl AsRef<[u8]>, value: T) -> Result<(), StateError> {
+        self.stores
+            .write(self.index, key.as_ref(), Cached::Typed(Box::new(value)));
         Ok(())
     }
 
@@ -668,7 +764,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, max: usize) -> TaskStores {
-        let db = TaskDb::open(dir, &["counts".to_string()]).unwrap();
+        let db = TaskDb::open(dir, &["counts".to_string()], &RocksMemory::default()).unwrap();
         TaskStores::new(Arc::new(db), max)
     }
 
@@ -878,6 +974,76 @@ mod tests {
             Some(serde_json::json!({"n": 3, "sum": 4.5})),
             "another type decodes the stored form"
         );
+    }
+
+    /// A record that fails leaves no trace: a rollback takes out the keys it added, brings
+    /// back what it replaced (for a key it wrote twice, the value from before the record), and
+    /// the dirty count with them.
+    #[test]
+    fn a_rollback_undoes_every_write_of_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.put("clean", &1).unwrap();
+        let (batch, _) = stores.flush(&mut Recorder::default()).unwrap();
+        stores.db().write(batch).unwrap();
+        stores.commit_succeeded();
+        stores.begin_record();
+        stores
+            .store::<u64>("counts")
+            .unwrap()
+            .put("dirty", &3)
+            .unwrap();
+        assert_eq!(stores.dirty(), 1);
+
+        stores.begin_record();
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.put("clean", &10).unwrap();
+        s.put("clean", &11).unwrap();
+        s.put_owned("new", 5).unwrap();
+        s.delete("dirty");
+        assert_eq!(stores.dirty(), 3);
+        stores.rollback();
+
+        let mut s = stores.store::<u64>("counts").unwrap();
+        assert_eq!(s.get("clean").unwrap(), Some(1));
+        assert_eq!(s.get("new").unwrap(), None);
+        assert_eq!(s.get("dirty").unwrap(), Some(3));
+        assert_eq!(
+            stores.dirty(),
+            1,
+            "only the earlier record's write is dirty"
+        );
+        let mut log = Recorder::default();
+        stores.flush(&mut log).unwrap();
+        assert_eq!(log.0, vec![(0, b"dirty".to_vec(), Some(b"3".to_vec()))]);
+    }
+
+    /// A flush encodes a decoded value once, for the changelog and RocksDB, and the cache keeps
+    /// that encoding (a few dozen bytes) rather than the decoded value; reads decode it again.
+    #[test]
+    fn a_flushed_value_stays_cached_as_its_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        stores
+            .store::<Vec<u64>>("counts")
+            .unwrap()
+            .put_owned("k", vec![1, 2, 3])
+            .unwrap();
+        let cached = |stores: &TaskStores| format!("{:?}", stores.caches[0].entries[&b"k"[..]]);
+        assert!(cached(&stores).contains("Typed"), "{}", cached(&stores));
+        let mut log = Recorder::default();
+        let (batch, _) = stores.flush(&mut log).unwrap();
+        assert!(
+            cached(&stores).contains("Bytes([1,2,3])"),
+            "{}",
+            cached(&stores)
+        );
+        assert_eq!(log.0, vec![(0, b"k".to_vec(), Some(b"[1,2,3]".to_vec()))]);
+        stores.db().write(batch).unwrap();
+        stores.commit_succeeded();
+        let mut s = stores.store::<Vec<u64>>("counts").unwrap();
+        assert_eq!(s.get("k").unwrap(), Some(vec![1, 2, 3]));
     }
 
     #[test]

@@ -49,6 +49,7 @@ use super::restore::RestoreConsumer;
 use crate::config::{Config, Guarantee};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
+use crate::state::StateMemory;
 use crate::status::{MemberStatus, StatusBoard, TaskStatus};
 use crate::task::{ErrorPolicy, Task, TaskError};
 use crate::types::TaskId;
@@ -123,6 +124,8 @@ pub struct MemberSetup {
     pub transactional_id: Option<String>,
     /// The worker's processing threads.
     pub pool: Arc<Pool>,
+    /// The memory the worker's task state shares (see [`StateMemory`]).
+    pub state_memory: StateMemory,
 }
 
 /// Where a source topic's records go.

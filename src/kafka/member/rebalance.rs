@@ -205,7 +205,7 @@ impl Core {
             &topology.stores,
             changelogs,
             processor,
-            self.setup.config.state.cache_max_entries,
+            &self.setup.state_memory,
             self.setup.metrics.clone(),
         ) {
             Ok(task) => task,
