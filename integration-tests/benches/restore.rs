@@ -270,7 +270,7 @@ fn process(broker: &Broker, app_id: &str, keys: u64) -> Row {
         "  process: {keys} records in {secs:.3} s = {:.0} records/s",
         keys as f64 / secs
     );
-    println!("{}", CpuSnap::report(&cpu0, &cpu1, "worker"));
+    println!("    {}", CpuSnap::report(&cpu0, &cpu1, "worker"));
     // Every change is in the changelog once the input offsets are committed.
     let committed = integration_tests::wait_until(LONG, Duration::from_millis(200), || {
         committed_offsets(&broker.bootstrap(), app_id, INPUT)
@@ -341,7 +341,7 @@ fn restore(broker: &Broker, app_id: &str, keys: u64, changelog_records: u64) -> 
         "  restore: {timed} changelog records in {secs:.3} s = {:.0} records/s ({at_first} of the {restored} were already restored at the first poll, and are not counted)",
         timed / secs
     );
-    println!("{}", CpuSnap::report(&cpu0, &cpu1, "worker"));
+    println!("    {}", CpuSnap::report(&cpu0, &cpu1, "worker"));
     assert_eq!(
         restored, changelog_records as f64,
         "restore: records restored vs in the changelog"

@@ -125,40 +125,60 @@ impl CpuSnap {
         b.process - a.process
     }
 
-    /// What was used between `a` and `b`: "cpu over W s: `who` X s (Y % of one core), broker
-    /// ..., everything else ...; busiest `who` threads: ...".
+    /// One line: the measured process's share of a core and its busiest threads (grouped by
+    /// name: `rdk:broker1 x6`), the broker's, and the rest of the machine's (on 2 cores this
+    /// says who the bottleneck was).
     pub fn report(a: &CpuSnap, b: &CpuSnap, who: &str) -> String {
         let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         let pct = |s: f64| 100.0 * s / wall;
         let proc_s = b.process - a.process;
         let broker_s = b.broker - a.broker;
         let other_s = (b.machine - a.machine - proc_s - broker_s).max(0.0);
-        let mut threads: Vec<(u32, String, f64)> = b
-            .threads
-            .iter()
-            .map(|(tid, (name, cpu))| {
-                let before = a.threads.get(tid).map_or(0.0, |t| t.1);
-                (*tid, name.clone(), cpu - before)
-            })
-            .filter(|t| t.2 > 0.0)
+        let mut by_name: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+        for (tid, (name, cpu)) in &b.threads {
+            let before = a.threads.get(tid).map_or(0.0, |t| t.1);
+            let e = by_name.entry(name.as_str()).or_default();
+            e.0 += 1;
+            e.1 += cpu - before;
+        }
+        let mut threads: Vec<(&str, usize, f64)> = by_name
+            .into_iter()
+            .filter(|(_, (_, s))| *s > 0.0)
+            .map(|(name, (n, s))| (name, n, s))
             .collect();
         threads.sort_by(|x, y| y.2.total_cmp(&x.2));
         let top: Vec<String> = threads
             .iter()
-            .take(6)
-            .map(|(tid, name, s)| format!("{name}[{tid}] {:.0}%", pct(*s)))
+            .take(5)
+            .map(|(name, n, s)| {
+                let many = if *n > 1 {
+                    format!(" x{n}")
+                } else {
+                    String::new()
+                };
+                format!("{name}{many} {:.0}%", pct(*s))
+            })
             .collect();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         format!(
-            "    cpu over {wall:.2} s: {who} {proc_s:.2} s ({:.0}% of one core), broker {broker_s:.2} s ({:.0}%), \
-             together {:.0}% of {cores} cores; everything else on the machine {:.0}% of one core\n    busiest {who} threads: {}",
+            "cpu over {wall:.1} s, in % of one core: {who} {:.0} ({}), broker {:.0}, rest of the machine {:.0}",
             pct(proc_s),
+            top.join(", "),
             pct(broker_s),
-            pct(proc_s + broker_s) / cores as f64,
             pct(other_s),
-            top.join(", ")
         )
     }
+}
+
+/// Peak RSS of `pid` in MiB (0 if unreadable); `pid` may be `self`.
+pub fn peak_rss_mib(pid: &str) -> f64 {
+    status_kib(pid, "VmHWM").unwrap_or(0) as f64 / 1024.0
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// `perf record` of a process until stopped or dropped (with SIGINT, so perf writes its file).
@@ -168,6 +188,11 @@ impl CpuSnap {
 pub struct Perf(Option<Child>);
 
 impl Perf {
+    /// Not recording.
+    pub fn idle() -> Perf {
+        Perf(None)
+    }
+
     /// Starts recording `pid`, if `BENCH_PERF_DIR` asks for it.
     pub fn start(pid: u32, label: &str) -> Perf {
         let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else {

@@ -102,7 +102,6 @@
 //! - `TRIBUTARY_BIN`, `KAFKA_HOME`, `TANSU_BIN`: the binaries (see the harness).
 
 mod measure;
-mod procfs;
 mod raw;
 mod streams;
 mod table;
@@ -117,13 +116,13 @@ use integration_tests::{
 };
 use tributary::generate::{KeyDistribution, RecordGenerator};
 
-use crate::procfs::loadavg;
 use crate::streams::{StreamsApp, StreamsJob};
 use crate::table::Row;
 use crate::verify::{end_offsets, Check, Expected, StatelessExpect, WindowExpect};
 use crate::worker::{
     Commits, Scenario, AGGREGATE_STEPS, AT_LEAST_ONCE, EXACTLY_ONCE, STATELESS_STEPS, WINDOW_STEPS,
 };
+use integration_tests::procstat::loadavg;
 
 const KEYS: u64 = 10_000;
 const PARTITIONS: i32 = 6;

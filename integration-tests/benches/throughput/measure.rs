@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{http_get, parse_metric};
 
-use crate::procfs::CpuSnap;
+use integration_tests::procstat::CpuSnap;
 
 /// The poll interval, and so the resolution of the Tributary and Kafka Streams times.
 pub const POLL: Duration = Duration::from_millis(50);

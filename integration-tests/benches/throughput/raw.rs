@@ -17,11 +17,11 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 
-use crate::procfs::{peak_rss_mib, status_kib, CpuSnap};
 use crate::table::{Row, System};
 use crate::verify::StatelessExpect;
 use crate::worker::{worker_toml, AGGREGATE_STEPS, AT_LEAST_ONCE};
 use crate::INPUT;
+use integration_tests::procstat::{peak_rss_mib, status_kib, CpuSnap};
 
 /// The worker's consumer and producer settings for a config that differs from the worker
 /// runs' only in the app id (= group id).

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use integration_tests::{free_port, http_get, parse_metric, repo_root, unique_name, Broker};
 
 use crate::measure::{measure, metrics_of, Polled};
-use crate::procfs::peak_rss_mib;
 use crate::table::{Row, System};
 use crate::verify::{committed_to_end, Check, Expected};
 use crate::{CHECK_KEYS, COMMIT_INTERVAL_MS, INPUT};
+use integration_tests::procstat::peak_rss_mib;
 
 /// The JVM's options: the heap limit that Kafka's own launcher (`bin/kafka-run-class.sh`)
 /// gives an application by default (`KAFKA_HEAP_OPTS`); otherwise the JVM's defaults (G1 on

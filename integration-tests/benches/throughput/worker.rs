@@ -1,18 +1,17 @@
 //! The Tributary runs: one `tributary run` process per job, timed by [`crate::measure`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration_tests::{free_port, http_get, parse_metric, unique_name, Broker, WorkerProcess};
 use tributary::generate::KeyTotal;
 
 use crate::measure::{measure, metrics_of, Polled};
-use crate::procfs::peak_rss_mib;
 use crate::table::{Row, System};
 use crate::verify::{committed_to_end, Check, Expected};
 use crate::{CHECK_KEYS, COMMIT_INTERVAL_MS, INPUT};
+use integration_tests::procstat::{peak_rss_mib, Perf};
 
 /// The pipeline, and so the store, name.
 const PIPELINE: &str = "totals";
@@ -108,58 +107,6 @@ pub fn worker_toml(
     )
 }
 
-/// `perf record` on a worker over the measured interval (`BENCH_PERF_DIR`), until dropped
-/// (SIGINT, so perf writes its file).
-struct Perf(Option<Child>);
-
-impl Perf {
-    fn start(pid: u32, scenario: &str) -> Perf {
-        let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else {
-            return Perf(None);
-        };
-        let dir = PathBuf::from(dir);
-        let _ = std::fs::create_dir_all(&dir);
-        let out = dir.join(format!("{scenario}.perf.data"));
-        // BENCH_PERF_ARGS replaces the sampling options (default: 999 Hz, DWARF call graphs,
-        // which work without frame pointers).
-        let opts = std::env::var("BENCH_PERF_ARGS")
-            .unwrap_or_else(|_| "-F 999 --call-graph dwarf,16384".to_string());
-        let child = Command::new("perf")
-            .arg("record")
-            .args(opts.split_whitespace())
-            .arg("-o")
-            .arg(&out)
-            .args(["-p", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(c) => {
-                println!("    perf recording the worker into {}", out.display());
-                Perf(Some(c))
-            }
-            Err(e) => {
-                println!("    perf not started: {e}");
-                Perf(None)
-            }
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            integration_tests::sig::send(c.id(), 2);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Perf {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// (count, sum in seconds) of the commit latency histogram.
 fn commit_stats(metrics: &str) -> (f64, f64) {
     (
@@ -232,7 +179,7 @@ pub fn run(
     );
     let mut w = WorkerProcess::spawn_named(sc.name, &toml);
     let pid = w.pid();
-    let mut perf = Perf(None);
+    let mut perf = Perf::idle();
     let measured = measure(
         &Polled {
             label: "worker",
