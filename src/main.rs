@@ -10,6 +10,13 @@ use tributary::config::{self, ConfigIssue};
 use tributary::generate::{GenerateOptions, KeyDistribution};
 use tributary::{Worker, WorkerError};
 
+/// The worker allocates and frees small values per record on several processing threads;
+/// jemalloc's per-thread caches make that markedly cheaper than the system allocator (see
+/// BENCHMARKS.md). The library leaves the choice of allocator to the application.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for configuration problems (README.md, "Configuration walkthrough").
 const EXIT_CONFIG: u8 = 2;
 
