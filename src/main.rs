@@ -12,7 +12,8 @@ use tributary::{Worker, WorkerError};
 
 /// The worker allocates and frees small values per record on several processing threads;
 /// jemalloc's per-thread caches make that markedly cheaper than the system allocator (see
-/// BENCHMARKS.md). The library leaves the choice of allocator to the application.
+/// BENCHMARKS.md). It also serves librdkafka and RocksDB (Cargo.toml says why). The library
+/// leaves the choice of allocator to the application.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -319,7 +319,11 @@ impl Collector {
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
-                    self.sent.store(true, Ordering::Relaxed);
+                    // Read first: a store on every send would bounce the flag's cache line
+                    // between the processing threads.
+                    if !self.sent.load(Ordering::Relaxed) {
+                        self.sent.store(true, Ordering::Relaxed);
+                    }
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {

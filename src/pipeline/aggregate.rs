@@ -35,11 +35,24 @@ pub enum Func {
 }
 
 /// One output field: `name = "func(arg)"`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Field {
     name: Arc<str>,
     func: Func,
     arg: Option<Expr>,
+}
+
+/// A clone has its own copy of the name: every record's state holds the name's `Arc`, and
+/// tasks (clones of one compiled step) run on different threads, where sharing one `Arc`
+/// would make each record bump a reference count that the other threads bump too.
+impl Clone for Field {
+    fn clone(&self) -> Self {
+        Self {
+            name: Arc::from(&*self.name),
+            func: self.func,
+            arg: self.arg.clone(),
+        }
+    }
 }
 
 impl Field {
@@ -121,8 +134,8 @@ pub struct AggState {
     pub window_start: Option<i64>,
     /// Window end, exclusive (windowed only).
     pub window_end: Option<i64>,
-    /// One accumulator per output field, in the step's field order. Names are shared, so a
-    /// clone (the cache hands out copies) allocates once.
+    /// One accumulator per output field, in the step's field order. Names are shared with the
+    /// task's step, so a clone (the cache hands out copies) allocates once.
     pub fields: Vec<(Arc<str>, Acc)>,
 }
 
@@ -234,7 +247,8 @@ fn value_of(acc: &Acc) -> Value {
 pub struct Aggregate {
     label: String,
     store: String,
-    fields: Arc<[Field]>,
+    /// Not shared between clones (see [`Field`]'s `Clone`).
+    fields: Box<[Field]>,
     window: Option<Windows>,
     emit: Emit,
     /// False when nothing reads the step's output (it is the last step and there is no sink):
@@ -335,7 +349,15 @@ impl Aggregate {
                 continue;
             };
             match find(into) {
-                Some(j) => into[j].1 = merge_acc(f.func, &into[j].1, b),
+                Some(j) => {
+                    let (name, acc) = &mut into[j];
+                    *acc = merge_acc(f.func, acc, b);
+                    // A decoded state has its own copies of the names: share the step's, so
+                    // later lookups compare pointers and clones touch one hot reference count.
+                    if !Arc::ptr_eq(name, &f.name) {
+                        *name = f.name.clone();
+                    }
+                }
                 None => into.push((f.name.clone(), b.clone())),
             }
         }

@@ -76,7 +76,6 @@ enum Var {
 }
 
 /// A compiled expression.
-#[derive(Clone)]
 pub struct Expr {
     text: Arc<str>,
     /// Set when every part of the expression is in the native subset.
@@ -84,6 +83,26 @@ pub struct Expr {
     program: Arc<Program>,
     vars: Arc<[Var]>,
     env: Arc<Env>,
+}
+
+/// A clone gets its own native form: evaluating it clones the `Arc`s of its literals (map keys,
+/// strings) into every result, and tasks (clones of one compiled pipeline) run on different
+/// threads, where shared literals would make each record bump reference counts that the other
+/// threads bump too. The `cel` program is shared: it only runs off the hot path.
+impl Clone for Expr {
+    fn clone(&self) -> Self {
+        Self {
+            text: self.text.clone(),
+            native: self
+                .native
+                .as_ref()
+                .and_then(|_| Native::compile(self.program.expression(), &self.env))
+                .map(Arc::new),
+            program: self.program.clone(),
+            vars: self.vars.clone(),
+            env: self.env.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Expr {

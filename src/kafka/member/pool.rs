@@ -10,7 +10,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -39,34 +39,46 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 pub(super) type SourceQueue = PartitionQueue<MemberContext>;
 
 /// Wakes idle lanes. A counter, not a flag: a lane remembers the count it saw before looking at
-/// its queues, and sleeps only if nothing happened since.
+/// its queues, and sleeps only if nothing happened since. A notification takes the lock and
+/// wakes the condition variable only when some lane sleeps: librdkafka notifies once per fetch
+/// and partition, mostly while the lanes are busy.
 #[derive(Debug, Default)]
 pub(super) struct Signal {
-    count: Mutex<u64>,
+    count: AtomicU64,
+    /// Lanes in (or about to enter) [`Signal::wait`].
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
     changed: Condvar,
 }
 
 impl Signal {
-    fn lock(&self) -> MutexGuard<'_, u64> {
-        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes every waiting lane.
     pub(super) fn notify(&self) {
-        *self.lock() += 1;
-        self.changed.notify_all();
+        // SeqCst on both sides: either the sleeper sees the new count before it sleeps, or
+        // this sees the sleeper and wakes it under the lock the sleeper holds until it waits.
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock();
+            self.changed.notify_all();
+        }
     }
 
     fn ticket(&self) -> u64 {
-        *self.lock()
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Sleeps until something happened since `ticket`, or `timeout`.
     fn wait(&self, ticket: u64, timeout: Duration) {
         let guard = self.lock();
-        let _ = self
-            .changed
-            .wait_timeout_while(guard, timeout, |count| *count == ticket);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let _ = self.changed.wait_timeout_while(guard, timeout, |_| {
+            self.count.load(Ordering::SeqCst) == ticket
+        });
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
