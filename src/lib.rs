@@ -87,6 +87,7 @@ pub mod status;
 pub mod task;
 pub mod testkit;
 pub mod types;
+mod validate;
 pub mod worker;
 
 pub use processor::{Context, ProcessError, Processor, TaskInfo, Topology};

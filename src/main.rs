@@ -90,7 +90,7 @@ fn init_tracing() {
 
 /// Loads and fully checks a config: every problem, with its key path.
 fn load_checked(files: &[PathBuf]) -> Result<config::Config, Vec<ConfigIssue>> {
-    let cfg = config::load(files)?;
+    let cfg = Worker::load_config(files)?;
     match Worker::builder(cfg.clone())
         .pipelines_from_config()
         .and_then(|b| b.build())

@@ -13,10 +13,12 @@ use crate::config::{Config, ConfigIssue, Guarantee, OnError};
 use crate::kafka::admin::{Admin, AdminError, TopicSpec};
 use crate::kafka::embedded::EmbeddedCluster;
 use crate::kafka::member::{Member, MemberError, MemberSetup, Pool};
+use crate::kafka::properties::check_properties;
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
 use crate::state::StateMemory;
 use crate::status::StatusBoard;
+use crate::validate::Checks;
 
 /// Partitions of source topics the embedded cluster creates when they are missing.
 pub const EMBEDDED_PARTITIONS: i32 = 6;
@@ -81,8 +83,14 @@ impl WorkerBuilder {
         let dlq = (cfg.processing.on_error == OnError::Dlq)
             .then(|| cfg.processing.dlq_topic(&cfg.app.id));
         let mut topologies =
-            crate::pipeline::compile_all(&cfg.app.id, dlq.as_deref(), &cfg.pipelines)
-                .map_err(WorkerError::Config)?;
+            crate::pipeline::compile_all(&cfg.app.id, dlq.as_deref(), &cfg.pipelines).map_err(
+                |issues| {
+                    // Every problem of the config at once: `build` is not reached.
+                    let mut all = property_issues(cfg);
+                    all.extend(issues);
+                    WorkerError::Config(all)
+                },
+            )?;
         self.topologies.append(&mut topologies);
         Ok(self)
     }
@@ -94,6 +102,7 @@ impl WorkerBuilder {
             path: path.to_string(),
             message,
         };
+        issues.extend(property_issues(&self.config));
         // Accepted by the config schema but not built yet: refuse rather than run without.
         if self.config.state.standby_replicas > 0 {
             issues.push(issue(
@@ -150,6 +159,12 @@ impl WorkerBuilder {
     }
 }
 
+/// The `kafka.properties` the worker refuses. `Worker::load_config` checks them while loading;
+/// `config::load` leaves them to the builder.
+fn property_issues(cfg: &Config) -> Vec<ConfigIssue> {
+    check_properties(&cfg.kafka.properties, cfg.group.protocol)
+}
+
 /// What the worker learnt about its cluster and topics before the members start.
 struct Prepared {
     /// The bootstrap servers to use.
@@ -171,6 +186,13 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Loads `files` and the `TRIBUTARY_*` environment like [`crate::config::load`], also
+    /// checking every expression, partitioner and `kafka.properties` entry as the worker will
+    /// use it: every problem at once, each with its key path.
+    pub fn load_config(files: &[PathBuf]) -> Result<Config, Vec<ConfigIssue>> {
+        crate::config::load_with_checks(files, crate::config::process_env(), &Checks)
+    }
+
     /// Starts building a worker for `config`.
     pub fn builder(config: Config) -> WorkerBuilder {
         WorkerBuilder {

@@ -646,7 +646,9 @@ steps = [
   { dedup = { key = "id", within = "0s" } },
   { aggregate = { fields = { window_end = "count()" } } },
 ]"#].concat();
-    let issues: Vec<String> = config::load_str(&toml)
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), toml).expect("write config");
+    let issues: Vec<String> = tributary::Worker::load_config(&[file.path().to_path_buf()])
         .unwrap_err()
         .iter()
         .map(ToString::to_string)

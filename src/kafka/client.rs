@@ -3,8 +3,7 @@
 
 use rdkafka::ClientConfig;
 
-use super::properties::TRANSACTION_TIMEOUT_PROPERTY;
-use crate::config::{Config, GroupProtocol};
+use crate::config::{Config, GroupProtocol, TRANSACTION_TIMEOUT_PROPERTY};
 
 /// How long librdkafka waits before fetching a partition again once `queued.min.messages` of
 /// its records are queued. One fetch response can exceed that limit; its default (1 s) then
