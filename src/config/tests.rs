@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use super::*;
 
-/// The full configuration example of the published contract (every section and key), verbatim.
-const CONTRACT_EXAMPLE: &str = r#"
+/// The full configuration example (every section and key), as in README.md's configuration
+/// walkthrough.
+const FULL_EXAMPLE: &str = r#"
 [app]
 id = "clicks"                 # consumer group id and prefix of internal topics (required)
 threads = 1                   # group members in this process; a worker with 2 gets ~2x the partitions
@@ -115,7 +116,7 @@ pub(crate) fn paths(issues: &[ConfigIssue]) -> Vec<&str> {
     issues.iter().map(|i| i.path.as_str()).collect()
 }
 
-/// The steps of the contract example, as both spellings must read them.
+/// The steps of the full example, as both spellings must read them.
 fn example_steps() -> Vec<StepConfig> {
     let fields = [
         ("count", "count()"),
@@ -144,10 +145,10 @@ fn example_steps() -> Vec<StepConfig> {
     ]
 }
 
-/// The full example of the contract loads, with every value as written.
+/// The full example loads, with every value as written.
 #[test]
-fn contract_example_loads() {
-    let config = load_str(CONTRACT_EXAMPLE).expect("example is valid");
+fn full_example_loads() {
+    let config = load_str(FULL_EXAMPLE).expect("example is valid");
     assert_eq!(config.app.id, "clicks");
     assert_eq!(config.app.threads, 1);
     assert_eq!(config.app.instance_id, None);
@@ -808,7 +809,8 @@ fn classic_keys_do_not_apply_with_the_consumer_protocol() {
 }
 
 /// `remote_assignor` with the classic protocol (written or the default) is accepted with a
-/// warning, as in the `[group]` example of docs/configuration.md that sets every key.
+/// warning, as in the `[group]` example of README.md's configuration walkthrough, which sets
+/// every key.
 #[test]
 fn remote_assignor_does_not_apply_with_the_classic_protocol() {
     let config = load_str(&with_group("remote_assignor = \"uniform\"", "")).expect("valid");
@@ -826,7 +828,7 @@ fn remote_assignor_does_not_apply_with_the_classic_protocol() {
          remote_assignor = \"uniform\"\nsession_timeout_ms = 10000",
         "",
     ))
-    .expect("the contract's [group] example is valid");
+    .expect("README.md's [group] example is valid");
     assert_eq!(config.warnings.len(), 1, "{:#?}", config.warnings);
     assert!(!config.warnings[0].message.contains("(the default)"));
     let issues = rejected(&with_group("remote_assignor = \"sticky\"", ""));
