@@ -63,7 +63,10 @@
 //! - [`testkit`]: runs topologies without a broker, for tests (like Kafka Streams'
 //!   `TopologyTestDriver`).
 //! - [`http`], [`metrics`], [`status`]: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
-//! - [`generate`], [`demo`]: the data generator and the embedded-cluster demo.
+//!
+//! The command line (`src/main.rs`, with `generate` and `demo` in `src/cli/`) is built on this
+//! library; the records `generate` writes are the `tributary-generator` crate (`generator/`),
+//! which the benchmarks share.
 //!
 //! ## Guarantees (at least once)
 //!
@@ -75,8 +78,6 @@
 
 pub mod avro;
 pub mod config;
-pub mod demo;
-pub mod generate;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

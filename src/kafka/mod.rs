@@ -8,6 +8,8 @@
 //! - [`restore`]: the changelog reader that rebuilds task state.
 //! - [`admin`]: topic metadata and creation of internal topics.
 //! - [`member`]: one consumer-group member's poll loop and rebalance handling.
+//! - [`embedded`], [`reader`], [`tools`]: the embedded cluster, reading a topic to its end, and
+//!   the plain producer and offset reader of the command line's `generate` and `demo`.
 
 pub mod admin;
 pub mod client;
@@ -17,6 +19,7 @@ pub mod member;
 pub mod properties;
 pub mod reader;
 pub mod restore;
+pub mod tools;
 
 use rdkafka::message::{BorrowedHeaders, Headers};
 
