@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tributary::kafka::embedded::EmbeddedCluster;
-use tributary::kafka::tools::{ClientError, GroupProgress};
+use tributary::kafka::tools::GroupProgress;
+use tributary::kafka::ClientError;
 use tributary_generator::{KeyDistribution, KeyTotal};
 
 use super::generate::{generate, GenerateError, GenerateOptions};

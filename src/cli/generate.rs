@@ -13,9 +13,9 @@ use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tributary::kafka::tools::{
-    create_topic, AwaitTopicError, ClientError, CreateTopicError, DeliveryError, SendError,
-    TopicProducer,
+    create_topic, AwaitTopicError, CreateTopicError, DeliveryError, SendError, TopicProducer,
 };
+use tributary::kafka::ClientError;
 use tributary_generator::{
     KeyDistribution, KeyTotal, RecordGenerator, Totals, DEFAULT_KEYS, DEFAULT_SEED,
 };

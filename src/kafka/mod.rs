@@ -38,3 +38,33 @@ impl HeaderList for MessageHeaders<'_> {
         (h.key, h.value.unwrap_or_default())
     }
 }
+
+/// An error of a Kafka client (librdkafka's own message). Boxed: rdkafka's error is large, and
+/// this one travels inside other errors.
+#[derive(Debug)]
+pub struct ClientError(Box<rdkafka::error::KafkaError>);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl ClientError {
+    /// rdkafka's error, for the decisions this module makes on it.
+    pub(crate) fn kafka(&self) -> &rdkafka::error::KafkaError {
+        &self.0
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for ClientError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self(Box::new(e))
+    }
+}

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::tools::ClientError;
+use super::ClientError;
 
 /// The last value of every key in `topic` (keys and values as bytes; tombstones remove keys).
 ///

@@ -18,28 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
-/// An error of a Kafka client (librdkafka's own message). Boxed: rdkafka's error is large, and
-/// this one travels inside other errors.
-#[derive(Debug)]
-pub struct ClientError(Box<KafkaError>);
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-impl From<KafkaError> for ClientError {
-    fn from(e: KafkaError) -> Self {
-        Self(Box::new(e))
-    }
-}
+use super::ClientError;
 
 /// `bootstrap.servers`, then `properties` in order (later ones win).
 fn client_config(brokers: &str, properties: &[(String, String)]) -> ClientConfig {
