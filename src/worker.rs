@@ -21,7 +21,7 @@ use crate::status::StatusBoard;
 use crate::validate::Checks;
 
 /// Partitions of source topics the embedded cluster creates when they are missing.
-pub const EMBEDDED_PARTITIONS: i32 = 6;
+pub(crate) const EMBEDDED_PARTITIONS: i32 = 6;
 
 /// Why a worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -722,7 +722,7 @@ pub struct StateConfig {
     /// `cleanup_delay_ms` (milliseconds, default 600000 = 10 minutes, at least 1): the state
     /// directory of a task that is no longer open on this worker (its partition moved away) is
     /// deleted once it has been closed this long, so that it is not reused, stale, if the
-    /// partition ever comes back (see [`crate::state::cleaner`]).
+    /// partition ever comes back (see `src/state/cleaner.rs`).
     pub cleanup_delay_ms: u64,
 }
 

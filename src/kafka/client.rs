@@ -142,7 +142,7 @@ const RESTORE_QUEUED_MIN_MESSAGES: &str = "50000";
 /// (1 MB per partition): with small records, most of a 1M-key changelog at once, about 110 MB
 /// of librdkafka's per-message overhead (measured with heaptrack). 1 MiB per fetch still
 /// keeps far ahead of the writes (see `integration-tests/benches/restore.rs`).
-pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+pub(crate) fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
     let message_max = cfg
         .kafka
@@ -208,7 +208,7 @@ pub fn producer(
 }
 
 /// An admin client for metadata and topic creation.
-pub fn admin(cfg: &Config, bootstrap: &str) -> ClientConfig {
+pub(crate) fn admin(cfg: &Config, bootstrap: &str) -> ClientConfig {
     let c = base(bootstrap, &format!("{}-admin", cfg.app.id));
     with_user_properties(c, cfg, |k| {
         !is_consumer_property(k) && !is_producer_property(k)

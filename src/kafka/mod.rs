@@ -1,25 +1,31 @@
 //! Everything that speaks to Kafka through rdkafka. No rdkafka type leaves this module: the
-//! rest of the worker sees [`crate::types`] and the small traits it defines.
+//! rest of the worker sees [`crate::types`] and the small traits it defines. (The one
+//! exception is [`client`], whose settings the throughput bench uses to build a raw consumer
+//! and producer configured exactly as the worker's.)
 //!
 //! - [`client`]: librdkafka settings for the consumer, producer and admin clients.
-//! - [`properties`]: checks of the `[kafka.properties]` passthrough.
-//! - [`collector`]: the producer every task of a member sends through, with acknowledgement
+//! - `properties`: checks of the `[kafka.properties]` passthrough.
+//! - `collector`: the producer every task of a member sends through, with acknowledgement
 //!   tracking for commits.
-//! - [`restore`]: the changelog reader that rebuilds task state.
-//! - [`admin`]: topic metadata and creation of internal topics.
-//! - [`member`]: one consumer-group member's poll loop and rebalance handling.
+//! - `restore`: the changelog reader that rebuilds task state.
+//! - `admin`: topic metadata and creation of internal topics.
+//! - `member`: one consumer-group member's poll loop and rebalance handling.
 //! - [`embedded`], [`reader`], [`tools`]: the embedded cluster, reading a topic to its end, and
 //!   the plain producer and offset reader of the command line's `generate` and `demo`.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod client;
-pub mod collector;
+pub(crate) mod collector;
 pub mod embedded;
-pub mod member;
-pub mod properties;
+pub(crate) mod member;
+pub(crate) mod properties;
 pub mod reader;
-pub mod restore;
+pub(crate) mod restore;
 pub mod tools;
+
+pub use self::admin::AdminError;
+pub use self::collector::{CollectorError, TxnError};
+pub use self::member::MemberError;
 
 use rdkafka::message::{BorrowedHeaders, Headers};
 

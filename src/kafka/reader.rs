@@ -1,5 +1,5 @@
 //! Reads a whole topic from the beginning to its end, for the demo and benchmarks that check
-//! what the workers wrote. "The end" follows the same rule as restore (see [`super::restore`]):
+//! what the workers wrote. "The end" follows the same rule as restore (see `src/kafka/restore.rs`):
 //! a reported end offset is not trusted alone, reading stops once fetches stay empty.
 
 use std::collections::HashMap;
