@@ -83,7 +83,7 @@ async fn main() -> ExitCode {
         eprintln!("usage: count_per_key CONFIG.toml [MORE.toml ...]");
         return ExitCode::from(2);
     }
-    let config = match tributary::config::load(&files) {
+    let config = match Worker::load_config(&files) {
         Ok(config) => config,
         Err(issues) => {
             for issue in issues {

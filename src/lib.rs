@@ -32,7 +32,8 @@
 //! }
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = tributary::config::load(&["app.toml".into()]).map_err(|issues| format!("{issues:?}"))?;
+//! // Every problem at once, each with its key path (what `tributary validate` prints).
+//! let config = Worker::load_config(&["app.toml".into()]).map_err(|issues| format!("{issues:?}"))?;
 //! let worker = Worker::builder(config)
 //!     .topology(Topology::new("count", ["clicks"], |_task| CountPerKey).store("counts").sink("counts"))
 //!     .build()?;
