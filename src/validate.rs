@@ -112,6 +112,28 @@ steps = [
         assert_eq!(from_worker, expected);
     }
 
+    /// With valid pipelines, `build` is where a library user's bad properties are refused.
+    #[test]
+    fn build_refuses_properties_that_plain_loading_accepts() {
+        let text = MINIMAL.replace(
+            "[[pipeline]]",
+            "[kafka.properties]\n\"enable.auto.commit\" = true\n[[pipeline]]",
+        );
+        let config = load_with_env(&[file(&text)], no_env()).expect("plain loading accepts");
+        let refused = Worker::builder(config)
+            .pipelines_from_config()
+            .and_then(|b| b.build());
+        let Err(WorkerError::Config(issues)) = refused else {
+            panic!("the worker must refuse the config: {refused:?}");
+        };
+        assert_eq!(issues, rejected(&text));
+        assert_issue(
+            &issues,
+            "kafka.properties.\"enable.auto.commit\"",
+            &["set by Tributary"],
+        );
+    }
+
     /// One load reports a typo, a wrong type, a key librdkafka rejects and a bad window together.
     #[test]
     fn reports_every_problem_at_once() {
