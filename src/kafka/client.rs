@@ -1,5 +1,9 @@
 //! librdkafka settings for the worker's clients: what the worker owns, what it defaults, and the
 //! user's `[kafka.properties]` on top.
+//!
+//! [`consumer`] and [`producer`] are public, rdkafka's `ClientConfig` and all, for one user
+//! outside the crate: the throughput bench builds its raw consumer and raw pipe with exactly the
+//! worker's settings, so that the limit it measures is the worker's own.
 
 use rdkafka::ClientConfig;
 
