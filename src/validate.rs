@@ -40,8 +40,7 @@ impl ValueChecks for Checks {
 mod tests {
     use super::*;
     use crate::config::tests::{assert_issue, file, no_env, paths, with_group, MINIMAL};
-    use crate::config::{load_with_checks, load_with_env, Config};
-    use crate::worker::{Worker, WorkerError};
+    use crate::config::{load_with_checks, Config};
 
     fn load_str(text: &str) -> Result<Config, Vec<ConfigIssue>> {
         load_with_checks(&[file(text)], no_env(), &Checks)
@@ -49,89 +48,6 @@ mod tests {
 
     fn rejected(text: &str) -> Vec<ConfigIssue> {
         load_str(text).expect_err("config should be rejected")
-    }
-
-    /// A config whose only problems are the ones [`Checks`] finds.
-    const UNCHECKED_PROBLEMS: &str = r#"
-[app]
-id = "clicks"
-[kafka]
-bootstrap_servers = "127.0.0.1:9092"
-[kafka.properties]
-"group.id" = "mine"
-"no.such.property" = "1"
-[[pipeline]]
-name = "p"
-source = { topics = ["in"], time = "ts +" }
-sink = { topic = "out", partitioner = "hash" }
-steps = [
-  { filter = "amount >" },
-  { aggregate = { fields = { n = "median(amount)" } } },
-  { dedup = { key = "", within = "1m" } },
-  { dedup = { key = "id +", within = "1m" } },
-]
-"#;
-
-    /// The config layer alone accepts what it cannot judge; a library user who loads with it
-    /// gets the same issues, with the same key paths, when the worker is built.
-    #[test]
-    fn the_worker_refuses_what_plain_loading_leaves_unchecked() {
-        let checked = rejected(UNCHECKED_PROBLEMS);
-        assert_eq!(
-            paths(&checked),
-            [
-                "kafka.properties.\"group.id\"",
-                "kafka.properties.\"no.such.property\"",
-                "pipeline[0].source.time",
-                "pipeline[0].sink.partitioner",
-                "pipeline[0].steps[0].filter",
-                "pipeline[0].steps[1].aggregate.fields.n",
-                "pipeline[0].steps[2].dedup.key",
-                "pipeline[0].steps[3].dedup.key",
-            ],
-            "{checked:#?}"
-        );
-
-        // `dedup.key = ""` is the config layer's own rule; the others pass it.
-        let plain =
-            UNCHECKED_PROBLEMS.replace("{ dedup = { key = \"\", within = \"1m\" } },\n", "");
-        let config = load_with_env(&[file(&plain)], no_env()).expect("plain loading accepts");
-        let refused = Worker::builder(config)
-            .pipelines_from_config()
-            .and_then(|b| b.build());
-        let Err(WorkerError::Config(mut from_worker)) = refused else {
-            panic!("the worker must refuse the config: {refused:?}");
-        };
-        let mut expected = checked;
-        expected.retain(|i| !i.path.starts_with("pipeline[0].steps[2]"));
-        for issue in &mut expected {
-            issue.path = issue.path.replace("steps[3]", "steps[2]");
-        }
-        from_worker.sort_by(|a, b| a.path.cmp(&b.path));
-        expected.sort_by(|a, b| a.path.cmp(&b.path));
-        assert_eq!(from_worker, expected);
-    }
-
-    /// With valid pipelines, `build` is where a library user's bad properties are refused.
-    #[test]
-    fn build_refuses_properties_that_plain_loading_accepts() {
-        let text = MINIMAL.replace(
-            "[[pipeline]]",
-            "[kafka.properties]\n\"enable.auto.commit\" = true\n[[pipeline]]",
-        );
-        let config = load_with_env(&[file(&text)], no_env()).expect("plain loading accepts");
-        let refused = Worker::builder(config)
-            .pipelines_from_config()
-            .and_then(|b| b.build());
-        let Err(WorkerError::Config(issues)) = refused else {
-            panic!("the worker must refuse the config: {refused:?}");
-        };
-        assert_eq!(issues, rejected(&text));
-        assert_issue(
-            &issues,
-            "kafka.properties.\"enable.auto.commit\"",
-            &["set by Tributary"],
-        );
     }
 
     /// One load reports a typo, a wrong type, a key librdkafka rejects and a bad window together.
