@@ -6,9 +6,9 @@
 //! cargo run --example count_per_key -- config/example.toml
 //! ```
 //!
-//! The config file is the worker's usual TOML (see CONTRACT.md); several files may be given,
-//! later ones overriding earlier ones, and `TRIBUTARY_<SECTION>__<KEY>` variables override
-//! both. The processor reads `[[pipeline]]` number 0 for its topics: the source topics
+//! The config file is the worker's usual TOML (see README.md, "Configuration walkthrough");
+//! several files may be given, later ones overriding earlier ones, and
+//! `TRIBUTARY_<SECTION>__<KEY>` variables override both. The processor reads `[[pipeline]]` number 0 for its topics: the source topics
 //! (`source.topics`) and the output topic (`sink.topic`, default `<app.id>-counts`). With
 //! `bootstrap_servers = "embedded"` the worker starts an in-process cluster and creates the
 //! topics, so the example runs without a broker; the log line "started the embedded cluster"
@@ -83,7 +83,7 @@ async fn main() -> ExitCode {
         eprintln!("usage: count_per_key CONFIG.toml [MORE.toml ...]");
         return ExitCode::from(2);
     }
-    let config = match tributary::config::load(&files) {
+    let config = match Worker::load_config(&files) {
         Ok(config) => config,
         Err(issues) => {
             for issue in issues {

@@ -32,7 +32,8 @@
 //! }
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = tributary::config::load(&["app.toml".into()]).map_err(|issues| format!("{issues:?}"))?;
+//! // Every problem at once, each with its key path (what `tributary validate` prints).
+//! let config = Worker::load_config(&["app.toml".into()]).map_err(|issues| format!("{issues:?}"))?;
 //! let worker = Worker::builder(config)
 //!     .topology(Topology::new("count", ["clicks"], |_task| CountPerKey).store("counts").sink("counts"))
 //!     .build()?;
@@ -49,21 +50,36 @@
 //!
 //! Data flows one way: member → task → processor → collector → commit.
 //!
+//! The public modules are the library's API:
+//!
 //! - [`config`]: the TOML configuration, loaded in layers and validated with key paths.
-//! - [`worker`]: prepares topics, serves HTTP, runs `app.threads` members.
-//! - [`kafka`]: everything that speaks to Kafka; [`kafka::member`] is a group member's loop
-//!   and rebalance handling, [`kafka::collector`] the producer with acknowledgement tracking,
-//!   [`kafka::restore`] the changelog reader.
-//! - [`task`]: one partition's processor, stores, queue and offsets.
-//! - [`state`]: RocksDB per task, the write-back cache and typed stores; no Kafka types.
-//! - [`processor`]: the library API ([`Processor`], [`Context`], [`Topology`]).
+//! - [`worker`]: [`Worker`] prepares topics, serves HTTP, runs `app.threads` members.
+//! - [`processor`]: what a topology is made of ([`Processor`], [`Context`], [`Topology`], the
+//!   typed [`processor::Store`]); [`types`]: the records in and out.
 //! - [`pipeline`]: `[[pipeline]]` configs compiled into topologies: CEL steps, windows,
-//!   formats, partitioners.
-//! - [`avro`]: the Avro record format, plain or in the Confluent Schema Registry wire format.
+//!   formats, partitioners ([`pipeline::partitioner::partition_for_key`] is Kafka's default).
 //! - [`testkit`]: runs topologies without a broker, for tests (like Kafka Streams'
 //!   `TopologyTestDriver`).
-//! - [`http`], [`metrics`], [`status`]: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
-//! - [`generate`], [`demo`]: the data generator and the embedded-cluster demo.
+//! - [`metrics`], [`status`]: what a running worker reports (`/metrics`, `/tasks`, `/ready`).
+//! - [`kafka`]: the errors of the Kafka layer, and plain Kafka access for tools and tests (the
+//!   embedded cluster, reading a topic, the worker's client settings).
+//!
+//! The rest is internal (each module's docs are in the source):
+//!
+//! - `kafka::member` (`src/kafka/member/`): a group member's loop, rebalance handling, commits
+//!   and restores; `kafka::collector` the producer with acknowledgement tracking;
+//!   `kafka::restore` the changelog reader; `kafka::admin` topic creation; `kafka::properties`
+//!   the checks of `[kafka.properties]`. No rdkafka type leaves `kafka`.
+//! - `task`: one partition's processor, stores, queue and offsets.
+//! - `state`: RocksDB per task, the write-back cache and typed stores; no Kafka types.
+//! - `avro`: the Avro record format, plain or in the Confluent Schema Registry wire format.
+//! - `http`: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
+//! - `validate`: the checks of expressions, partitioners and properties that loading a config
+//!   borrows from `pipeline` and `kafka` (the config module imports neither).
+//!
+//! The command line (`src/main.rs`, with `generate` and `demo` in `src/cli/`) is built on this
+//! library; the records `generate` writes are the `tributary-generator` crate (`generator/`),
+//! which the benchmarks share.
 //!
 //! ## Guarantees (at least once)
 //!
@@ -73,20 +89,19 @@
 //! the acknowledged changelog offsets into RocksDB. A crash at any point loses nothing; records
 //! after the last commit are processed again.
 
-pub mod avro;
+pub(crate) mod avro;
 pub mod config;
-pub mod demo;
-pub mod generate;
-pub mod http;
+pub(crate) mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod processor;
-pub mod state;
+pub(crate) mod state;
 pub mod status;
-pub mod task;
+pub(crate) mod task;
 pub mod testkit;
 pub mod types;
+mod validate;
 pub mod worker;
 
 pub use processor::{Context, ProcessError, Processor, TaskInfo, Topology};

@@ -1,5 +1,7 @@
 //! The `tributary` command line: `run`, `validate`, `generate`, `demo`.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,8 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tributary::config::{self, ConfigIssue};
-use tributary::generate::{GenerateOptions, KeyDistribution};
 use tributary::{Worker, WorkerError};
+use tributary_generator::KeyDistribution;
+
+use crate::cli::demo::{self, DemoOptions};
+use crate::cli::generate::{self, GenerateOptions};
 
 /// The worker allocates and frees small values per record on several processing threads;
 /// jemalloc's per-thread caches make that markedly cheaper than the system allocator (see
@@ -98,7 +103,7 @@ fn init_tracing() {
 
 /// Loads and fully checks a config: every problem, with its key path.
 fn load_checked(files: &[PathBuf]) -> Result<config::Config, Vec<ConfigIssue>> {
-    let cfg = config::load(files)?;
+    let cfg = Worker::load_config(files)?;
     match Worker::builder(cfg.clone())
         .pipelines_from_config()
         .and_then(|b| b.build())
@@ -199,12 +204,12 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let shutdown = shutdown_on_signals()?;
             let wanted = opts.records;
-            let report = tributary::generate::generate(opts, shutdown).await?;
+            let report = generate::generate(opts, shutdown).await?;
             eprintln!(
                 "wrote {} records in {:.1}s ({:.0} records/s)",
                 report.records,
                 report.elapsed.as_secs_f64(),
-                report.records as f64 / report.elapsed.as_secs_f64().max(1e-9)
+                report.rate()
             );
             if report.records < wanted {
                 eprintln!(
@@ -216,7 +221,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { records, keys } => {
-            let ok = tributary::demo::run(tributary::demo::DemoOptions { records, keys }).await?;
+            let ok = demo::run(DemoOptions { records, keys }).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::state::{StateError, Store, TaskStores};
+use crate::state::TaskStores;
+pub use crate::state::{StateError, Store};
 use crate::types::{OutputRecord, Record, TaskId};
 
 /// What a task tells its processor about itself.
@@ -103,7 +104,7 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     /// Builds a context (used by the task, and by test kits driving a processor directly).
-    pub fn new(
+    pub(crate) fn new(
         task: &'a TaskInfo,
         stores: &'a mut TaskStores,
         outputs: &'a mut Vec<OutputRecord>,
@@ -225,7 +226,7 @@ impl Topology {
     /// The source topics missing from `held`, the topics of which a member holds one task's
     /// partition: when some are missing (but not all), the task's input is split between
     /// members, and another member may be running the same task.
-    pub fn missing_sources<'a>(&'a self, held: &BTreeSet<Arc<str>>) -> Vec<&'a str> {
+    pub(crate) fn missing_sources<'a>(&'a self, held: &BTreeSet<Arc<str>>) -> Vec<&'a str> {
         self.sources
             .iter()
             .map(String::as_str)

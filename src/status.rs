@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Guarantee;
 
 use crate::state::TaskDb;
-use crate::task::TaskState;
+pub use crate::task::TaskState;
 use crate::types::TaskId;
 
 /// A task as `/tasks` shows it.
@@ -76,7 +76,7 @@ impl StatusBoard {
     }
 
     /// Replaces member `index`'s status.
-    pub fn publish(&self, index: usize, status: MemberStatus) {
+    pub(crate) fn publish(&self, index: usize, status: MemberStatus) {
         let mut members = self
             .members
             .lock()
@@ -141,7 +141,7 @@ impl StatusBoard {
     }
 
     /// Registers an open task database for `/state` reads.
-    pub fn register_db(&self, id: TaskId, db: Arc<TaskDb>) {
+    pub(crate) fn register_db(&self, id: TaskId, db: Arc<TaskDb>) {
         self.dbs
             .lock()
             .expect("invariant: no panics under this lock")
@@ -149,7 +149,7 @@ impl StatusBoard {
     }
 
     /// Forgets a closed task's database.
-    pub fn unregister_db(&self, id: TaskId) {
+    pub(crate) fn unregister_db(&self, id: TaskId) {
         self.dbs
             .lock()
             .expect("invariant: no panics under this lock")
@@ -157,7 +157,7 @@ impl StatusBoard {
     }
 
     /// The committed value of `key` in `store`, from whichever local task holds it.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         store: &str,
         key: &[u8],
@@ -180,7 +180,7 @@ impl StatusBoard {
     }
 
     /// True if any local task has a store called `store`.
-    pub fn has_store(&self, store: &str) -> bool {
+    pub(crate) fn has_store(&self, store: &str) -> bool {
         self.dbs
             .lock()
             .expect("invariant: no panics under this lock")

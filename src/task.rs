@@ -675,7 +675,6 @@ impl Task {
             task: self.info.id,
             batch,
             offsets,
-            generation: self.generation,
         };
         self.generation += 1;
         Ok(point)
@@ -783,8 +782,8 @@ impl Task {
     }
 }
 
-/// A task's commit point ([`Task::prepare_commit`]): the input offsets a commit covers, the
-/// state batch it writes, and the generation whose records must be acknowledged first.
+/// A task's commit point ([`Task::prepare_commit`]): the input offsets a commit covers and the
+/// state batch it writes, once the generation before it is acknowledged.
 #[derive(Debug)]
 pub struct CommitPoint {
     task: TaskId,
@@ -792,7 +791,6 @@ pub struct CommitPoint {
     /// (topic, next offset) of every source partition whose position moved since the last
     /// commit that went through.
     offsets: Vec<(Arc<str>, i64)>,
-    generation: u64,
 }
 
 impl CommitPoint {
@@ -806,11 +804,6 @@ impl CommitPoint {
         self.offsets
             .iter()
             .map(|(topic, offset)| (topic, self.task.partition, *offset))
-    }
-
-    /// The generation whose records the commit waits for.
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 }
 

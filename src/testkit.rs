@@ -43,7 +43,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::partitioner::partition_for_key;
 use crate::processor::{changelog_topic, TaskInfo, Topology};
 use crate::state::{RocksMemory, StateError, StateMemory};
-use crate::task::{ErrorPolicy, RecordSink, Task, TaskError};
+pub use crate::task::TaskError;
+use crate::task::{ErrorPolicy, RecordSink, Task};
 use crate::types::{Headers, Record, TaskId};
 
 /// A record read from (or piped into) a topic.

@@ -1,32 +1,6 @@
-//! Plain data shared by every layer: partitions, task ids and records.
+//! Plain data shared by every layer: task ids and records.
 
 use std::fmt;
-use std::sync::Arc;
-
-/// A topic and one of its partitions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    /// Topic name.
-    pub topic: Arc<str>,
-    /// Partition number.
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    /// Builds a topic-partition pair.
-    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
 
 /// Identifies a task: one partition number of one topology (a group of co-partitioned source
 /// topics). Written `<topology>_<partition>`, as Kafka Streams does, and used as the name of the

@@ -13,13 +13,15 @@ use crate::config::{Config, ConfigIssue, Guarantee, OnError};
 use crate::kafka::admin::{Admin, AdminError, TopicSpec};
 use crate::kafka::embedded::EmbeddedCluster;
 use crate::kafka::member::{Member, MemberError, MemberSetup, Pool};
+use crate::kafka::properties::check_properties;
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
 use crate::state::StateMemory;
 use crate::status::StatusBoard;
+use crate::validate::Checks;
 
 /// Partitions of source topics the embedded cluster creates when they are missing.
-pub const EMBEDDED_PARTITIONS: i32 = 6;
+pub(crate) const EMBEDDED_PARTITIONS: i32 = 6;
 
 /// Why a worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +83,14 @@ impl WorkerBuilder {
         let dlq = (cfg.processing.on_error == OnError::Dlq)
             .then(|| cfg.processing.dlq_topic(&cfg.app.id));
         let mut topologies =
-            crate::pipeline::compile_all(&cfg.app.id, dlq.as_deref(), &cfg.pipelines)
-                .map_err(WorkerError::Config)?;
+            crate::pipeline::compile_all(&cfg.app.id, dlq.as_deref(), &cfg.pipelines).map_err(
+                |issues| {
+                    // Every problem of the config at once: `build` is not reached.
+                    let mut all = property_issues(cfg);
+                    all.extend(issues);
+                    WorkerError::Config(all)
+                },
+            )?;
         self.topologies.append(&mut topologies);
         Ok(self)
     }
@@ -94,6 +102,7 @@ impl WorkerBuilder {
             path: path.to_string(),
             message,
         };
+        issues.extend(property_issues(&self.config));
         // Accepted by the config schema but not built yet: refuse rather than run without.
         if self.config.state.standby_replicas > 0 {
             issues.push(issue(
@@ -150,6 +159,12 @@ impl WorkerBuilder {
     }
 }
 
+/// The `kafka.properties` the worker refuses. `Worker::load_config` checks them while loading;
+/// `config::load` leaves them to the builder.
+fn property_issues(cfg: &Config) -> Vec<ConfigIssue> {
+    check_properties(&cfg.kafka.properties, cfg.group.protocol)
+}
+
 /// What the worker learnt about its cluster and topics before the members start.
 struct Prepared {
     /// The bootstrap servers to use.
@@ -171,6 +186,13 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Loads `files` and the `TRIBUTARY_*` environment like [`crate::config::load`], also
+    /// checking every expression, partitioner and `kafka.properties` entry as the worker will
+    /// use it: every problem at once, each with its key path.
+    pub fn load_config(files: &[PathBuf]) -> Result<Config, Vec<ConfigIssue>> {
+        crate::config::load_with_checks(files, crate::config::process_env(), &Checks)
+    }
+
     /// Starts building a worker for `config`.
     pub fn builder(config: Config) -> WorkerBuilder {
         WorkerBuilder {
@@ -492,6 +514,96 @@ async fn clean_state_periodically(app_dir: PathBuf, delay: Duration, stop: Cance
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{assert_issue, file, no_env, paths, MINIMAL};
+    use crate::config::{load_with_checks, load_with_env};
+
+    /// Loads `text` with every check, as [`Worker::load_config`] does.
+    fn rejected(text: &str) -> Vec<ConfigIssue> {
+        load_with_checks(&[file(text)], no_env(), &Checks).expect_err("config should be rejected")
+    }
+
+    /// A config whose only problems are the ones [`Checks`] finds.
+    const UNCHECKED_PROBLEMS: &str = r#"
+[app]
+id = "clicks"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+[kafka.properties]
+"group.id" = "mine"
+"no.such.property" = "1"
+[[pipeline]]
+name = "p"
+source = { topics = ["in"], time = "ts +" }
+sink = { topic = "out", partitioner = "hash" }
+steps = [
+  { filter = "amount >" },
+  { aggregate = { fields = { n = "median(amount)" } } },
+  { dedup = { key = "", within = "1m" } },
+  { dedup = { key = "id +", within = "1m" } },
+]
+"#;
+
+    /// The config layer alone accepts what it cannot judge; a library user who loads with it
+    /// gets the same issues, with the same key paths, when the worker is built.
+    #[test]
+    fn the_worker_refuses_what_plain_loading_leaves_unchecked() {
+        let checked = rejected(UNCHECKED_PROBLEMS);
+        assert_eq!(
+            paths(&checked),
+            [
+                "kafka.properties.\"group.id\"",
+                "kafka.properties.\"no.such.property\"",
+                "pipeline[0].source.time",
+                "pipeline[0].sink.partitioner",
+                "pipeline[0].steps[0].filter",
+                "pipeline[0].steps[1].aggregate.fields.n",
+                "pipeline[0].steps[2].dedup.key",
+                "pipeline[0].steps[3].dedup.key",
+            ],
+            "{checked:#?}"
+        );
+
+        // `dedup.key = ""` is the config layer's own rule; the others pass it.
+        let plain =
+            UNCHECKED_PROBLEMS.replace("{ dedup = { key = \"\", within = \"1m\" } },\n", "");
+        let config = load_with_env(&[file(&plain)], no_env()).expect("plain loading accepts");
+        let refused = Worker::builder(config)
+            .pipelines_from_config()
+            .and_then(|b| b.build());
+        let Err(WorkerError::Config(mut from_worker)) = refused else {
+            panic!("the worker must refuse the config: {refused:?}");
+        };
+        let mut expected = checked;
+        expected.retain(|i| !i.path.starts_with("pipeline[0].steps[2]"));
+        for issue in &mut expected {
+            issue.path = issue.path.replace("steps[3]", "steps[2]");
+        }
+        from_worker.sort_by(|a, b| a.path.cmp(&b.path));
+        expected.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(from_worker, expected);
+    }
+
+    /// With valid pipelines, `build` is where a library user's bad properties are refused.
+    #[test]
+    fn build_refuses_properties_that_plain_loading_accepts() {
+        let text = MINIMAL.replace(
+            "[[pipeline]]",
+            "[kafka.properties]\n\"enable.auto.commit\" = true\n[[pipeline]]",
+        );
+        let config = load_with_env(&[file(&text)], no_env()).expect("plain loading accepts");
+        let refused = Worker::builder(config)
+            .pipelines_from_config()
+            .and_then(|b| b.build());
+        let Err(WorkerError::Config(issues)) = refused else {
+            panic!("the worker must refuse the config: {refused:?}");
+        };
+        assert_eq!(issues, rejected(&text));
+        assert_issue(
+            &issues,
+            "kafka.properties.\"enable.auto.commit\"",
+            &["set by Tributary"],
+        );
+    }
 
     fn config(extra: &str) -> Config {
         let dir = tempfile::tempdir().unwrap();

@@ -667,7 +667,7 @@ async fn failed_offset_commits_leave_the_checkpoint_alone() {
         r.status
             .tasks()
             .iter()
-            .filter(|t| t.state == tributary::task::TaskState::Running)
+            .filter(|t| t.state == tributary::status::TaskState::Running)
             .count()
             == 2
     })
@@ -1293,7 +1293,7 @@ async fn slow_task_leaves_its_input_in_kafka() {
         status
             .tasks()
             .iter()
-            .any(|t| t.state == tributary::task::TaskState::Running && t.queued > 0)
+            .any(|t| t.state == tributary::status::TaskState::Running && t.queued > 0)
     })
     .await;
     produce(&bootstrap, INPUT, &input[N..]).await;

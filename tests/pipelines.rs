@@ -646,7 +646,9 @@ steps = [
   { dedup = { key = "id", within = "0s" } },
   { aggregate = { fields = { window_end = "count()" } } },
 ]"#].concat();
-    let issues: Vec<String> = config::load_str(&toml)
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), toml).expect("write config");
+    let issues: Vec<String> = tributary::Worker::load_config(&[file.path().to_path_buf()])
         .unwrap_err()
         .iter()
         .map(ToString::to_string)
@@ -714,7 +716,7 @@ fn the_worked_example_runs_as_written() {
     let cfg = config::load(&[path]).unwrap_or_else(|e| panic!("{e:?}"));
     let mut d = TestDriver::from_config(&cfg).unwrap().partitions(6);
 
-    // CONTRACT.md's pipeline: filter, map, key_by, per-minute window of doubled amounts.
+    // docs/pipelines.md's pipeline: filter, map, key_by, per-minute window of doubled amounts.
     let click = |user: &str, amount: u32, ts: i64| {
         format!(r#"{{"user":"{user}","amount":{amount},"ts":{ts}}}"#)
     };

@@ -33,8 +33,12 @@
 //!   that is also a source topic, a pipeline with several source topics under an assignor
 //!   that does not co-partition them, `[group]` keys of the other group protocol (see
 //!   [`GroupConfig`]);
-//! - `kafka.properties` that librdkafka rejects, that Tributary sets itself or that the group
-//!   protocol does not accept (see [`crate::kafka::properties::check_properties`]).
+//! - with [`load_with_checks`], the values this module holds as text in another module's
+//!   language ([`ValueChecks`]): CEL expressions, aggregate functions and sink partitioners
+//!   that do not compile, and `kafka.properties` that librdkafka rejects, that Tributary sets
+//!   itself or that the group protocol does not accept. [`load`] leaves those to the worker,
+//!   which refuses them when it is built, with the same key paths; [`crate::Worker::load_config`] loads
+//!   with every check.
 //!
 //! # Example
 //!
@@ -58,7 +62,7 @@
 mod read;
 mod sections;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,13 +105,67 @@ impl fmt::Display for ConfigIssue {
 
 impl std::error::Error for ConfigIssue {}
 
+/// The config path of librdkafka property `key`: `kafka.properties."<key>"`.
+pub fn property_path(key: &str) -> String {
+    format!("kafka.properties.{key:?}")
+}
+
+/// The producer's transaction timeout (exactly-once): a `kafka.properties` key that may be
+/// set, and must be longer than `processing.commit_interval_ms`.
+pub const TRANSACTION_TIMEOUT_PROPERTY: &str = "transaction.timeout.ms";
+
+/// Checks of the values the configuration holds as text in another module's language. Loading
+/// with [`load_with_checks`] runs each where it reads the value, so that these problems are
+/// reported together with the others, in file order, at the value's key path. An error is the
+/// message, on one line.
+pub trait ValueChecks {
+    /// A CEL expression: `source.time`, `filter`, `map`, `key_by`, `dedup.key`.
+    fn expression(&self, text: &str) -> Result<(), String>;
+    /// An `aggregate.fields` entry, such as `sum(amount)`.
+    fn aggregate_field(&self, text: &str) -> Result<(), String>;
+    /// A `sink.partitioner`, such as `field:user`.
+    fn partitioner(&self, text: &str) -> Result<(), String>;
+    /// The `kafka.properties` under `protocol`: one issue per rejected property, at
+    /// [`property_path`].
+    fn properties(
+        &self,
+        properties: &BTreeMap<String, String>,
+        protocol: GroupProtocol,
+    ) -> Vec<ConfigIssue>;
+}
+
+/// Accepts every expression, partitioner and property: what [`load`] checks without the rest
+/// of the crate.
+struct Unchecked;
+
+impl ValueChecks for Unchecked {
+    fn expression(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn aggregate_field(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn partitioner(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn properties(&self, _: &BTreeMap<String, String>, _: GroupProtocol) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
+}
+
 /// Loads `files` (later ones override earlier ones), then the `TRIBUTARY_*` variables of this
-/// process's environment, and validates the result. See the [module docs](self).
+/// process's environment, and validates the result, except for the values in other modules'
+/// languages ([`ValueChecks`]), which the worker checks when it is built. See the
+/// [module docs](self).
 pub fn load(files: &[PathBuf]) -> Result<Config, Vec<ConfigIssue>> {
+    load_with_env(files, process_env())
+}
+
+/// `(name, value)` pairs of this process's environment.
+pub(crate) fn process_env() -> impl Iterator<Item = (String, String)> {
     // `std::env::vars` panics on a non-Unicode variable; such a variable can't be ours anyway.
-    let env = std::env::vars_os()
-        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
-    load_with_env(files, env)
+    std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
 }
 
 /// Like [`load`], with the environment given as `(name, value)` pairs instead of read from the
@@ -115,6 +173,16 @@ pub fn load(files: &[PathBuf]) -> Result<Config, Vec<ConfigIssue>> {
 pub fn load_with_env(
     files: &[PathBuf],
     env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, Vec<ConfigIssue>> {
+    load_with_checks(files, env, &Unchecked)
+}
+
+/// Like [`load_with_env`], also running `checks` on every expression, partitioner and the
+/// `kafka.properties` where they are read: every problem at once.
+pub fn load_with_checks(
+    files: &[PathBuf],
+    env: impl IntoIterator<Item = (String, String)>,
+    checks: &dyn ValueChecks,
 ) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     let mut builder = ::config::Config::builder();
@@ -148,7 +216,7 @@ pub fn load_with_env(
         }
     };
     let files_ok = issues.is_empty();
-    match sections::read(&tree) {
+    match sections::read(&tree, checks) {
         Ok(config) if files_ok => Ok(config),
         Ok(_) => Err(issues),
         Err(found) => {
@@ -164,7 +232,8 @@ pub fn load_with_env(
 }
 
 /// Loads a configuration from TOML text alone (no files, no environment): for tests, the test
-/// kit and embedding.
+/// kit and embedding. Like [`load`], it leaves expressions, partitioners and properties to the
+/// worker (or the test kit).
 pub fn load_str(toml: &str) -> Result<Config, Vec<ConfigIssue>> {
     let tree = ::config::Config::builder()
         .add_source(File::from_str(toml, FileFormat::Toml))
@@ -177,7 +246,7 @@ pub fn load_str(toml: &str) -> Result<Config, Vec<ConfigIssue>> {
             vec![ConfigIssue::new("config", message)]
         })?
         .cache;
-    sections::read(&tree)
+    sections::read(&tree, &Unchecked)
 }
 
 /// Reads and parses one TOML file into a layer of its own, so that every bad file is reported.
@@ -336,7 +405,8 @@ pub struct KafkaConfig {
     /// `[kafka.properties]` (default empty): librdkafka properties passed to every client
     /// verbatim. Values may be written as strings, integers, floats or booleans. Dotted keys may
     /// be quoted (`"security.protocol" = "ssl"`) or bare (`security.protocol = "ssl"`). Keys that
-    /// Tributary sets itself are rejected; see [`crate::kafka::properties::check_properties`].
+    /// Tributary sets itself, that the group protocol does not accept or that librdkafka
+    /// rejects are refused when the worker is built ([`ValueChecks::properties`]).
     pub properties: BTreeMap<String, String>,
 }
 
@@ -652,7 +722,7 @@ pub struct StateConfig {
     /// `cleanup_delay_ms` (milliseconds, default 600000 = 10 minutes, at least 1): the state
     /// directory of a task that is no longer open on this worker (its partition moved away) is
     /// deleted once it has been closed this long, so that it is not reused, stale, if the
-    /// partition ever comes back (see [`crate::state::cleaner`]).
+    /// partition ever comes back (see `src/state/cleaner.rs`).
     pub cleanup_delay_ms: u64,
 }
 

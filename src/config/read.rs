@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ::config::{Value, ValueKind};
 
-use super::{parse_duration, ConfigIssue, ENV_PREFIX};
+use super::{parse_duration, ConfigIssue, ValueChecks, ENV_PREFIX};
 
 /// The origin the `config` crate gives values read by its `Environment` source.
 const ENV_ORIGIN: &str = "the environment";
@@ -24,15 +24,25 @@ pub(super) fn is_missing(issue: &ConfigIssue) -> bool {
     issue.message.starts_with(MISSING)
 }
 
-/// The issues found so far.
-#[derive(Default)]
-pub(super) struct Cx {
+/// The issues found so far, and the checks of values in other modules' languages.
+pub(super) struct Cx<'c> {
     pub(super) issues: Vec<ConfigIssue>,
     /// Keys that were read but have no effect: reported, not refused.
     pub(super) warnings: Vec<ConfigIssue>,
+    /// Run on each expression, partitioner and the properties where they are read.
+    pub(super) checks: &'c dyn ValueChecks,
 }
 
-impl Cx {
+impl<'c> Cx<'c> {
+    /// A fresh context that runs `checks`.
+    pub(super) fn new(checks: &'c dyn ValueChecks) -> Self {
+        Self {
+            issues: Vec::new(),
+            warnings: Vec::new(),
+            checks,
+        }
+    }
+
     /// Records a warning: the key at `path` is valid but has no effect.
     pub(super) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(ConfigIssue::new(path, message));

@@ -8,11 +8,11 @@ use ::config::{Value, ValueKind};
 
 use super::read::{self, Cx, Table};
 use super::*;
-use crate::kafka::properties::{check_properties, property_path, TRANSACTION_TIMEOUT_PROPERTY};
 
-/// Reads and validates the whole tree, returning every issue found.
-pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
-    let mut cx = Cx::default();
+/// Reads and validates the whole tree, returning every issue found; `checks` judges the values
+/// written in other modules' languages where they are read.
+pub(super) fn read(root: &Value, checks: &dyn ValueChecks) -> Result<Config, Vec<ConfigIssue>> {
+    let mut cx = Cx::new(checks);
     let mut top = cx.table("", root).unwrap_or_else(|| Table::empty(""));
 
     let app = app(&mut cx, &mut top);
@@ -20,7 +20,7 @@ pub(super) fn read(root: &Value) -> Result<Config, Vec<ConfigIssue>> {
     let group = group(&mut cx, &mut top);
     // After `[group]`: which properties the worker cannot pass on depends on the protocol.
     cx.issues
-        .extend(check_properties(&kafka.properties, group.protocol));
+        .extend(checks.properties(&kafka.properties, group.protocol));
     let processing = processing(&mut cx, &mut top);
     let state = state(&mut cx, &mut top);
     let http = http(&mut cx, &mut top);
@@ -314,7 +314,8 @@ fn source(cx: &mut Cx, path: &str, value: &Value) -> Option<SourceConfig> {
     let mut t = cx.table(path, value)?;
     let topics = t.req_with(cx, "topics", topics);
     let format = t.opt(cx, "format", read::choice).unwrap_or_default();
-    let time = t.opt(cx, "time", cel_expr);
+    let checks = cx.checks;
+    let time = t.opt(cx, "time", |v| cel_expr(checks, v));
     let schema = t.opt(cx, "schema", self::path);
     let registry_url = t.opt(cx, "registry_url", url);
     check_avro(cx, &t, format, schema.is_some() || registry_url.is_some());
@@ -351,8 +352,9 @@ fn sink(cx: &mut Cx, path: &str, value: &Value) -> Option<SinkConfig> {
     let mut t = cx.table(path, value)?;
     let topic = t.req(cx, "topic", read::name);
     let format = t.opt(cx, "format", read::choice).unwrap_or_default();
+    let checks = cx.checks;
     let partitioner = t
-        .opt(cx, "partitioner", partitioner)
+        .opt(cx, "partitioner", |v| partitioner(checks, v))
         .unwrap_or_else(|| SinkConfig::DEFAULT_PARTITIONER.to_string());
     let schema = t.opt(cx, "schema", self::path);
     let registry_url = t.opt(cx, "registry_url", url);
@@ -380,23 +382,22 @@ fn check_avro(cx: &mut Cx, t: &Table<'_>, format: Format, has_schema: bool) {
 }
 
 /// `sink.partitioner`: `murmur2`, `round_robin`, `field:<name>` or `range:<b1,b2,...>`.
-fn partitioner(value: &Value) -> Result<String, String> {
+fn partitioner(checks: &dyn ValueChecks, value: &Value) -> Result<String, String> {
     let s = read::string(value)?;
-    crate::pipeline::partitioner::Partitioner::parse(&s).map(|_| s)
+    checks.partitioner(&s).map(|()| s)
 }
 
 /// A CEL expression: it must compile (run-time problems, such as a missing field, are the
 /// record's and go to `processing.on_error`).
-fn cel_expr(value: &Value) -> Result<String, String> {
+fn cel_expr(checks: &dyn ValueChecks, value: &Value) -> Result<String, String> {
     let s = read::non_empty(value)?;
-    crate::pipeline::expr::Expr::compile(&crate::pipeline::expr::environment(), &s).map(|_| s)
+    checks.expression(&s).map(|()| s)
 }
 
 /// An `aggregate.fields` entry: `count()`, `sum(<CEL>)`, `min(..)`, `max(..)` or `avg(..)`.
-fn aggregate_field(value: &Value) -> Result<String, String> {
+fn aggregate_field(checks: &dyn ValueChecks, value: &Value) -> Result<String, String> {
     let s = read::non_empty(value)?;
-    crate::pipeline::aggregate::Field::parse(&crate::pipeline::expr::environment(), "", &s)
-        .map(|_| s)
+    checks.aggregate_field(&s).map(|()| s)
 }
 
 fn steps(cx: &mut Cx, path: &str, value: &Value) -> Option<Vec<StepConfig>> {
@@ -435,6 +436,8 @@ fn step(cx: &mut Cx, path: &str, value: &Value) -> Option<StepConfig> {
         );
     }
     // Read every kind present so that problems inside each are reported too.
+    let checks = cx.checks;
+    let cel_expr = |v: &Value| cel_expr(checks, v);
     let steps = [
         t.opt(cx, "filter", cel_expr).map(StepConfig::Filter),
         t.opt(cx, "map", cel_expr).map(StepConfig::Map),
@@ -479,7 +482,8 @@ fn fields(cx: &mut Cx, path: &str, value: &Value) -> Option<BTreeMap<String, Str
                 "reserved for the window bounds of windowed results (and of the stored state)",
             );
         }
-        if let Some(expr) = cx.scalar(&field_path, v, aggregate_field) {
+        let checks = cx.checks;
+        if let Some(expr) = cx.scalar(&field_path, v, |v| aggregate_field(checks, v)) {
             fields.insert(name.to_string(), expr);
         }
     }
@@ -530,7 +534,8 @@ fn window(cx: &mut Cx, path: &str, value: &Value) -> Option<WindowConfig> {
 
 fn dedup(cx: &mut Cx, path: &str, value: &Value) -> Option<DedupConfig> {
     let mut t = cx.table(path, value)?;
-    let key = t.req(cx, "key", cel_expr);
+    let checks = cx.checks;
+    let key = t.req(cx, "key", |v| cel_expr(checks, v));
     let within = t.req(cx, "within", read::positive_duration);
     t.finish(cx);
     Some(DedupConfig {

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use super::*;
 
-/// The full configuration example of the published contract (every section and key), verbatim.
-const CONTRACT_EXAMPLE: &str = r#"
+/// The full configuration example (every section and key), as in README.md's configuration
+/// walkthrough.
+const FULL_EXAMPLE: &str = r#"
 [app]
 id = "clicks"                 # consumer group id and prefix of internal topics (required)
 threads = 1                   # group members in this process; a worker with 2 gets ~2x the partitions
@@ -56,7 +57,7 @@ emit = "update"                                         # "update" every change,
 "#;
 
 /// A minimal valid config.
-const MINIMAL: &str = r#"
+pub(crate) const MINIMAL: &str = r#"
 [app]
 id = "clicks"
 [kafka]
@@ -67,7 +68,7 @@ source = { topics = ["in"] }
 "#;
 
 /// Writes `text` to a fresh file in the temp dir.
-fn file(text: &str) -> PathBuf {
+pub(crate) fn file(text: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!(
@@ -82,7 +83,7 @@ fn load_str(text: &str) -> Result<Config, Vec<ConfigIssue>> {
     load_with_env(&[file(text)], no_env())
 }
 
-fn no_env() -> Vec<(String, String)> {
+pub(crate) fn no_env() -> Vec<(String, String)> {
     Vec::new()
 }
 
@@ -99,7 +100,7 @@ fn rejected(text: &str) -> Vec<ConfigIssue> {
 
 /// Asserts that exactly one issue has `path` and that its message contains every `part`.
 #[track_caller]
-fn assert_issue(issues: &[ConfigIssue], path: &str, parts: &[&str]) {
+pub(crate) fn assert_issue(issues: &[ConfigIssue], path: &str, parts: &[&str]) {
     let at: Vec<&ConfigIssue> = issues.iter().filter(|i| i.path == path).collect();
     assert_eq!(at.len(), 1, "expected one issue at {path}, got {issues:#?}");
     for part in parts {
@@ -111,11 +112,11 @@ fn assert_issue(issues: &[ConfigIssue], path: &str, parts: &[&str]) {
     }
 }
 
-fn paths(issues: &[ConfigIssue]) -> Vec<&str> {
+pub(crate) fn paths(issues: &[ConfigIssue]) -> Vec<&str> {
     issues.iter().map(|i| i.path.as_str()).collect()
 }
 
-/// The steps of the contract example, as both spellings must read them.
+/// The steps of the full example, as both spellings must read them.
 fn example_steps() -> Vec<StepConfig> {
     let fields = [
         ("count", "count()"),
@@ -144,10 +145,10 @@ fn example_steps() -> Vec<StepConfig> {
     ]
 }
 
-/// The full example of the contract loads, with every value as written.
+/// The full example loads, with every value as written.
 #[test]
-fn contract_example_loads() {
-    let config = load_str(CONTRACT_EXAMPLE).expect("example is valid");
+fn full_example_loads() {
+    let config = load_str(FULL_EXAMPLE).expect("example is valid");
     assert_eq!(config.app.id, "clicks");
     assert_eq!(config.app.threads, 1);
     assert_eq!(config.app.instance_id, None);
@@ -302,81 +303,6 @@ fn later_file_overrides_earlier() {
     assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
 }
 
-/// One load reports a typo, a wrong type, a key librdkafka rejects and a bad window together.
-#[test]
-fn reports_every_problem_at_once() {
-    let text = r#"
-[app]
-id = "clicks"
-thraeds = 2
-
-[kafka]
-bootstrap_servers = "127.0.0.1:9092"
-[kafka.properties]
-"no.such.property" = "1"
-
-[processing]
-commit_interval_ms = "soon"
-
-[[pipeline]]
-name = "p"
-source = { topics = ["in"] }
-steps = [
-  { filter = "amount > 50" },
-  { key_by = "user" },
-  { aggregate = { window = { kind = "tumbling" }, fields = { n = "count()" } } },
-]
-"#;
-    let issues = rejected(text);
-    assert_eq!(
-        paths(&issues),
-        [
-            "app.thraeds",
-            "kafka.properties.\"no.such.property\"",
-            "processing.commit_interval_ms",
-            "pipeline[0].steps[2].aggregate.window.size",
-        ],
-        "{issues:#?}"
-    );
-    assert_issue(
-        &issues,
-        "app.thraeds",
-        &["unknown key (did you mean `threads`?)"],
-    );
-    assert_issue(
-        &issues,
-        "kafka.properties.\"no.such.property\"",
-        &["No such configuration property"],
-    );
-    assert_issue(
-        &issues,
-        "processing.commit_interval_ms",
-        &["expected a positive integer, found string \"soon\""],
-    );
-    assert_issue(
-        &issues,
-        "pipeline[0].steps[2].aggregate.window.size",
-        &["required key is missing", "tumbling"],
-    );
-}
-
-/// Properties the worker owns are rejected with the key to use instead.
-#[test]
-fn reserved_property_names_the_tributary_key() {
-    let text = MINIMAL.replace(
-        "[[pipeline]]",
-        "[kafka.properties]\n\"enable.auto.commit\" = true\n\"group.id\" = \"x\"\n[[pipeline]]",
-    );
-    let issues = rejected(&text);
-    assert_eq!(issues.len(), 2, "{issues:#?}");
-    assert_issue(&issues, "kafka.properties.\"group.id\"", &["`app.id`"]);
-    assert_issue(
-        &issues,
-        "kafka.properties.\"enable.auto.commit\"",
-        &["`processing.commit_interval_ms`"],
-    );
-}
-
 /// Property values of any scalar type become strings; bare dotted keys read as one name.
 #[test]
 fn properties_are_stringified_and_flattened() {
@@ -525,36 +451,6 @@ fn step_tables_need_exactly_one_kind() {
         within: Duration::from_secs(600),
     };
     assert_eq!(config.pipelines[0].steps, [StepConfig::Dedup(expected)]);
-}
-
-#[test]
-fn partitioners() {
-    let with = |p: &str| format!("{MINIMAL}sink = {{ topic = \"out\", partitioner = {p:?} }}\n");
-    for good in [
-        "murmur2",
-        "round_robin",
-        "field:user",
-        "range:a,m,t",
-        "range:b",
-    ] {
-        let config = load_str(&with(good)).unwrap_or_else(|e| panic!("{good}: {e:?}"));
-        assert_eq!(
-            config.pipelines[0].sink.as_ref().expect("sink").partitioner,
-            good
-        );
-    }
-    for (bad, part) in [
-        ("hash", "unknown partitioner \"hash\""),
-        ("field:", "unknown partitioner \"field:\""),
-        ("range:", "must not be empty"),
-        ("range:a,,b", "must not be empty"),
-        ("range:b,a", "strictly increasing"),
-        ("range:a,a", "strictly increasing"),
-    ] {
-        let issues = rejected(&with(bad));
-        assert_issue(&issues, "pipeline[0].sink.partitioner", &[part]);
-        assert_eq!(issues.len(), 1, "{bad}: {issues:#?}");
-    }
 }
 
 #[test]
@@ -833,7 +729,7 @@ sink = { topic = "out", format = "avro" }
 
 /// `MINIMAL` with `group` as the body of a `[group]` table and `properties` (may be empty) as
 /// the body of `[kafka.properties]`.
-fn with_group(group: &str, properties: &str) -> String {
+pub(crate) fn with_group(group: &str, properties: &str) -> String {
     MINIMAL.replace(
         "[[pipeline]]",
         &format!("[kafka.properties]\n{properties}\n[group]\n{group}\n[[pipeline]]"),
@@ -913,7 +809,8 @@ fn classic_keys_do_not_apply_with_the_consumer_protocol() {
 }
 
 /// `remote_assignor` with the classic protocol (written or the default) is accepted with a
-/// warning, as in the `[group]` example of docs/configuration.md that sets every key.
+/// warning, as in the `[group]` example of README.md's configuration walkthrough, which sets
+/// every key.
 #[test]
 fn remote_assignor_does_not_apply_with_the_classic_protocol() {
     let config = load_str(&with_group("remote_assignor = \"uniform\"", "")).expect("valid");
@@ -931,56 +828,11 @@ fn remote_assignor_does_not_apply_with_the_classic_protocol() {
          remote_assignor = \"uniform\"\nsession_timeout_ms = 10000",
         "",
     ))
-    .expect("the contract's [group] example is valid");
+    .expect("README.md's [group] example is valid");
     assert_eq!(config.warnings.len(), 1, "{:#?}", config.warnings);
     assert!(!config.warnings[0].message.contains("(the default)"));
     let issues = rejected(&with_group("remote_assignor = \"sticky\"", ""));
     assert_issue(&issues, "group.remote_assignor", &["expected one of"]);
-}
-
-/// Passthrough properties: librdkafka's group protocol keys are Tributary's; the classic-only
-/// heartbeat interval is refused with the consumer protocol only.
-#[test]
-fn group_protocol_properties() {
-    let issues = rejected(&with_group(
-        "protocol = \"consumer\"",
-        "\"group.protocol\" = \"consumer\"\n\"group.remote.assignor\" = \"range\"\n\
-         \"heartbeat.interval.ms\" = 500\n\"group.protocol.type\" = \"consumer\"\n\
-         \"session.timeout.ms\" = 6000",
-    ));
-    assert_issue(
-        &issues,
-        "kafka.properties.\"group.protocol\"",
-        &["set by Tributary", "set `group.protocol` instead"],
-    );
-    assert_issue(
-        &issues,
-        "kafka.properties.\"group.remote.assignor\"",
-        &["set `group.remote_assignor` instead"],
-    );
-    assert_issue(
-        &issues,
-        "kafka.properties.\"heartbeat.interval.ms\"",
-        &[
-            "does not apply with group.protocol = \"consumer\"",
-            "group.consumer.heartbeat.interval.ms",
-        ],
-    );
-    assert_issue(
-        &issues,
-        "kafka.properties.\"group.protocol.type\"",
-        &["does not apply with group.protocol = \"consumer\""],
-    );
-    assert_issue(
-        &issues,
-        "kafka.properties.\"session.timeout.ms\"",
-        &["group.consumer.session.timeout.ms"],
-    );
-    assert_eq!(issues.len(), 5, "{issues:#?}");
-
-    // With the classic protocol the heartbeat interval passes through.
-    let config = load_str(&with_group("", "\"heartbeat.interval.ms\" = 500")).expect("valid");
-    assert_eq!(config.kafka.properties["heartbeat.interval.ms"], "500");
 }
 
 /// The protocol can come from the environment; the file's classic keys then only warn.

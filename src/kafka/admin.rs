@@ -10,6 +10,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::ClientError;
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A topic the worker wants to exist.
@@ -57,7 +59,7 @@ pub enum AdminError {
         what: String,
         /// The client error.
         #[source]
-        source: KafkaError,
+        source: ClientError,
     },
     /// A source topic is missing.
     #[error("source topic {0:?} does not exist (create it before starting the worker)")]
@@ -116,7 +118,7 @@ impl Admin {
     pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
         let client = config.create().map_err(|source| AdminError::Kafka {
             what: "creating the admin client".into(),
-            source,
+            source: source.into(),
         })?;
         Ok(Self { client })
     }
@@ -132,7 +134,7 @@ impl Admin {
             .fetch_metadata(None, TIMEOUT)
             .map_err(|source| AdminError::Kafka {
                 what: format!("reading metadata of topic {topic:?}"),
-                source,
+                source: source.into(),
             })?;
         Ok(md
             .topics()
@@ -183,7 +185,7 @@ impl Admin {
             .await
             .map_err(|source| AdminError::Kafka {
                 what: what(),
-                source,
+                source: source.into(),
             })?;
         topics
             .iter()
@@ -191,7 +193,7 @@ impl Admin {
             .map(|(topic, result)| {
                 let resource = result.map_err(|code| AdminError::Kafka {
                     what: format!("reading the configs of topic {topic:?}"),
-                    source: KafkaError::AdminOp(code),
+                    source: KafkaError::AdminOp(code).into(),
                 })?;
                 Ok(resource.get(key).and_then(|e| e.value.clone()))
             })
@@ -212,10 +214,12 @@ impl Admin {
         let deadline = std::time::Instant::now() + TIMEOUT;
         let values = loop {
             match self.topic_config(topics, DELETE_RETENTION).await {
-                Err(AdminError::Kafka {
-                    source: KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
-                    ..
-                }) if std::time::Instant::now() < deadline => {
+                Err(AdminError::Kafka { source, .. })
+                    if matches!(
+                        source.kafka(),
+                        KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    ) && std::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 result => break result?,
@@ -299,7 +303,7 @@ impl Admin {
             .await
             .map_err(|source| AdminError::Kafka {
                 what: "creating topics".into(),
-                source,
+                source: source.into(),
             })?;
         for result in results {
             match result {
@@ -308,7 +312,7 @@ impl Admin {
                 Err((name, code)) => {
                     return Err(AdminError::Kafka {
                         what: format!("creating topic {name:?}"),
-                        source: KafkaError::AdminOp(code),
+                        source: KafkaError::AdminOp(code).into(),
                     })
                 }
             }
@@ -323,7 +327,7 @@ impl Admin {
                             "waiting for new topic {:?} to appear in metadata",
                             spec.name
                         ),
-                        source: KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut),
+                        source: KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut).into(),
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,10 +1,13 @@
 //! librdkafka settings for the worker's clients: what the worker owns, what it defaults, and the
 //! user's `[kafka.properties]` on top.
+//!
+//! [`consumer`] and [`producer`] are public, rdkafka's `ClientConfig` and all, for one user
+//! outside the crate: the throughput bench builds its raw consumer and raw pipe with exactly the
+//! worker's settings, so that the limit it measures is the worker's own.
 
 use rdkafka::ClientConfig;
 
-use super::properties::TRANSACTION_TIMEOUT_PROPERTY;
-use crate::config::{Config, GroupProtocol};
+use crate::config::{Config, GroupProtocol, TRANSACTION_TIMEOUT_PROPERTY};
 
 /// How long librdkafka waits before fetching a partition again once `queued.min.messages` of
 /// its records are queued. One fetch response can exceed that limit; its default (1 s) then
@@ -143,7 +146,7 @@ const RESTORE_QUEUED_MIN_MESSAGES: &str = "50000";
 /// (1 MB per partition): with small records, most of a 1M-key changelog at once, about 110 MB
 /// of librdkafka's per-message overhead (measured with heaptrack). 1 MiB per fetch still
 /// keeps far ahead of the writes (see `integration-tests/benches/restore.rs`).
-pub fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+pub(crate) fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
     let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
     let message_max = cfg
         .kafka
@@ -209,7 +212,7 @@ pub fn producer(
 }
 
 /// An admin client for metadata and topic creation.
-pub fn admin(cfg: &Config, bootstrap: &str) -> ClientConfig {
+pub(crate) fn admin(cfg: &Config, bootstrap: &str) -> ClientConfig {
     let c = base(bootstrap, &format!("{}-admin", cfg.app.id));
     with_user_properties(c, cfg, |k| {
         !is_consumer_property(k) && !is_producer_property(k)

@@ -18,6 +18,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
+use super::ClientError;
 use crate::metrics::Metrics;
 
 /// What a sent record is for; decides what its acknowledgement updates.
@@ -56,7 +57,7 @@ pub struct Outgoing<'a> {
 pub enum CollectorError {
     /// The producer could not be created.
     #[error("creating the producer: {0}")]
-    Create(#[source] KafkaError),
+    Create(#[source] ClientError),
     /// The producer refused a record outright.
     #[error("sending to topic {topic}: {reason}")]
     Send {
@@ -250,7 +251,7 @@ impl Collector {
         };
         let producer = config
             .create_with_context(ctx)
-            .map_err(CollectorError::Create)?;
+            .map_err(|e| CollectorError::Create(e.into()))?;
         Ok(Self {
             producer,
             sent: AtomicBool::new(false),

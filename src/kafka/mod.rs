@@ -1,22 +1,31 @@
 //! Everything that speaks to Kafka through rdkafka. No rdkafka type leaves this module: the
-//! rest of the worker sees [`crate::types`] and the small traits it defines.
+//! rest of the worker sees [`crate::types`] and the small traits it defines. (The one
+//! exception is [`client`], whose settings the throughput bench uses to build a raw consumer
+//! and producer configured exactly as the worker's.)
 //!
 //! - [`client`]: librdkafka settings for the consumer, producer and admin clients.
-//! - [`properties`]: checks of the `[kafka.properties]` passthrough.
-//! - [`collector`]: the producer every task of a member sends through, with acknowledgement
+//! - `properties`: checks of the `[kafka.properties]` passthrough.
+//! - `collector`: the producer every task of a member sends through, with acknowledgement
 //!   tracking for commits.
-//! - [`restore`]: the changelog reader that rebuilds task state.
-//! - [`admin`]: topic metadata and creation of internal topics.
-//! - [`member`]: one consumer-group member's poll loop and rebalance handling.
+//! - `restore`: the changelog reader that rebuilds task state.
+//! - `admin`: topic metadata and creation of internal topics.
+//! - `member`: one consumer-group member's poll loop and rebalance handling.
+//! - [`embedded`], [`reader`], [`tools`]: the embedded cluster, reading a topic to its end, and
+//!   the plain producer and offset reader of the command line's `generate` and `demo`.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod client;
-pub mod collector;
+pub(crate) mod collector;
 pub mod embedded;
-pub mod member;
-pub mod properties;
+pub(crate) mod member;
+pub(crate) mod properties;
 pub mod reader;
-pub mod restore;
+pub(crate) mod restore;
+pub mod tools;
+
+pub use self::admin::AdminError;
+pub use self::collector::{CollectorError, TxnError};
+pub use self::member::MemberError;
 
 use rdkafka::message::{BorrowedHeaders, Headers};
 
@@ -33,5 +42,35 @@ impl HeaderList for MessageHeaders<'_> {
     fn header(&self, index: usize) -> (&str, &[u8]) {
         let h = self.0.get(index);
         (h.key, h.value.unwrap_or_default())
+    }
+}
+
+/// An error of a Kafka client (librdkafka's own message). Boxed: rdkafka's error is large, and
+/// this one travels inside other errors.
+#[derive(Debug)]
+pub struct ClientError(Box<rdkafka::error::KafkaError>);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl ClientError {
+    /// rdkafka's error, for the decisions this module makes on it.
+    pub(crate) fn kafka(&self) -> &rdkafka::error::KafkaError {
+        &self.0
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for ClientError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self(Box::new(e))
     }
 }

@@ -16,11 +16,7 @@ use std::collections::BTreeMap;
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
-use crate::config::{ConfigIssue, GroupProtocol};
-
-/// The producer's transaction timeout (exactly-once): settable, and checked against the commit
-/// interval.
-pub const TRANSACTION_TIMEOUT_PROPERTY: &str = "transaction.timeout.ms";
+use crate::config::{property_path, ConfigIssue, GroupProtocol};
 
 /// librdkafka properties that Tributary sets itself, and what to configure instead.
 pub const RESERVED: &[(&str, &str)] = &[
@@ -83,11 +79,6 @@ pub const NOT_WITH_CONSUMER_PROTOCOL: &[(&str, &str)] = &[
         "the consumer protocol has no protocol type",
     ),
 ];
-
-/// The config path of property `key`: `kafka.properties."<key>"`.
-pub fn property_path(key: &str) -> String {
-    format!("kafka.properties.{key:?}")
-}
 
 /// Checks every property, returning one issue per rejected key (path
 /// `kafka.properties."<key>"`): keys that Tributary sets itself (see [`RESERVED`]), keys that

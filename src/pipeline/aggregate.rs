@@ -283,11 +283,6 @@ impl Aggregate {
         self.timeline = Timeline::default();
     }
 
-    /// The store this step keeps its state in.
-    pub fn store(&self) -> &str {
-        &self.store
-    }
-
     /// Tells the step that nothing reads its output.
     pub fn without_output(&mut self) {
         self.emits = false;

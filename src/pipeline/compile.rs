@@ -235,7 +235,10 @@ pub fn compile(
             }
             StepConfig::Dedup(d) => {
                 let store = store_of[&j].clone();
-                if let Some(key) = compiled(&d.key, &mut issues) {
+                let key = Expr::compile(&env, &d.key)
+                    .map_err(|e| issues.push(ConfigIssue::new(format!("{path}.key"), e)))
+                    .ok();
+                if let Some(key) = key {
                     let within = i64::try_from(d.within.as_millis()).unwrap_or(i64::MAX);
                     stores.push(store.clone());
                     steps.push(Step::Dedup(Dedup::new(label, store, key, within)));

@@ -42,11 +42,6 @@ impl Dedup {
         self.timeline = Timeline::default();
     }
 
-    /// The store this step keeps its state in.
-    pub fn store(&self) -> &str {
-        &self.store
-    }
-
     /// Passes `rec` to `out` unless it repeats a value seen within the horizon.
     pub fn apply(
         &mut self,

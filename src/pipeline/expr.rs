@@ -25,16 +25,6 @@ mod differential;
 
 use native::Native;
 
-/// The names bound besides the value's fields.
-pub const RECORD_VARIABLES: [&str; 6] = [
-    "key",
-    "value",
-    "partition",
-    "offset",
-    "timestamp",
-    "headers",
-];
-
 /// The environment every pipeline expression is compiled and run in: CEL's standard library
 /// plus its `strings` and `math` extensions.
 pub fn environment() -> Arc<Env> {

@@ -5,7 +5,7 @@
 //! records and writing them to the internal repartition topic
 //! `<app.id>-<pipeline>-repartition` (`-repartition-2`, ... for later ones), whose partitions
 //! are chosen by the new key (murmur2); the next stage reads that topic, so all records of a
-//! key meet in one task whichever worker read them. Each stage is one [`Topology`] (Kafka
+//! key meet in one task whichever worker read them. Each stage is one [`crate::Topology`] (Kafka
 //! Streams calls it a sub-topology).
 //!
 //! Inside a stage, records are CEL values ([`cel::Value`]) flowing one way: decode → steps →
@@ -14,17 +14,17 @@
 //! happens to it. A record too late for its windows is not a failure: the aggregate drops it
 //! and counts it ([`crate::processor::Context::drop_late`]).
 
-pub mod aggregate;
-pub mod dedup;
-pub mod expr;
-pub mod format;
+pub(crate) mod aggregate;
+pub(crate) mod dedup;
+pub(crate) mod expr;
+pub(crate) mod format;
 pub mod partitioner;
-pub mod value;
-pub mod window;
+pub(crate) mod value;
+pub(crate) mod window;
 
 mod compile;
 
-pub use compile::{compile, compile_all};
+pub(crate) use compile::compile_all;
 
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ use partitioner::Partitioner;
 
 /// A record between steps.
 #[derive(Debug, Clone)]
-pub struct Rec {
+pub(crate) struct Rec {
     /// The key (text, bytes or null).
     pub key: Value,
     /// The value.
@@ -83,7 +83,7 @@ enum End {
 
 /// The processor of one stage in one task.
 #[derive(Debug, Clone)]
-pub struct StageProcessor {
+pub(crate) struct StageProcessor {
     codec: Codec,
     /// The only top-level value fields the stage reads before it replaces the value (`None`:
     /// it needs the whole value).

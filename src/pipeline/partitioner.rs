@@ -8,7 +8,7 @@ use crate::config::ConfigIssue;
 
 /// A parsed `sink.partitioner`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Partitioner {
+pub(crate) enum Partitioner {
     /// `murmur2` (default): hash of the key; records without a key are spread by the producer.
     Murmur2,
     /// `round_robin`: each task cycles through the partitions.
@@ -104,7 +104,7 @@ impl Partitioner {
 }
 
 /// The Java client's `Utils.murmur2` (MurmurHash2, seed `0x9747b28c`), as a signed 32-bit value.
-pub fn murmur2(data: &[u8]) -> i32 {
+pub(crate) fn murmur2(data: &[u8]) -> i32 {
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
     let mut h: u32 = 0x9747_b28c ^ data.len() as u32;

@@ -99,14 +99,6 @@ impl Windows {
             Self::Session { gap, grace } => end.saturating_add(gap).saturating_add(grace),
         }
     }
-
-    /// The session gap (0 for fixed windows).
-    pub fn gap(&self) -> i64 {
-        match *self {
-            Self::Session { gap, .. } => gap,
-            _ => 0,
-        }
-    }
 }
 
 /// Store keys of keyed, time-bounded entries: `0x01`, the grouping key's length (u32, big
@@ -175,12 +167,8 @@ impl Expiry {
         out
     }
 
-    /// Number of live entries.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// True when nothing is live.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -51,11 +51,13 @@ impl RestoreBatch {
     }
 
     /// Records added since the last write.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.records
     }
 
     /// True when no record was added since the last write.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }

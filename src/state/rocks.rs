@@ -68,22 +68,14 @@ impl RocksMemory {
         }
     }
 
-    /// Bytes the block cache may hold.
-    pub fn block_cache_bytes(&self) -> usize {
-        self.block_cache_bytes
-    }
-
-    /// Bytes of memtables all databases may hold together before they flush.
-    pub fn write_buffer_bytes(&self) -> usize {
-        self.write_buffer_bytes
-    }
-
     /// Bytes the memtables of all databases hold now.
+    #[cfg(test)]
     pub fn write_buffer_usage(&self) -> usize {
         self.write_buffers.get_usage()
     }
 
     /// Bytes the block cache holds now.
+    #[cfg(test)]
     pub fn block_cache_usage(&self) -> usize {
         self.block_cache.get_usage()
     }
@@ -222,6 +214,7 @@ impl TaskDb {
     /// is moving between members of one process, or another process using the same state
     /// directory; see [`DirLock`]), and with [`StateError::Open`] when the files cannot be
     /// opened (corrupt or unreadable); [`TaskDb::open_or_rebuild`] wipes them in that case.
+    #[cfg(test)]
     pub fn open(path: &Path, stores: &[String], memory: &RocksMemory) -> Result<Self, StateError> {
         let lock = Self::lock(path)?;
         Self::open_locked(path, stores, memory, lock)
@@ -498,11 +491,13 @@ impl TaskDb {
 
 impl Batch {
     /// Number of operations in the batch.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.len()
     }
 
     /// True when the batch holds nothing.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }

@@ -114,7 +114,7 @@ use std::time::{Duration, Instant};
 use integration_tests::{
     kafka_home, repo_root, run_cli_timeout, tansu_bin, tributary_bin, Broker, BrokerKind,
 };
-use tributary::generate::{KeyDistribution, RecordGenerator};
+use tributary_generator::{KeyDistribution, RecordGenerator};
 
 use crate::streams::{StreamsApp, StreamsJob};
 use crate::table::Row;

@@ -10,7 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
-use tributary::generate::{KeyDistribution, KeyTotal, RecordGenerator};
+use tributary_generator::{KeyDistribution, KeyTotal, RecordGenerator};
 
 use crate::WINDOW_MS;
 

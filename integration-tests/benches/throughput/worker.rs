@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration_tests::{free_port, http_get, parse_metric, unique_name, Broker, WorkerProcess};
-use tributary::generate::KeyTotal;
+use tributary_generator::KeyTotal;
 
 use crate::measure::{measure, metrics_of, Polled};
 use crate::table::{Row, System};

@@ -37,7 +37,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +45,7 @@ pub use self::pool::Pool;
 use self::pool::{SourceQueue, TaskCell};
 use super::collector::{Collector, CollectorError, TxnError};
 use super::restore::RestoreConsumer;
+use super::ClientError;
 use crate::config::{Config, Guarantee};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
@@ -72,7 +72,7 @@ pub enum MemberError {
         what: String,
         /// The client error.
         #[source]
-        source: KafkaError,
+        source: ClientError,
     },
     /// The producer could not be created.
     #[error("member {member}: {source}")]
@@ -385,10 +385,10 @@ impl Member {
         let cfg = setup.config.clone();
         let kafka = |what: &str| {
             let what = what.to_string();
-            move |source| MemberError::Kafka {
+            move |source: rdkafka::error::KafkaError| MemberError::Kafka {
                 member: index,
                 what,
-                source,
+                source: source.into(),
             }
         };
         let transactional_id = setup

@@ -25,7 +25,7 @@ import org.apache.kafka.streams.state.WindowStore;
 
 /**
  * The topologies: each the same job as one of the bench's Tributary pipelines
- * (integration-tests/benches/throughput.rs). Every input record passes {@link Progress#record}
+ * (integration-tests/benches/throughput/). Every input record passes {@link Progress#record}
  * first, which is what the bench polls.
  */
 final class Jobs {

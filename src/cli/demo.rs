@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use tributary::kafka::embedded::EmbeddedCluster;
+use tributary::kafka::tools::GroupProgress;
+use tributary::kafka::ClientError;
+use tributary_generator::{KeyDistribution, KeyTotal};
 
-use crate::generate::{generate, GenerateOptions, KeyDistribution, KeyTotal};
-use crate::kafka::embedded::EmbeddedCluster;
+use super::generate::{generate, GenerateError, GenerateOptions};
 
 const INPUT: &str = "clicks";
 const OUTPUT: &str = "clicks-totals";
@@ -44,10 +47,10 @@ pub enum DemoError {
     Setup(String),
     /// The generator failed.
     #[error(transparent)]
-    Generate(#[from] Box<crate::generate::GenerateError>),
+    Generate(#[from] Box<GenerateError>),
     /// Reading the results failed.
     #[error("reading {OUTPUT}: {0}")]
-    Read(#[from] rdkafka::error::KafkaError),
+    Read(#[from] ClientError),
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
@@ -235,7 +238,7 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
     for topic in [
         INPUT.to_string(),
         OUTPUT.to_string(),
-        crate::processor::changelog_topic(APP, "totals"),
+        tributary::processor::changelog_topic(APP, "totals"),
     ] {
         cluster
             .create_topic(&topic, PARTITIONS)
@@ -387,7 +390,7 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
     }
 
     let values = tokio::task::spawn_blocking(move || {
-        crate::kafka::reader::last_values(&bootstrap, OUTPUT, Duration::from_secs(1))
+        tributary::kafka::reader::last_values(&bootstrap, OUTPUT, Duration::from_secs(1))
     })
     .await
     .map_err(setup("reader task"))??;
@@ -440,48 +443,22 @@ async fn run_in(dir: &Path, opts: &DemoOptions) -> Result<bool, DemoError> {
 }
 
 /// Reads input end offsets and the group's committed offsets, for progress.
-struct WatermarkReader {
-    consumer: rdkafka::consumer::BaseConsumer,
-}
+struct WatermarkReader(GroupProgress);
 
 impl WatermarkReader {
     fn new(bootstrap: &str) -> Result<Self, DemoError> {
-        let consumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", APP)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(setup("creating the progress consumer"))?;
-        Ok(Self { consumer })
+        let progress =
+            GroupProgress::new(bootstrap, APP).map_err(setup("creating the progress consumer"))?;
+        Ok(Self(progress))
     }
 
+    /// Records written to the input.
     fn input_end(&self) -> u64 {
-        use rdkafka::consumer::Consumer;
-        (0..PARTITIONS)
-            .filter_map(|p| {
-                self.consumer
-                    .fetch_watermarks(INPUT, p, Duration::from_secs(2))
-                    .ok()
-            })
-            .map(|(_, high)| high.max(0) as u64)
-            .sum()
+        self.0.end_offsets(INPUT, PARTITIONS)
     }
 
     /// Sum of the group's committed input offsets.
     fn processed(&self) -> u64 {
-        use rdkafka::consumer::Consumer;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition(INPUT, p);
-        }
-        match self.consumer.committed_offsets(tpl, Duration::from_secs(2)) {
-            Ok(c) => c
-                .elements()
-                .iter()
-                .filter_map(|e| e.offset().to_raw())
-                .map(|o| o.max(0) as u64)
-                .sum(),
-            Err(_) => 0,
-        }
+        self.0.committed(INPUT, PARTITIONS)
     }
 }
