@@ -390,16 +390,14 @@ impl Aggregate {
         match self.window {
             None => {
                 let mut store = ctx.store::<AggState>(&self.store)?;
-                let mut state = store.get(&key)?.unwrap_or(AggState {
-                    window_start: None,
-                    window_end: None,
-                    fields: Vec::new(),
-                });
-                self.merge(&mut state.fields, &single);
+                let state = store.update(&key, |state| {
+                    let mut state = state.unwrap_or_default();
+                    self.merge(&mut state.fields, &single);
+                    state
+                })?;
                 if self.emits && self.emit == Emit::Update {
-                    out.push(self.output(&rec.key, &state, rec.time));
+                    out.push(self.output(&rec.key, state, rec.time));
                 }
-                store.put_owned(&key, state)?;
                 Ok(())
             }
             Some(w) => self.apply_windowed(w, rec, &key, single, ctx, out),

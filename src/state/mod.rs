@@ -19,7 +19,7 @@ pub mod rocks;
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::marker::PhantomData;
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -321,18 +321,23 @@ impl StoreCache {
         self.entries.retain(|_, e| e.slot != Slot::Clean);
     }
 
+    /// Counts an entry in `slot` as dirty from now on.
+    fn count_dirty(dirty: &mut usize, flushed: &mut usize, slot: Slot) {
+        match slot {
+            Slot::Dirty => {}
+            Slot::Flushed => {
+                *flushed -= 1;
+                *dirty += 1;
+            }
+            Slot::Clean => *dirty += 1,
+        }
+    }
+
     /// Writes `value` (dirty); returns what the cache held for the key before (`None`: nothing).
     fn write(&mut self, key: &[u8], value: Cached) -> Option<Entry> {
         match self.entries.get_mut(key) {
             Some(entry) => {
-                match entry.slot {
-                    Slot::Dirty => {}
-                    Slot::Flushed => {
-                        self.flushed -= 1;
-                        self.dirty += 1;
-                    }
-                    Slot::Clean => self.dirty += 1,
-                }
+                Self::count_dirty(&mut self.dirty, &mut self.flushed, entry.slot);
                 let dirty = Entry {
                     value,
                     slot: Slot::Dirty,
@@ -357,10 +362,37 @@ impl StoreCache {
 #[derive(Debug)]
 struct Undo {
     store: usize,
-    /// Where the key is in [`TaskStores::undo_keys`].
+    /// Where the key is in [`UndoLog::keys`].
     key: std::ops::Range<usize>,
     /// The entry the write replaced (moved out of the cache, not copied).
     before: Option<Entry>,
+}
+
+/// The writes of the record being processed, oldest first.
+#[derive(Debug, Default)]
+struct UndoLog {
+    writes: Vec<Undo>,
+    /// The keys of `writes`, one after another: a buffer reused from record to record, so that
+    /// remembering a write allocates nothing.
+    keys: Vec<u8>,
+}
+
+impl UndoLog {
+    /// Notes a write of `key` in store number `store`; `before` is what it replaced.
+    fn push(&mut self, store: usize, key: &[u8], before: Option<Entry>) {
+        let at = self.keys.len();
+        self.keys.extend_from_slice(key);
+        self.writes.push(Undo {
+            store,
+            key: at..self.keys.len(),
+            before,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.writes.clear();
+        self.keys.clear();
+    }
 }
 
 /// All stores of one task: its database and a cache per store.
@@ -369,11 +401,8 @@ pub struct TaskStores {
     db: Arc<TaskDb>,
     caches: Vec<StoreCache>,
     max_entries: usize,
-    /// Writes of the record being processed, oldest first.
-    undo: Vec<Undo>,
-    /// The keys of `undo`, one after another: a buffer reused from record to record, so that
-    /// remembering a write allocates nothing.
-    undo_keys: Vec<u8>,
+    /// Writes of the record being processed.
+    undo: UndoLog,
     /// Where a flush encodes values (reused).
     scratch: Vec<u8>,
     /// Changelog records being restored, not yet written.
@@ -390,8 +419,7 @@ impl TaskStores {
             db,
             caches,
             max_entries: max_entries.max(1),
-            undo: Vec::new(),
-            undo_keys: Vec::new(),
+            undo: UndoLog::default(),
             scratch: Vec::new(),
         }
     }
@@ -424,15 +452,14 @@ impl TaskStores {
     /// call.
     pub fn begin_record(&mut self) {
         self.undo.clear();
-        self.undo_keys.clear();
     }
 
     /// Undoes every write since [`TaskStores::begin_record`] (the record failed).
     pub fn rollback(&mut self) {
         let mut touched = vec![false; self.caches.len()];
-        while let Some(u) = self.undo.pop() {
+        while let Some(u) = self.undo.writes.pop() {
             let cache = &mut self.caches[u.store];
-            let key = &self.undo_keys[u.key];
+            let key = &self.undo.keys[u.key];
             match u.before {
                 Some(entry) => {
                     cache.entries.insert(CacheKey::from_slice(key), entry);
@@ -451,13 +478,59 @@ impl TaskStores {
     /// Writes into a cache, keeping what the write replaced for [`TaskStores::rollback`].
     fn write(&mut self, store: usize, key: &[u8], value: Cached) {
         let before = self.caches[store].write(key, value);
-        let at = self.undo_keys.len();
-        self.undo_keys.extend_from_slice(key);
-        self.undo.push(Undo {
-            store,
-            key: at..self.undo_keys.len(),
-            before,
-        });
+        self.undo.push(store, key, before);
+    }
+
+    /// Replaces the value of `key` with `f` of the current one (`None`: absent) and returns the
+    /// new value as cached: one search of the cache where a read and a write take two.
+    fn update<T: Serialize + DeserializeOwned + Clone + Send + 'static>(
+        &mut self,
+        store: usize,
+        key: &[u8],
+        f: impl FnOnce(Option<T>) -> T,
+    ) -> Result<&T, StateError> {
+        let full = self.caches[store].entries.len() >= self.max_entries;
+        if full && !self.caches[store].entries.contains_key(key) {
+            // As a read would: make room by dropping the clean entries.
+            self.caches[store].evict_clean();
+        }
+        let StoreCache {
+            entries,
+            dirty,
+            flushed,
+        } = &mut self.caches[store];
+        let codec_err = |e| codec_error(&self.db, store, key, e);
+        let (entry, before) = match entries.entry(CacheKey::from_slice(key)) {
+            btree_map::Entry::Occupied(cached) => {
+                let entry = cached.into_mut();
+                let value = f(entry.value.decode().map_err(codec_err)?);
+                StoreCache::count_dirty(dirty, flushed, entry.slot);
+                let written = Entry {
+                    value: Cached::Typed(Box::new(value)),
+                    slot: Slot::Dirty,
+                };
+                let before = std::mem::replace(entry, written);
+                (entry, Some(before))
+            }
+            btree_map::Entry::Vacant(absent) => {
+                let stored = Cached::from_bytes(self.db.get(store, key)?);
+                let value = f(stored.decode().map_err(codec_err)?);
+                *dirty += 1;
+                let entry = absent.insert(Entry {
+                    value: Cached::Typed(Box::new(value)),
+                    slot: Slot::Dirty,
+                });
+                (entry, None)
+            }
+        };
+        self.undo.push(store, key, before);
+        match &entry.value {
+            Cached::Typed(t) => Ok(t
+                .as_any()
+                .downcast_ref::<T>()
+                .expect("the entry was written as a T above")),
+            _ => unreachable!("the entry was written as a T above"),
+        }
     }
 
     /// The underlying database.
@@ -512,11 +585,7 @@ impl TaskStores {
     }
 
     fn codec_err(&self, store: usize, key: &[u8], e: serde_json::Error) -> StateError {
-        StateError::Codec {
-            store: self.db.stores()[store].clone(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: e.to_string(),
-        }
+        codec_error(&self.db, store, key, e)
     }
 
     /// Entries with `from <= key < to` (`to = None`: to the end), merging the cache over RocksDB.
@@ -583,15 +652,10 @@ impl TaskStores {
                 .iter_mut()
                 .filter(|(_, e)| e.slot != Slot::Clean)
             {
-                let bytes =
-                    entry
-                        .value
-                        .make_stored(&mut self.scratch)
-                        .map_err(|e| StateError::Codec {
-                            store: self.db.stores()[store].clone(),
-                            key: String::from_utf8_lossy(key).into_owned(),
-                            reason: e.to_string(),
-                        })?;
+                let bytes = entry
+                    .value
+                    .make_stored(&mut self.scratch)
+                    .map_err(|e| codec_error(&self.db, store, key, e))?;
                 if entry.slot == Slot::Dirty {
                     changelog
                         .send(store, key, bytes)
@@ -646,6 +710,16 @@ impl TaskStores {
     }
 }
 
+/// A value of store number `store` that does not decode as the type asked for, or does not
+/// encode.
+fn codec_error(db: &TaskDb, store: usize, key: &[u8], e: serde_json::Error) -> StateError {
+    StateError::Codec {
+        store: db.stores()[store].clone(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    }
+}
+
 /// A typed view of one store, handed to processors through the context.
 ///
 /// Values are encoded as JSON (in RocksDB and the changelog; the cache keeps what the processor
@@ -667,6 +741,17 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Store<'_, T> {
         let index = self.index;
         let decoded = self.stores.read::<T>(index, key)?;
         decoded.map_err(|e| self.codec_err(key, e))
+    }
+
+    /// Replaces the value under `key` with what `f` makes of the current one (`None`: there is
+    /// none) and returns the new value. Equivalent to a [`Store::get`] and a
+    /// [`Store::put_owned`], with one lookup instead of two.
+    pub fn update(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        f: impl FnOnce(Option<T>) -> T,
+    ) -> Result<&T, StateError> {
+        self.stores.update(self.index, key.as_ref(), f)
     }
 
     /// Stores a copy of `value` under `key` (kept decoded in the cache; serialized at the next
@@ -1022,6 +1107,75 @@ mod tests {
         let mut log = Recorder::default();
         stores.flush(&mut log).unwrap();
         assert_eq!(log.0, vec![(0, b"dirty".to_vec(), Some(b"3".to_vec()))]);
+    }
+
+    /// `update` reads through the cache (a cached value, one only in RocksDB, none), writes
+    /// like a put, and a rollback undoes it; a key longer than the inline key size and the
+    /// empty key behave like the others.
+    #[test]
+    fn update_reads_writes_and_rolls_back_like_get_and_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        let long = "k".repeat(40);
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.put("in-rocksdb", &1).unwrap();
+        s.put(&long, &2).unwrap();
+        let (batch, _) = stores.flush(&mut Recorder::default()).unwrap();
+        stores.db().write(batch).unwrap();
+        stores.commit_succeeded();
+        stores.discard();
+
+        stores.begin_record();
+        let mut s = stores.store::<u64>("counts").unwrap();
+        let add = |n| move |v: Option<u64>| v.unwrap_or(100) + n;
+        assert_eq!(*s.update("in-rocksdb", add(10)).unwrap(), 11);
+        assert_eq!(
+            *s.update("in-rocksdb", add(10)).unwrap(),
+            21,
+            "the cached value"
+        );
+        assert_eq!(*s.update(&long, add(1)).unwrap(), 3);
+        assert_eq!(*s.update("", add(5)).unwrap(), 105, "absent");
+        assert_eq!(stores.dirty(), 3);
+        stores.rollback();
+        let mut s = stores.store::<u64>("counts").unwrap();
+        assert_eq!(s.get("in-rocksdb").unwrap(), Some(1));
+        assert_eq!(s.get(&long).unwrap(), Some(2));
+        assert_eq!(s.get("").unwrap(), None);
+        assert_eq!(stores.dirty(), 0);
+
+        stores.begin_record();
+        let mut s = stores.store::<u64>("counts").unwrap();
+        s.update("in-rocksdb", add(1)).unwrap();
+        s.update("", add(0)).unwrap();
+        let mut log = Recorder::default();
+        stores.flush(&mut log).unwrap();
+        log.0.sort();
+        assert_eq!(
+            log.0,
+            vec![
+                (0, b"".to_vec(), Some(b"100".to_vec())),
+                (0, b"in-rocksdb".to_vec(), Some(b"2".to_vec())),
+            ]
+        );
+    }
+
+    /// A value that does not decode as the type asked for is an error naming the store and the
+    /// key, and `update` then writes nothing.
+    #[test]
+    fn update_of_a_value_that_does_not_decode_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        stores.put_raw(0, b"k", Some(b"\"text\"".to_vec()));
+        stores.begin_record();
+        let err = stores
+            .store::<u64>("counts")
+            .unwrap()
+            .update("k", |v| v.unwrap_or(0) + 1)
+            .unwrap_err();
+        assert!(err.to_string().contains("k"), "{err}");
+        let mut s = stores.store::<String>("counts").unwrap();
+        assert_eq!(s.get("k").unwrap().as_deref(), Some("text"));
     }
 
     /// A flush encodes a decoded value once, for the changelog and RocksDB, and the cache keeps
