@@ -376,6 +376,8 @@ mod tests {
             "[b'x', 'y'] + l",
         ] {
             assert!(compile(text).is_native(), "{text}");
+            // Tasks run clones, which compile their own native form.
+            assert!(compile(text).clone().is_native(), "a clone of {text}");
         }
         for text in [
             "headers['trace']",

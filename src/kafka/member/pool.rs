@@ -365,3 +365,41 @@ impl Drop for Pool {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No wakeup is lost: lanes that sleep with an hour's timeout whenever they have seen every
+    /// notification still see all of them. A lost wakeup would leave a lane asleep and the test
+    /// hanging (there is no timeout to tune).
+    #[test]
+    fn a_notification_always_wakes_a_lane_that_has_not_seen_it() {
+        const NOTIFICATIONS: u64 = 20_000;
+        let signal = Arc::new(Signal::default());
+        let lanes: Vec<_> = (0..3)
+            .map(|_| {
+                let signal = Arc::clone(&signal);
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while seen < NOTIFICATIONS {
+                        let ticket = signal.ticket();
+                        if ticket == seen {
+                            signal.wait(ticket, Duration::from_secs(3600));
+                        }
+                        seen = signal.ticket().max(seen);
+                    }
+                })
+            })
+            .collect();
+        for i in 0..NOTIFICATIONS {
+            signal.notify();
+            if i % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        for lane in lanes {
+            lane.join().expect("a lane panicked");
+        }
+    }
+}
