@@ -710,8 +710,9 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// `standby_replicas` (default 0): warm copies of each store kept on other members.
     pub standby_replicas: u32,
-    /// `cache_max_entries` (default 100000, at least 1): entries cached in memory per store
-    /// before they are written to RocksDB.
+    /// `cache_max_entries` (default 20000, at least 1): entries cached in memory per store
+    /// before they are written to RocksDB. A cache full of changes asks for a commit, so a
+    /// larger cache means fewer commits when many distinct keys change, for more memory.
     pub cache_max_entries: usize,
     /// `block_cache_mb` (MiB, default 32, at least 1): RocksDB's block cache, one for every
     /// store of the worker: data, index and bloom filter blocks read from disk.
@@ -731,7 +732,7 @@ impl Default for StateConfig {
         Self {
             dir: PathBuf::from("./tributary-state"),
             standby_replicas: 0,
-            cache_max_entries: 100_000,
+            cache_max_entries: 20_000,
             block_cache_mb: 32,
             write_buffer_mb: 32,
             cleanup_delay_ms: 600_000,

@@ -221,7 +221,7 @@ fn defaults() {
     assert_eq!(config.processing.max_buffered_records, 1000);
     assert_eq!(config.state.dir, PathBuf::from("./tributary-state"));
     assert_eq!(config.state.standby_replicas, 0);
-    assert_eq!(config.state.cache_max_entries, 100_000);
+    assert_eq!(config.state.cache_max_entries, 20_000);
     assert_eq!(config.state.cleanup_delay_ms, 600_000);
     assert_eq!(
         config.http.listen,

@@ -86,6 +86,7 @@ pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000");
+    small_fetches(&mut c, cfg);
     let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
     c.set("group.id", &cfg.app.id)
         .set("enable.auto.commit", "false")
@@ -130,41 +131,43 @@ fn set_group_protocol(c: &mut ClientConfig, cfg: &Config) {
     }
 }
 
-/// Bytes one fetch of the restore consumer asks for, over all its partitions (at least
-/// `message.max.bytes`, which librdkafka requires).
-const RESTORE_FETCH_MAX_BYTES: u64 = 1 << 20;
-/// Bytes one fetch of the restore consumer asks for per partition.
-const RESTORE_PARTITION_FETCH_MAX_BYTES: &str = "262144";
+/// Bytes one fetch asks for, over all its partitions (at least `message.max.bytes`, which
+/// librdkafka requires).
+const FETCH_MAX_BYTES: u64 = 1 << 20;
+/// Bytes one fetch asks for per partition.
+const PARTITION_FETCH_MAX_BYTES: &str = "262144";
 /// Records the restore consumer keeps queued before it stops fetching.
 const RESTORE_QUEUED_MIN_MESSAGES: &str = "50000";
 
-/// The changelog restore consumer: no group, reads assigned partitions only.
-///
-/// Its fetches are small: a restore reads faster than RocksDB takes the records, so
-/// librdkafka's queue fills to its limits, and `queued.min.messages` is only checked between
-/// fetches. With librdkafka's defaults one fetch may bring 50 MB of compressed records
-/// (1 MB per partition): with small records, most of a 1M-key changelog at once, about 110 MB
-/// of librdkafka's per-message overhead (measured with heaptrack). 1 MiB per fetch still
-/// keeps far ahead of the writes (see `integration-tests/benches/restore.rs`).
-pub(crate) fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
-    let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
+/// Small fetches (1 MiB, 256 KiB per partition): `queued.min.messages` is only checked between
+/// fetches, and with librdkafka's defaults one fetch may bring 50 MB of compressed records
+/// (1 MB per partition). With small records that is hundreds of thousands of records at once,
+/// each with librdkafka's per-message overhead: 110 MB for a restore (measured with heaptrack),
+/// and 88 MB of a worker processing 1M keys (BENCHMARKS.md). 1 MiB per fetch still keeps
+/// ahead of processing and restoring (see `integration-tests/benches/`).
+fn small_fetches(c: &mut ClientConfig, cfg: &Config) {
     let message_max = cfg
         .kafka
         .properties
         .get("message.max.bytes")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
+    c.set(
+        "fetch.max.bytes",
+        FETCH_MAX_BYTES.max(message_max).to_string(),
+    )
+    .set("max.partition.fetch.bytes", PARTITION_FETCH_MAX_BYTES);
+}
+
+/// The changelog restore consumer: no group, reads assigned partitions only. A restore reads
+/// faster than RocksDB takes the records, so librdkafka's queue fills to its limits: small
+/// fetches keep it bounded.
+pub(crate) fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
+    let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
     c.set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", RESTORE_QUEUED_MIN_MESSAGES)
-        .set(
-            "fetch.max.bytes",
-            RESTORE_FETCH_MAX_BYTES.max(message_max).to_string(),
-        )
-        .set(
-            "max.partition.fetch.bytes",
-            RESTORE_PARTITION_FETCH_MAX_BYTES,
-        )
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    small_fetches(&mut c, cfg);
     let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
     // librdkafka only assigns partitions with a group id; this consumer never subscribes or
     // commits, so it never joins that group.
@@ -255,6 +258,37 @@ mod tests {
             consumer(&cfg, NO_BROKER, 0).get("queued.min.messages"),
             Some("1234")
         );
+    }
+
+    /// Both consumers fetch 1 MiB at a time (256 KiB per partition) unless the user says
+    /// otherwise, and never less than `message.max.bytes`.
+    #[test]
+    fn fetches_are_small_unless_the_user_sets_them() {
+        let load = |properties: &str| {
+            crate::config::load_str(&format!(
+                "[app]\nid = \"app\"\n[kafka]\nbootstrap_servers = \"{NO_BROKER}\"\n\
+                 [kafka.properties]\n{properties}\n[[pipeline]]\nname = \"p\"\n\
+                 source = {{ topics = [\"in\"] }}\n"
+            ))
+            .expect("valid config")
+        };
+        let fetch = |c: &ClientConfig| {
+            (
+                c.get("fetch.max.bytes").map(str::to_owned),
+                c.get("max.partition.fetch.bytes").map(str::to_owned),
+            )
+        };
+        let small = (Some("1048576".to_owned()), Some("262144".to_owned()));
+        let cfg = load("");
+        assert_eq!(fetch(&consumer(&cfg, NO_BROKER, 0)), small);
+        assert_eq!(fetch(&restore_consumer(&cfg, NO_BROKER, 0)), small);
+
+        let cfg = load(
+            "\"max.partition.fetch.bytes\" = \"1048576\"\n\"message.max.bytes\" = \"2000000\"",
+        );
+        let expected = (Some("2000000".to_owned()), Some("1048576".to_owned()));
+        assert_eq!(fetch(&consumer(&cfg, NO_BROKER, 0)), expected);
+        assert_eq!(fetch(&restore_consumer(&cfg, NO_BROKER, 0)), expected);
     }
 
     #[test]
