@@ -23,6 +23,16 @@ fn base(bootstrap: &str, client_id: &str) -> ClientConfig {
     c
 }
 
+/// Properties librdkafka knows by two names, each name setting the same value. The last one set
+/// wins, and rdkafka hands librdkafka its settings in no particular order: so when the user sets
+/// one name, the worker's default under the other must go, or the user's value would hold in
+/// some processes only.
+const ALIASES: &[[&str; 2]] = &[
+    ["max.partition.fetch.bytes", "fetch.message.max.bytes"],
+    ["linger.ms", "queue.buffering.max.ms"],
+    ["compression.type", "compression.codec"],
+];
+
 fn with_user_properties(
     mut c: ClientConfig,
     cfg: &Config,
@@ -30,6 +40,13 @@ fn with_user_properties(
 ) -> ClientConfig {
     for (k, v) in &cfg.kafka.properties {
         if allowed(k) {
+            for [a, b] in ALIASES {
+                if k == a {
+                    c.remove(b);
+                } else if k == b {
+                    c.remove(a);
+                }
+            }
             c.set(k, v);
         }
     }
@@ -289,6 +306,31 @@ mod tests {
         let expected = (Some("2000000".to_owned()), Some("1048576".to_owned()));
         assert_eq!(fetch(&consumer(&cfg, NO_BROKER, 0)), expected);
         assert_eq!(fetch(&restore_consumer(&cfg, NO_BROKER, 0)), expected);
+    }
+
+    /// A property set under librdkafka's other name for it replaces the worker's default
+    /// instead of racing it (both names set one value; the last one set wins).
+    #[test]
+    fn a_property_set_under_its_alias_replaces_the_default() {
+        let cfg = crate::config::load_str(&format!(
+            "[app]\nid = \"app\"\n[kafka]\nbootstrap_servers = \"{NO_BROKER}\"\n\
+             [kafka.properties]\n\"fetch.message.max.bytes\" = \"4194304\"\n\
+             \"queue.buffering.max.ms\" = \"50\"\n\"compression.codec\" = \"zstd\"\n\
+             [[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n"
+        ))
+        .expect("valid config");
+        for c in [
+            consumer(&cfg, NO_BROKER, 0),
+            restore_consumer(&cfg, NO_BROKER, 0),
+        ] {
+            assert_eq!(c.get("max.partition.fetch.bytes"), None);
+            assert_eq!(c.get("fetch.message.max.bytes"), Some("4194304"));
+        }
+        let p = producer(&cfg, NO_BROKER, 0, None);
+        assert_eq!(p.get("linger.ms"), None);
+        assert_eq!(p.get("queue.buffering.max.ms"), Some("50"));
+        assert_eq!(p.get("compression.type"), None);
+        assert_eq!(p.get("compression.codec"), Some("zstd"));
     }
 
     #[test]

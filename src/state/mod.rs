@@ -748,8 +748,8 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Store<'_, T> {
     }
 
     /// Replaces the value under `key` with what `f` makes of the current one (`None`: there is
-    /// none) and returns the new value. Equivalent to a [`Store::get`] and a
-    /// [`Store::put_owned`], with one lookup instead of two.
+    /// none) and returns the new value: what a [`Store::get`] and a [`Store::put_owned`] do,
+    /// with one search of the cache instead of two.
     pub fn update(
         &mut self,
         key: impl AsRef<[u8]>,
@@ -1177,6 +1177,37 @@ mod tests {
         assert_eq!(s.range("a", Some(b"b")).unwrap(), vec![(b"a".to_vec(), 1)]);
     }
 
+    /// An update of an entry a failed commit left flushed makes it dirty again; rolled back, it
+    /// is flushed again, and the next flush writes it without sending it a second time.
+    #[test]
+    fn a_rolled_back_update_of_a_flushed_entry_leaves_it_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = open(dir.path(), 100);
+        stores.store::<u64>("counts").unwrap().put("k", &1).unwrap();
+        let mut sent = Recorder::default();
+        stores.flush(&mut sent).unwrap();
+        assert_eq!(sent.0.len(), 1);
+        assert_eq!(
+            (stores.dirty(), stores.flushed()),
+            (0, 1),
+            "the commit failed"
+        );
+
+        stores.begin_record();
+        let mut s = stores.store::<u64>("counts").unwrap();
+        assert_eq!(*s.update("k", |v| v.unwrap_or(0) + 1).unwrap(), 2);
+        assert_eq!((stores.dirty(), stores.flushed()), (1, 0));
+        stores.rollback();
+        assert_eq!((stores.dirty(), stores.flushed()), (0, 1));
+        assert_eq!(
+            stores.store::<u64>("counts").unwrap().get("k").unwrap(),
+            Some(1)
+        );
+        let mut again = Recorder::default();
+        stores.flush(&mut again).unwrap();
+        assert!(again.0.is_empty(), "sent again: {:?}", again.0);
+    }
+
     /// A value that does not decode as the type asked for is an error naming the store and the
     /// key, and `update` then writes nothing.
     #[test]
@@ -1191,6 +1222,7 @@ mod tests {
             .update("k", |v| v.unwrap_or(0) + 1)
             .unwrap_err();
         assert!(err.to_string().contains("k"), "{err}");
+        assert_eq!(stores.dirty(), 1, "only the raw write");
         let mut s = stores.store::<String>("counts").unwrap();
         assert_eq!(s.get("k").unwrap().as_deref(), Some("text"));
     }
