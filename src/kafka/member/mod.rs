@@ -556,12 +556,14 @@ impl Member {
                 if let Some(reason) = &core.failed {
                     return Err(MemberError::Task(reason.clone()));
                 }
-                // A restore waiting for its changelog's end (e.g. for a transaction to end)
-                // is not work: the loop waits as it does when idle.
-                if !core.restore.is_idle() && core.restore_busy {
-                    Duration::ZERO
-                } else {
+                // While a restore is under way the loop waits in the restore consumer's poll
+                // instead (see `Core::turn`), which returns as soon as changelog records
+                // arrive: waiting here would leave them unread for up to IDLE_POLL each time
+                // the restore consumer's queue runs dry between two fetches.
+                if core.restore.is_idle() {
                     IDLE_POLL
+                } else {
+                    Duration::ZERO
                 }
             };
             // Only events come here (rebalances, statistics, errors): records go to the
