@@ -154,6 +154,10 @@ impl ProducerContext for CountingContext {
 fn producer(bootstrap: &str) -> Result<BaseProducer<CountingContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        // Idempotent: a send retried across a broker restart (its first attempt written, the
+        // acknowledgement lost) must not put a record into the input twice, where the expected
+        // totals count it once.
+        .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "120000")

@@ -280,12 +280,15 @@ fn a_broker_restart_mid_run_is_exact() {
     let_records_flow(&producer, 2_000);
 
     broker.stop();
-    // Down until both workers have noticed: a transaction failed on each.
+    // Down until the outage has failed a transaction: one that was open when the broker
+    // stopped. Not necessarily on both workers: one that had just committed when the broker
+    // stopped has none open (records arrive every 100 ms, commits every 500 ms) and nothing
+    // to lose.
     const ABORTED: &str = "tributary_transactions_total{outcome=\"aborted\"}";
     let noticed = wait_until(LONG, Duration::from_millis(200), || {
         [&w1, &w2]
             .iter()
-            .all(|w| w.metric(ABORTED).unwrap_or(0.0) >= 1.0)
+            .any(|w| w.metric(ABORTED).unwrap_or(0.0) >= 1.0)
     });
     assert!(
         noticed,
