@@ -47,7 +47,7 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     // Gauges over all members are derived from the status board at scrape time, so several
     // members never overwrite each other's numbers.
     let tasks = s.status.tasks();
-    for state in [TaskState::Restoring, TaskState::Running] {
+    for state in [TaskState::Restoring, TaskState::Running, TaskState::Standby] {
         let n = tasks.iter().filter(|t| t.state == state).count();
         s.metrics
             .tasks

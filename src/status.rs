@@ -21,7 +21,7 @@ pub struct TaskStatus {
     pub topology: String,
     /// Input partition.
     pub partition: i32,
-    /// `restoring` or `running`.
+    /// `restoring`, `running` or `standby`.
     pub state: TaskState,
     /// Next offset to process, per source topic.
     pub positions: BTreeMap<String, i64>,
@@ -30,6 +30,10 @@ pub struct TaskStatus {
     pub queued: usize,
     /// Changelog records left to restore (estimate; 0 once running).
     pub restore_remaining: i64,
+    /// How far behind the task is, in records: for a running task its input's consumer lag
+    /// (as of librdkafka's last statistics), for a restoring one the changelog records left to
+    /// restore, for a standby the changelog records it has yet to copy.
+    pub lag: i64,
     /// Per changelog topic, the offset up to which the local store holds it (its checkpoint,
     /// written with each successful commit); `None` before the first.
     pub checkpoints: BTreeMap<String, Option<i64>>,
@@ -56,6 +60,8 @@ pub struct MemberStatus {
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     members: Mutex<Vec<MemberStatus>>,
+    /// The standby tasks this worker keeps (see `state.standby_replicas`).
+    standbys: Mutex<Vec<TaskStatus>>,
     dbs: Mutex<BTreeMap<TaskId, Arc<TaskDb>>>,
 }
 
@@ -71,6 +77,7 @@ impl StatusBoard {
     pub fn new(members: usize) -> Self {
         Self {
             members: Mutex::new(vec![MemberStatus::default(); members]),
+            standbys: Mutex::default(),
             dbs: Mutex::default(),
         }
     }
@@ -86,15 +93,29 @@ impl StatusBoard {
         }
     }
 
-    /// Every task of every member.
+    /// Replaces the list of standby tasks.
+    #[allow(dead_code)] // published by the standby replicas, which come next
+    pub(crate) fn publish_standbys(&self, tasks: Vec<TaskStatus>) {
+        *self
+            .standbys
+            .lock()
+            .expect("invariant: no panics under this lock") = tasks;
+    }
+
+    /// Every task of every member, then the standby tasks.
     pub fn tasks(&self) -> Vec<TaskStatus> {
         let members = self
             .members
             .lock()
             .expect("invariant: no panics under this lock");
+        let standbys = self
+            .standbys
+            .lock()
+            .expect("invariant: no panics under this lock");
         members
             .iter()
             .flat_map(|m| m.tasks.iter().cloned())
+            .chain(standbys.iter().cloned())
             .collect()
     }
 

@@ -29,6 +29,9 @@ pub enum TaskState {
     Restoring,
     /// Processing input.
     Running,
+    /// A warm copy of another worker's task: its changelogs are tailed into the local store,
+    /// and nothing is processed (see `state.standby_replicas`).
+    Standby,
 }
 
 impl TaskState {
@@ -37,6 +40,7 @@ impl TaskState {
         match self {
             Self::Restoring => "restoring",
             Self::Running => "running",
+            Self::Standby => "standby",
         }
     }
 }

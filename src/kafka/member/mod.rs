@@ -183,8 +183,8 @@ struct Core {
     /// The member's consumer, for offset commits from a helper thread (weak: the consumer's
     /// context holds this core).
     group_consumer: Weak<MemberConsumer>,
-    /// Records fetched and waiting per source partition, from librdkafka's last statistics.
-    fetched: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    /// Per source partition, from librdkafka's last statistics.
+    fetched: Arc<Mutex<HashMap<(String, i32), PartitionStats>>>,
     /// The producer's settings, to replace it (exactly once, after a fatal error).
     producer_config: ClientConfig,
     /// Where the member's transactions stand (exactly once).
@@ -206,7 +206,16 @@ struct MemberContext {
     core: Arc<Mutex<Core>>,
     metrics: Metrics,
     member: usize,
-    fetched: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    fetched: Arc<Mutex<HashMap<(String, i32), PartitionStats>>>,
+}
+
+/// What librdkafka's statistics say about a source partition.
+#[derive(Debug, Clone, Copy, Default)]
+struct PartitionStats {
+    /// Records fetched and waiting.
+    queued: i64,
+    /// Consumer lag (`-1`: unknown yet).
+    lag: i64,
 }
 
 type MemberConsumer = BaseConsumer<MemberContext>;
@@ -314,11 +323,20 @@ impl Core {
                 .positions()
                 .map(|(topic, p)| (topic.to_string(), p))
                 .collect();
-            let queued = self
+            let stats: Vec<PartitionStats> = self
                 .task_partitions(t.id())
                 .iter()
-                .filter_map(|topic| fetched.get(&(topic.to_string(), t.id().partition)))
-                .sum::<i64>();
+                .filter_map(|topic| fetched.get(&(topic.to_string(), t.id().partition)).copied())
+                .collect();
+            let queued = stats.iter().map(|s| s.queued).sum::<i64>();
+            let restore_remaining: i64 = points
+                .iter()
+                .map(|(c, _)| self.restore.remaining(c, t.id().partition))
+                .sum();
+            let lag = match t.state() {
+                crate::task::TaskState::Running => stats.iter().map(|s| s.lag.max(0)).sum(),
+                _ => restore_remaining,
+            };
             tasks.push(TaskStatus {
                 id: t.id().to_string(),
                 topology: t.info().topology.clone(),
@@ -326,10 +344,8 @@ impl Core {
                 state: t.state(),
                 positions,
                 queued: queued.max(0) as usize,
-                restore_remaining: points
-                    .iter()
-                    .map(|(c, _)| self.restore.remaining(c, t.id().partition))
-                    .sum(),
+                restore_remaining,
+                lag,
                 checkpoints: points
                     .iter()
                     .map(|(c, checkpoint)| (c.to_string(), checkpoint.map(|c| c.next)))

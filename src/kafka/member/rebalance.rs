@@ -25,7 +25,13 @@ impl ClientContext for MemberContext {
                 if *partition < 0 {
                     continue;
                 }
-                fetched.insert((topic.clone(), *partition), p.fetchq_cnt);
+                fetched.insert(
+                    (topic.clone(), *partition),
+                    super::PartitionStats {
+                        queued: p.fetchq_cnt,
+                        lag: p.consumer_lag,
+                    },
+                );
                 if p.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
