@@ -95,6 +95,7 @@ pub(crate) mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub(crate) mod placement;
 pub mod processor;
 pub(crate) mod state;
 pub mod status;

@@ -38,7 +38,11 @@ pub struct Metrics {
     pub restored_records: IntCounterVec,
     /// Changelog records still to restore, by task and store (an estimate from the end offset).
     pub restore_remaining: IntGaugeVec,
-    /// Tasks of this worker by state (restoring, running).
+    /// Changelog records copied into standby replicas, by store.
+    pub standby_records: IntCounterVec,
+    /// Changelog records a standby replica has yet to copy, by task and store (changelog).
+    pub standby_lag: IntGaugeVec,
+    /// Tasks of this worker by state (restoring, running, standby).
     pub tasks: IntGaugeVec,
     /// Partitions paused because their task is not running yet (restoring, or not open).
     pub paused_partitions: IntGauge,
@@ -164,6 +168,16 @@ impl Metrics {
             restore_remaining: gauge(
                 "tributary_restore_remaining_records",
                 "Changelog records still to restore (estimate)",
+                &["task", "store"],
+            ),
+            standby_records: counter(
+                "tributary_standby_records_total",
+                "Changelog records copied into standby replicas",
+                &["store"],
+            ),
+            standby_lag: gauge(
+                "tributary_standby_lag_records",
+                "Changelog records a standby replica has yet to copy",
                 &["task", "store"],
             ),
             tasks: gauge("tributary_tasks", "Tasks by state", &["state"]),

@@ -287,6 +287,39 @@ impl Task {
         })
     }
 
+    /// Opens task `id` of `topology` in its directory under `state_dir` (see [`Task::open`]).
+    pub fn open_for(
+        topology: &crate::processor::Topology,
+        id: TaskId,
+        app_id: &str,
+        partitions: &Arc<std::collections::BTreeMap<String, i32>>,
+        state_dir: &std::path::Path,
+        memory: &StateMemory,
+        metrics: &Metrics,
+    ) -> Result<Self, StateError> {
+        let info = TaskInfo {
+            id,
+            topology: topology.name.clone(),
+            app_id: app_id.to_string(),
+            partitions: partitions.clone(),
+        };
+        let changelogs = topology
+            .stores
+            .iter()
+            .map(|s| Arc::from(crate::processor::changelog_topic(app_id, s)))
+            .collect();
+        let processor = (topology.factory)(&info);
+        Self::open(
+            info,
+            &state_dir.join(id.to_string()),
+            &topology.stores,
+            changelogs,
+            processor,
+            memory,
+            metrics.clone(),
+        )
+    }
+
     /// The task id.
     pub fn id(&self) -> TaskId {
         self.info.id
@@ -411,6 +444,34 @@ impl Task {
     /// Marks the store with changelog `topic` restored; returns true when every store is, and the
     /// task is now running.
     pub fn changelog_restored(&mut self, topic: &str) -> Result<bool, StateError> {
+        // Read to an end measured after the task opened: whatever follows was appended, or
+        // reached by the broker's cleaner, after that.
+        let began = self
+            .changelogs
+            .iter()
+            .find(|c| *c.changelog == *topic)
+            .map(|c| c.began_ms);
+        if let Some(began) = began {
+            self.mark_synced(topic, began)?;
+        }
+        for c in self
+            .changelogs
+            .iter_mut()
+            .filter(|c| *c.changelog == *topic)
+        {
+            c.done = true;
+        }
+        if self.changelogs.iter().all(|c| c.done) {
+            self.state = TaskState::Running;
+        }
+        Ok(self.state == TaskState::Running)
+    }
+
+    /// Notes that the store with changelog `topic` holds every change the changelog had at
+    /// `at_ms` (its end then was read): writes what was applied, and the checkpoint with that
+    /// sync time, which decides whether a later restore of the tail can be trusted (see
+    /// [`Checkpoint::stale_after`]).
+    pub fn mark_synced(&mut self, topic: &str, at_ms: i64) -> Result<(), StateError> {
         self.write_restore_batch()?;
         let db = self.stores.db().clone();
         for (store, c) in self
@@ -419,10 +480,7 @@ impl Task {
             .enumerate()
             .filter(|(_, c)| *c.changelog == *topic)
         {
-            c.done = true;
-            // Read to an end measured after the task opened: whatever follows was appended,
-            // or reached by the broker's cleaner, after that.
-            c.synced_at_ms = Some(c.began_ms);
+            c.synced_at_ms = Some(at_ms);
             if let Some(checkpoint) = db.checkpoint(&db.stores()[store])? {
                 let mut batch = db.batch();
                 let synced = Checkpoint {
@@ -433,10 +491,20 @@ impl Task {
                 db.write(batch)?;
             }
         }
-        if self.changelogs.iter().all(|c| c.done) {
-            self.state = TaskState::Running;
-        }
-        Ok(self.state == TaskState::Running)
+        Ok(())
+    }
+
+    /// Makes the task a standby replica: it only ever applies changelog records (counted as
+    /// `tributary_standby_records_total`), and is never run.
+    pub fn become_standby(&mut self) {
+        self.state = TaskState::Standby;
+        self.restored = self
+            .stores
+            .db()
+            .stores()
+            .iter()
+            .map(|s| self.metrics.standby_records.with_label_values(&[s]))
+            .collect();
     }
 
     /// Marks a task without stores running.

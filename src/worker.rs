@@ -103,13 +103,6 @@ impl WorkerBuilder {
             message,
         };
         issues.extend(property_issues(&self.config));
-        // Accepted by the config schema but not built yet: refuse rather than run without.
-        if self.config.state.standby_replicas > 0 {
-            issues.push(issue(
-                "state.standby_replicas",
-                "standby replicas are not available in this version; use 0".into(),
-            ));
-        }
         if self.topologies.is_empty() {
             issues.push(issue(
                 "pipeline",
@@ -437,6 +430,7 @@ impl Worker {
                 transactional_id: transactional_id.clone(),
                 state_memory: state_memory.clone(),
                 pool: pool.clone(),
+                standbys: None,
             };
             let member = match Member::new(setup) {
                 Ok(m) => m,
@@ -620,19 +614,6 @@ steps = [
             WorkerError::Config(issues) => issues.iter().map(ToString::to_string).collect(),
             other => panic!("expected config issues, got {other}"),
         }
-    }
-
-    #[test]
-    fn refuses_what_it_cannot_give() {
-        let cfg = config("[state]\nstandby_replicas = 2");
-        let err = Worker::builder(cfg)
-            .pipelines_from_config()
-            .unwrap()
-            .build()
-            .unwrap_err();
-        let issues = issues(err);
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert!(issues[0].starts_with("state.standby_replicas: "));
     }
 
     #[test]

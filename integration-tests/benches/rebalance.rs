@@ -32,8 +32,14 @@
 //! when the joining worker first answers `/health`. Metrics are polled every 50 ms and tasks
 //! published every 250 ms, so a time is late by up to about 0.3 s.
 //!
+//! Standby replicas (`BENCH_STANDBYS`, e.g. `0,1`): each repetition runs once per count, with
+//! `state.standby_replicas` set to it; with standbys, the kill waits until every task has its
+//! standbys, caught up, so that the takeover time shows what they save ("restored" then counts
+//! only the changelog tail the new owners read).
+//!
 //! Knobs: `BENCH_REPS` (default 3), `BENCH_PROTOCOLS` (default
-//! `classic,classic-hb1s,consumer`), `BENCH_RECORDS` (default 100000).
+//! `classic,classic-hb1s,consumer`), `BENCH_RECORDS` (default 100000), `BENCH_KEYS` (default
+//! 10000), `BENCH_STANDBYS` (default `0`).
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +49,6 @@ use integration_tests::{
 };
 
 const PARTITIONS: i32 = 6;
-const KEYS: usize = 10_000;
 const SEED: u64 = 0x5eed_848b;
 const INPUT: &str = "rebalance-in";
 const POLL: Duration = Duration::from_millis(50);
@@ -52,6 +57,16 @@ const LONG: Duration = Duration::from_secs(300);
 const RUNNING: &str = "tributary_tasks{state=\"running\"}";
 const TASKS: &str = "tributary_tasks";
 const RESTORED: &str = "tributary_restored_records_total";
+const STANDBY_TASKS: &str = "tributary_tasks{state=\"standby\"}";
+const STANDBY_LAG: &str = "tributary_standby_lag_records";
+
+/// What one repetition runs.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    protocol: Protocol,
+    standbys: u32,
+    keys: usize,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -151,18 +166,23 @@ fn wait_shared(ws: &[&WorkerProcess], what: &str) {
 /// `preloaded`: the end offset of each input partition after the preload.
 fn repetition(
     broker: &Broker,
-    protocol: Protocol,
+    setup: Setup,
     rep: u64,
     reps: u64,
     preloaded: &[i64],
 ) -> (Sample, Sample) {
+    let Setup {
+        protocol,
+        standbys,
+        keys,
+    } = setup;
     let app = unique_name(&format!("bench-{}", protocol.name()));
     let output = format!("{app}-out");
     broker.create_topic(&output, PARTITIONS);
     let trickle = ContinuousProducer::start(
         &broker.bootstrap(),
         INPUT,
-        KEYS,
+        keys,
         SEED + 1 + rep,
         100,
         Duration::from_millis(100),
@@ -171,13 +191,14 @@ fn repetition(
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let base = protocol.config(TotalsConfig::new(
+    let mut base = protocol.config(TotalsConfig::new(
         &app,
         &broker.bootstrap(),
         INPUT,
         &output,
         dirs[0].path(),
     ));
+    base.standby_replicas = Some(standbys);
     let configs = [
         base.clone(),
         base.for_another_worker(dirs[1].path()),
@@ -234,6 +255,13 @@ fn repetition(
     // Kill -9 of the first member. Right after the join every member's heartbeats are in step
     // (they all just rejoined), so killing at once would always hit the same point of the
     // heartbeat cycle; the delay spreads the repetitions over one classic interval (3 s).
+    if standbys > 0 {
+        let workers = [&w1, &w2, &w3];
+        let want = PARTITIONS as f64 * standbys.min(2) as f64;
+        time_until(Instant::now(), "every task has caught-up standbys", || {
+            sum(&workers, STANDBY_TASKS) == want && sum(&workers, STANDBY_LAG) == 0.0
+        });
+    }
     std::thread::sleep(Duration::from_secs_f64(3.0 * rep as f64 / reps as f64));
     let victim = metric(&w1, RUNNING);
     let restored_before = sum(&[&w2, &w3], RESTORED);
@@ -252,9 +280,9 @@ fn repetition(
     };
     let restored = sum(&[&w2, &w3], RESTORED) - restored_before;
     println!(
-        "  {:<12} rep {}: join {:>5.2} s (up {:>4.2} s, assigned {:>5.2} s); kill -9 of a member \
-         with {victim} of {PARTITIONS} partitions {:>5.2} s (assigned {:>5.2} s, {restored} \
-         changelog records restored); group {} / {}",
+        "  {:<12} {standbys} standby, rep {}: join {:>5.2} s (up {:>4.2} s, assigned {:>5.2} s); \
+         kill -9 of a member with {victim} of {PARTITIONS} partitions {:>5.2} s (assigned \
+         {:>5.2} s, {restored} changelog records restored); group {} / {}",
         protocol.name(),
         rep + 1,
         join.running,
@@ -286,7 +314,7 @@ fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
     (median, xs[0], xs[n - 1])
 }
 
-fn row(protocol: Protocol, event: &str, samples: &[Sample]) {
+fn row(setup: Setup, event: &str, samples: &[Sample]) {
     let (m, lo, hi) = stats(samples.iter().map(|s| s.running).collect());
     let (am, alo, ahi) = stats(samples.iter().map(|s| s.assigned).collect());
     let (um, _, _) = stats(samples.iter().map(|s| s.up).collect());
@@ -296,8 +324,9 @@ fn row(protocol: Protocol, event: &str, samples: &[Sample]) {
         "–".to_string()
     };
     println!(
-        "| {} | {event} | **{m:.2} s** | {lo:.2}–{hi:.2} s | {am:.2} s ({alo:.2}–{ahi:.2}) | {up} | {} |",
-        protocol.name(),
+        "| {} | {} | {event} | **{m:.2} s** | {lo:.2}–{hi:.2} s | {am:.2} s ({alo:.2}–{ahi:.2}) | {up} | {} |",
+        setup.protocol.name(),
+        setup.standbys,
         samples.len()
     );
 }
@@ -315,6 +344,16 @@ fn main() {
             other => panic!("BENCH_PROTOCOLS: unknown protocol {other:?}"),
         })
         .collect();
+    let keys = env_u64("BENCH_KEYS", 10_000).max(1) as usize;
+    let standby_counts: Vec<u32> = std::env::var("BENCH_STANDBYS")
+        .unwrap_or_else(|_| "0".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("BENCH_STANDBYS: not a count: {n:?}"))
+        })
+        .collect();
 
     println!("tributary rebalance bench");
     println!(
@@ -330,7 +369,7 @@ fn main() {
     );
     println!("  broker: Apache Kafka on {}", broker.bootstrap());
     broker.create_topic(INPUT, PARTITIONS);
-    let workload = Workload::new(preload as usize, KEYS, SEED);
+    let workload = Workload::new(preload as usize, keys, SEED);
     produce_json(&broker.bootstrap(), INPUT, &workload.records).expect("preload");
     let preloaded: Vec<i64> = (0..PARTITIONS)
         .map(|p| {
@@ -339,28 +378,35 @@ fn main() {
                 .1
         })
         .collect();
-    println!("  preloaded {preload} records over {KEYS} keys into {PARTITIONS} partitions");
+    println!("  preloaded {preload} records over {keys} keys into {PARTITIONS} partitions");
 
     let mut results = Vec::new();
     for &protocol in &protocols {
-        let mut joins = Vec::new();
-        let mut kills = Vec::new();
-        for rep in 0..reps {
-            let (join, kill) = repetition(&broker, protocol, rep, reps, &preloaded);
-            joins.push(join);
-            kills.push(kill);
+        for &standbys in &standby_counts {
+            let setup = Setup {
+                protocol,
+                standbys,
+                keys,
+            };
+            let mut joins = Vec::new();
+            let mut kills = Vec::new();
+            for rep in 0..reps {
+                let (join, kill) = repetition(&broker, setup, rep, reps, &preloaded);
+                joins.push(join);
+                kills.push(kill);
+            }
+            results.push((setup, joins, kills));
         }
-        results.push((protocol, joins, kills));
     }
 
     println!();
     println!(
-        "| protocol | event | all partitions running again (median) | min–max | partitions \
-         handed out (median, min–max) | new worker up (median) | runs |"
+        "| protocol | standbys | event | all partitions running again (median) | min–max | \
+         partitions handed out (median, min–max) | new worker up (median) | runs |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
-    for (protocol, joins, kills) in &results {
-        row(*protocol, "a third member joins", joins);
-        row(*protocol, "kill -9 of a member", kills);
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for (setup, joins, kills) in &results {
+        row(*setup, "a third member joins", joins);
+        row(*setup, "kill -9 of a member", kills);
     }
 }

@@ -530,6 +530,8 @@ pub struct TotalsConfig {
     pub state_dir: PathBuf,
     /// `state.cleanup_delay_ms` (default: not set, the worker's default).
     pub cleanup_delay_ms: Option<u64>,
+    /// `state.standby_replicas` (default: not set, the worker's default of none).
+    pub standby_replicas: Option<u32>,
     pub http_listen: String,
     pub pipeline: String,
     pub input: String,
@@ -586,6 +588,7 @@ impl TotalsConfig {
             guarantee: "at_least_once".to_string(),
             state_dir: state_dir.to_path_buf(),
             cleanup_delay_ms: None,
+            standby_replicas: None,
             http_listen: format!("127.0.0.1:{}", free_port()),
             pipeline: "totals".to_string(),
             input: input.to_string(),
@@ -658,6 +661,7 @@ impl TotalsConfig {
              [state]\n\
              dir = {state}\n\
              {cleanup}\
+             {standbys}\
              \n\
              [http]\n\
              listen = {http}\n\
@@ -689,6 +693,10 @@ impl TotalsConfig {
             cleanup = self
                 .cleanup_delay_ms
                 .map(|ms| format!("cleanup_delay_ms = {ms}\n"))
+                .unwrap_or_default(),
+            standbys = self
+                .standby_replicas
+                .map(|n| format!("standby_replicas = {n}\n"))
                 .unwrap_or_default(),
             http = toml_str(&self.http_listen),
             extra = self.extra,

@@ -35,6 +35,7 @@ pub(super) fn read(root: &Value, checks: &dyn ValueChecks) -> Result<Config, Vec
     check_dlq_topic(&mut cx, &app, &processing, &pipelines);
     check_co_partitioning(&mut cx, &group, &pipelines);
     check_exactly_once(&mut cx, &kafka, &processing);
+    check_standbys(&mut cx, &state, &http);
     let config = Config {
         app,
         kafka,
@@ -604,6 +605,18 @@ fn check_exactly_once(cx: &mut Cx, kafka: &KafkaConfig, processing: &ProcessingC
             // librdkafka's own check of the value names it already.
             Err(_) => {}
         }
+    }
+}
+
+/// Standby replicas are placed by worker, and a worker is known to the others by its HTTP
+/// address (advertised in its group membership).
+fn check_standbys(cx: &mut Cx, state: &StateConfig, http: &HttpConfig) {
+    if state.standby_replicas > 0 && http.listen.is_none() {
+        cx.issue(
+            "state.standby_replicas",
+            "standby replicas need http.listen: workers are told apart by the HTTP address              they advertise"
+                .to_string(),
+        );
     }
 }
 

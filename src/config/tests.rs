@@ -898,3 +898,18 @@ fn exactly_once_needs_a_cluster_and_a_transaction_timeout_longer_than_a_commit()
     .expect("a longer timeout is fine");
     assert_eq!(ok.processing.guarantee, Guarantee::ExactlyOnce);
 }
+
+#[test]
+fn standby_replicas_need_an_http_address() {
+    let with = |listen: &str| {
+        format!("{MINIMAL}[state]\nstandby_replicas = 1\n[http]\nlisten = {listen:?}\n")
+    };
+    let config = load_str(&with("127.0.0.1:0")).expect("valid");
+    assert_eq!(config.state.standby_replicas, 1);
+    let issues = rejected(&with("off"));
+    assert_issue(
+        &issues,
+        "state.standby_replicas",
+        &["need http.listen", "HTTP address"],
+    );
+}

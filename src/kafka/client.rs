@@ -180,7 +180,16 @@ fn small_fetches(c: &mut ClientConfig, cfg: &Config) {
 /// faster than RocksDB takes the records, so librdkafka's queue fills to its limits: small
 /// fetches keep it bounded.
 pub(crate) fn restore_consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
-    let mut c = base(bootstrap, &format!("{}-{member}-restore", cfg.app.id));
+    changelog_reader(cfg, bootstrap, &format!("{}-{member}-restore", cfg.app.id))
+}
+
+/// The consumer that keeps the worker's standby replicas: a restore consumer that never stops.
+pub(crate) fn standby_consumer(cfg: &Config, bootstrap: &str) -> ClientConfig {
+    changelog_reader(cfg, bootstrap, &format!("{}-standby", cfg.app.id))
+}
+
+fn changelog_reader(cfg: &Config, bootstrap: &str, client_id: &str) -> ClientConfig {
+    let mut c = base(bootstrap, client_id);
     c.set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", RESTORE_QUEUED_MIN_MESSAGES)
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);

@@ -7,7 +7,8 @@
 //! - `properties`: checks of the `[kafka.properties]` passthrough.
 //! - `collector`: the producer every task of a member sends through, with acknowledgement
 //!   tracking for commits.
-//! - `restore`: the changelog reader that rebuilds task state.
+//! - `restore`: the changelog reader that rebuilds task state; `standby`: the standby
+//!   replicas, which tail changelogs into warm copies of other workers' tasks.
 //! - `admin`: topic metadata and creation of internal topics.
 //! - `member`: one consumer-group member's poll loop and rebalance handling.
 //! - [`embedded`], [`reader`], [`tools`]: the embedded cluster, reading a topic to its end, and
@@ -21,6 +22,7 @@ pub(crate) mod member;
 pub(crate) mod properties;
 pub mod reader;
 pub(crate) mod restore;
+pub(crate) mod standby;
 pub mod tools;
 
 pub use self::admin::AdminError;

@@ -19,7 +19,7 @@
 //! recreated or truncated, or records it never applied were deleted) and must be emptied and
 //! rebuilt from the beginning ([`RestoreStart::stale`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::state::{now_ms, Checkpoint};
+use crate::task::Task;
 
 /// How long a partition's position must stay at the reported end before it counts as
 /// restored (see the module docs: harmless on Apache Kafka, needed on tansu).
@@ -128,6 +129,30 @@ fn restore_cannot_go_on(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::TopicAuthorizationFailed
         )
     )
+}
+
+/// Starts reading every changelog of `task` after its store's checkpoint, emptying first a
+/// store whose checkpoint cannot be trusted (see [`RestoreStart::decide`]). `retention`: each
+/// changelog's tombstone retention, where known.
+pub(crate) fn start_task_restore(
+    restore: &mut RestoreConsumer,
+    task: &mut Task,
+    retention: &BTreeMap<String, Duration>,
+) -> Result<(), String> {
+    let id = task.id();
+    for (changelog, checkpoint) in task.restore_points().map_err(|e| e.to_string())? {
+        let retention = retention.get(&*changelog).copied();
+        let start = restore
+            .start(&changelog, id.partition, checkpoint, retention)
+            .map_err(|e| format!("starting restore of {changelog}/{}: {e}", id.partition))?;
+        if let Some(why) = &start.stale {
+            tracing::warn!(task = %id, changelog = %changelog, reason = %why, "local state is stale; emptying it for a full restore");
+            task.clear_store(&changelog).map_err(|e| e.to_string())?;
+        }
+        task.restore_started(&changelog, start.remaining);
+        tracing::info!(task = %id, changelog = %changelog, from = start.from, remaining = start.remaining, state = task.state().as_str(), "reading changelog");
+    }
+    Ok(())
 }
 
 /// The member's restore consumer.
@@ -293,6 +318,30 @@ impl RestoreConsumer {
             }
         }
         Ok(())
+    }
+
+    /// Asks for the end offset of every partition being read (a standby's never finish): the
+    /// partitions read to their end are returned, each with when its end was asked for.
+    pub fn refresh_ends(&mut self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut caught_up = Vec::new();
+        for ((topic, partition), p) in self.parts.iter_mut() {
+            let asked_at = now_ms();
+            match self
+                .watermarks
+                .fetch_watermarks(topic, *partition, WATERMARK_TIMEOUT)
+            {
+                Ok((_, high)) => {
+                    p.end = high;
+                    if p.position >= high {
+                        caught_up.push((topic.clone(), *partition, asked_at));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %topic, partition, error = %e, "end offset query failed; will retry")
+                }
+            }
+        }
+        caught_up
     }
 
     /// Records left to read in a partition, by the latest known end offset.

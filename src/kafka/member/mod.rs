@@ -126,6 +126,9 @@ pub struct MemberSetup {
     pub pool: Arc<Pool>,
     /// The memory the worker's task state shares (see [`StateMemory`]).
     pub state_memory: StateMemory,
+    /// The worker's standby replicas (`state.standby_replicas` > 0): a task is claimed from
+    /// them before it opens.
+    pub standbys: Option<Arc<super::standby::Standbys>>,
 }
 
 /// Where a source topic's records go.

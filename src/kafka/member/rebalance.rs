@@ -12,7 +12,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::pool::TaskCell;
 use super::{list, lock, single, Core, MemberConsumer, MemberContext};
 use crate::kafka::collector::TxnError;
-use crate::processor::{changelog_topic, TaskInfo};
+use crate::kafka::restore::start_task_restore;
 use crate::task::{Task, TaskState};
 use crate::types::TaskId;
 
@@ -190,29 +190,18 @@ impl Core {
 
     /// Opens a task and starts its restore. `Ok(false)`: its directory is locked, try again later.
     fn open_task(&mut self, id: TaskId) -> Result<bool, String> {
-        let topology = &self.setup.topologies[id.topology];
-        let app_id = self.setup.config.app.id.clone();
-        let info = TaskInfo {
+        if let Some(standbys) = &self.setup.standbys {
+            // A standby of the task in this process closes first, leaving its state here.
+            standbys.claim(id, self.setup.index);
+        }
+        let mut task = match Task::open_for(
+            &self.setup.topologies[id.topology],
             id,
-            topology: topology.name.clone(),
-            app_id: app_id.clone(),
-            partitions: self.setup.partitions.clone(),
-        };
-        let changelogs: Vec<Arc<str>> = topology
-            .stores
-            .iter()
-            .map(|s| Arc::from(changelog_topic(&app_id, s)))
-            .collect();
-        let dir = self.state_dir.join(id.to_string());
-        let processor = (topology.factory)(&info);
-        let mut task = match Task::open(
-            info,
-            &dir,
-            &topology.stores,
-            changelogs,
-            processor,
+            &self.setup.config.app.id,
+            &self.setup.partitions,
+            &self.state_dir,
             &self.setup.state_memory,
-            self.setup.metrics.clone(),
+            &self.setup.metrics,
         ) {
             Ok(task) => task,
             Err(crate::state::StateError::Locked { .. }) => {
@@ -223,21 +212,11 @@ impl Core {
         };
         self.setup.status.register_db(id, task.db().clone());
         if !task.start_if_stateless() {
-            for (changelog, checkpoint) in task.restore_points().map_err(|e| e.to_string())? {
-                let retention = self.setup.tombstone_retention.get(&*changelog).copied();
-                let start = self
-                    .restore
-                    .start(&changelog, id.partition, checkpoint, retention)
-                    .map_err(|e| {
-                        format!("starting restore of {changelog}/{}: {e}", id.partition)
-                    })?;
-                if let Some(why) = &start.stale {
-                    tracing::warn!(task = %id, changelog = %changelog, reason = %why, "local state is stale; emptying it for a full restore");
-                    task.clear_store(&changelog).map_err(|e| e.to_string())?;
-                }
-                task.restore_started(&changelog, start.remaining);
-                tracing::info!(task = %id, changelog = %changelog, from = start.from, remaining = start.remaining, "restoring");
-            }
+            start_task_restore(
+                &mut self.restore,
+                &mut task,
+                &self.setup.tombstone_retention,
+            )?;
         }
         let running = task.state() == TaskState::Running;
         let cell = Arc::new(TaskCell::new(
@@ -379,6 +358,13 @@ impl Core {
     /// Closes a task; `dirty`: drop its uncommitted work (the partition was lost or the member
     /// failed), otherwise it was just committed.
     pub(super) fn close_task(&mut self, id: TaskId, dirty: bool) {
+        self.close_task_state(id, dirty);
+        if let Some(standbys) = &self.setup.standbys {
+            standbys.unclaim(id, self.setup.index);
+        }
+    }
+
+    fn close_task_state(&mut self, id: TaskId, dirty: bool) {
         self.pending_open.remove(&id);
         self.restoring.remove(&id);
         let sources = &self.setup.topologies[id.topology].sources;

@@ -1,0 +1,597 @@
+//! Standby replicas (`state.standby_replicas`): warm copies of other workers' task state
+//! (Kafka Streams' standby tasks).
+//!
+//! A worker keeps the standbys that [`crate::placement`] gives it: for each, the task's
+//! RocksDB under the same directory an active task would use, fed by tailing the task's
+//! changelogs with a restore consumer that never stops, on a thread of its own. State and
+//! checkpoint go into RocksDB together in batches (as in a restore), and a standby that has
+//! read its changelogs to their end also records when, so a takeover can trust the tail it
+//! reads. When a task is assigned to a member of this process, the member [claims](Standbys::claim)
+//! it first: the standby writes what it applied and closes, and the member opens the same
+//! directory, whose checkpoint lets its restore read only the changelog records written since.
+//!
+//! A standby reads the changelogs as the restore does (`read_committed` under exactly once),
+//! so it holds only committed state. It never writes a changelog and never commits offsets.
+//! Its failures (a changelog it cannot read) close it and leave the worker running; it is
+//! opened again, from its checkpoint, a while later.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::restore::{start_task_restore, RestoreConsumer};
+use super::ClientError;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::processor::{changelog_topic, Topology};
+use crate::state::{StateError, StateMemory};
+use crate::status::{StatusBoard, TaskStatus};
+use crate::task::Task;
+use crate::types::TaskId;
+
+/// Changelog records applied per poll.
+const BATCH: usize = 10_000;
+/// How long a poll waits for changelog records (with the lock held: a claim waits this long
+/// at most).
+const POLL_WAIT: Duration = Duration::from_millis(10);
+/// How long the thread sleeps when it keeps no standby.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often the placement is computed again.
+const PLACE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often applied records are written with their checkpoints: a takeover reads at most
+/// what arrived since.
+const WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the changelogs' end offsets are asked for (lag, and the sync time).
+const ENDS_INTERVAL: Duration = Duration::from_secs(2);
+/// How often `/tasks` is told about the standbys.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a standby that failed waits before it is opened again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// What the standbys need from the worker.
+#[derive(Debug, Clone)]
+pub struct StandbySetup {
+    /// The worker's configuration.
+    pub config: Arc<Config>,
+    /// Resolved bootstrap servers.
+    pub bootstrap: String,
+    /// The topologies tasks are built from.
+    pub topologies: Arc<Vec<Topology>>,
+    /// Partition counts of the topics the topologies read and write.
+    pub partitions: Arc<BTreeMap<String, i32>>,
+    /// Each changelog's tombstone retention, where known.
+    pub tombstone_retention: Arc<BTreeMap<String, Duration>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where the standbys are published for `/tasks`.
+    pub status: Arc<StatusBoard>,
+    /// The memory task state shares.
+    pub state_memory: StateMemory,
+}
+
+/// The worker's standby replicas, shared between their thread and the members, which claim a
+/// task before they open it.
+pub struct Standbys {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Standbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standbys").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    setup: StandbySetup,
+    state_dir: PathBuf,
+    restore: RestoreConsumer,
+    /// Changelog topic → topology.
+    changelog_routes: HashMap<String, usize>,
+    /// Open standbys.
+    tasks: BTreeMap<TaskId, Task>,
+    /// Tasks members of this process run or are opening, by member: never a standby here.
+    /// (Two members may hold a claim on one task for a moment, while one hands it to the
+    /// other.)
+    claimed: BTreeSet<(TaskId, usize)>,
+    /// The standbys the placement gives this worker.
+    wanted: BTreeSet<TaskId>,
+    /// Standbys that failed, and when they may be opened again.
+    retry_at: HashMap<TaskId, Instant>,
+}
+
+impl Standbys {
+    /// Creates the standbys' changelog consumer; nothing is kept until [`Standbys::run`] is
+    /// given a placement.
+    pub fn new(setup: StandbySetup) -> Result<Self, ClientError> {
+        let cfg = &setup.config;
+        let restore =
+            RestoreConsumer::new(&super::client::standby_consumer(cfg, &setup.bootstrap))?;
+        let mut changelog_routes = HashMap::new();
+        for (i, t) in setup.topologies.iter().enumerate() {
+            for store in &t.stores {
+                changelog_routes.insert(changelog_topic(&cfg.app.id, store), i);
+            }
+        }
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                state_dir: cfg.state.dir.join(&cfg.app.id),
+                restore,
+                changelog_routes,
+                tasks: BTreeMap::new(),
+                claimed: BTreeSet::new(),
+                wanted: BTreeSet::new(),
+                retry_at: HashMap::new(),
+                setup,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under this lock is a bug; the standbys are only an optimisation, so go on.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every task of a topology with stores: what standbys are placed for.
+    pub fn stateful_tasks(
+        topologies: &[Topology],
+        partitions: &BTreeMap<String, i32>,
+    ) -> BTreeSet<TaskId> {
+        let mut tasks = BTreeSet::new();
+        for (i, t) in topologies.iter().enumerate() {
+            if t.stores.is_empty() {
+                continue;
+            }
+            let count = t
+                .sources
+                .iter()
+                .filter_map(|s| partitions.get(s))
+                .copied()
+                .max()
+                .unwrap_or(0);
+            tasks.extend((0..count).map(|partition| TaskId {
+                topology: i,
+                partition,
+            }));
+        }
+        tasks
+    }
+
+    /// Member `member` of this process is about to open task `id`: its standby, if any,
+    /// writes what it applied and closes, so the member finds the directory free and its
+    /// checkpoint current.
+    pub fn claim(&self, id: TaskId, member: usize) {
+        let mut inner = self.lock();
+        inner.claimed.insert((id, member));
+        if inner.tasks.contains_key(&id) {
+            tracing::info!(task = %id, member, "standby becomes active");
+            inner.close(id);
+        }
+    }
+
+    /// Member `member` closed task `id`: unless another member holds it, it may be a standby
+    /// here again.
+    pub fn unclaim(&self, id: TaskId, member: usize) {
+        self.lock().claimed.remove(&(id, member));
+    }
+
+    /// Keeps the standbys `placement` gives this worker (asked again every second; `None`:
+    /// not known right now, keep the current ones) until `shutdown` fires, then closes them.
+    pub fn run(
+        &self,
+        mut placement: impl FnMut() -> Option<BTreeSet<TaskId>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut next_place = Instant::now();
+        let mut next_write = Instant::now() + WRITE_INTERVAL;
+        let mut next_ends = Instant::now();
+        let mut next_status = Instant::now();
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            if now >= next_place {
+                next_place = now + PLACE_INTERVAL;
+                if let Some(wanted) = placement() {
+                    let mut inner = self.lock();
+                    if wanted != inner.wanted {
+                        tracing::info!(standbys = ?wanted.iter().map(ToString::to_string).collect::<Vec<_>>(), "standby placement");
+                        inner.wanted = wanted;
+                    }
+                }
+                self.lock().reconcile();
+            }
+            let idle = {
+                let mut inner = self.lock();
+                if inner.tasks.is_empty() {
+                    true
+                } else {
+                    inner.poll();
+                    if now >= next_write {
+                        next_write = now + WRITE_INTERVAL;
+                        inner.write_all();
+                    }
+                    if now >= next_ends {
+                        next_ends = now + ENDS_INTERVAL;
+                        inner.refresh_ends();
+                    }
+                    false
+                }
+            };
+            if now >= next_status {
+                next_status = now + STATUS_INTERVAL;
+                self.lock().publish();
+            }
+            if idle {
+                std::thread::sleep(IDLE_WAIT);
+            }
+        }
+        let mut inner = self.lock();
+        let ids: Vec<TaskId> = inner.tasks.keys().copied().collect();
+        for id in ids {
+            inner.close(id);
+        }
+        inner.publish();
+    }
+}
+
+impl Inner {
+    /// Opens the wanted standbys and closes the others.
+    fn reconcile(&mut self) {
+        let claimed: BTreeSet<TaskId> = self.claimed.iter().map(|(id, _)| *id).collect();
+        let keep: BTreeSet<TaskId> = self.wanted.difference(&claimed).copied().collect();
+        let open: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in open {
+            if !keep.contains(&id) {
+                self.close(id);
+            }
+        }
+        let now = Instant::now();
+        self.retry_at.retain(|_, at| *at > now);
+        for id in keep {
+            if self.tasks.contains_key(&id) || self.retry_at.contains_key(&id) {
+                continue;
+            }
+            match self.open(id) {
+                Ok(Some(task)) => {
+                    self.tasks.insert(id, task);
+                    self.set_lag(id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e, "opening a standby failed; will retry");
+                    self.retry_at.insert(id, now + RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    /// Opens the standby of `id` and starts tailing its changelogs; `None` while its directory
+    /// is locked (a member of this process is closing the task).
+    fn open(&mut self, id: TaskId) -> Result<Option<Task>, String> {
+        let s = &self.setup;
+        let mut task = match Task::open_for(
+            &s.topologies[id.topology],
+            id,
+            &s.config.app.id,
+            &s.partitions,
+            &self.state_dir,
+            &s.state_memory,
+            &s.metrics,
+        ) {
+            Ok(task) => task,
+            Err(StateError::Locked { .. }) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        task.become_standby();
+        if let Err(e) = start_task_restore(&mut self.restore, &mut task, &s.tombstone_retention) {
+            for changelog in task.changelogs() {
+                self.restore.stop(changelog, id.partition);
+            }
+            return Err(e);
+        }
+        Ok(Some(task))
+    }
+
+    /// Writes what the standby of `id` applied and closes it.
+    fn close(&mut self, id: TaskId) {
+        let Some(mut task) = self.tasks.remove(&id) else {
+            return;
+        };
+        for changelog in task.changelogs() {
+            self.restore.stop(changelog, id.partition);
+            self.setup
+                .metrics
+                .standby_lag
+                .remove_label_values(&[id.to_string().as_str(), &**changelog])
+                .ok();
+        }
+        if let Err(e) = task.write_restore_batch() {
+            tracing::warn!(task = %id, error = %e, "writing a standby's last batch failed");
+        }
+        tracing::info!(task = %id, "standby closed");
+    }
+
+    /// Applies the changelog records at hand.
+    fn poll(&mut self) {
+        let Inner {
+            restore,
+            tasks,
+            changelog_routes,
+            ..
+        } = self;
+        let mut failed: BTreeMap<TaskId, String> = BTreeMap::new();
+        let result = restore.poll(BATCH, POLL_WAIT, |rec| {
+            let Some(&topology) = changelog_routes.get(rec.topic) else {
+                return;
+            };
+            let id = TaskId {
+                topology,
+                partition: rec.partition,
+            };
+            if let Some(task) = tasks.get_mut(&id) {
+                if let Err(e) = task.apply_changelog(rec) {
+                    failed.entry(id).or_insert_with(|| e.to_string());
+                }
+            }
+        });
+        if let Err(e) = result {
+            // Records deleted under a standby's position, or the changelog may not be read:
+            // which partition is not said, so every standby starts again from its checkpoint
+            // (one whose checkpoint is now before the log start is rebuilt).
+            tracing::warn!(error = %e, "standbys: reading changelogs failed; reopening them");
+            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            for id in ids {
+                self.close(id);
+            }
+            return;
+        }
+        for (id, e) in failed {
+            tracing::warn!(task = %id, error = %e, "standby failed; closing it");
+            self.close(id);
+            self.retry_at.insert(id, Instant::now() + RETRY_AFTER);
+        }
+    }
+
+    /// Writes every standby's applied records with their checkpoints.
+    fn write_all(&mut self) {
+        let mut failed = Vec::new();
+        for (id, task) in &mut self.tasks {
+            if let Err(e) = task.write_restore_batch() {
+                tracing::warn!(task = %id, error = %e, "writing a standby's batch failed");
+                failed.push(*id);
+            }
+        }
+        for id in failed {
+            self.close(id);
+            self.retry_at.insert(id, Instant::now() + RETRY_AFTER);
+        }
+    }
+
+    /// Refreshes the changelogs' end offsets: the lag metrics, and the sync time of the
+    /// standbys read to the end.
+    fn refresh_ends(&mut self) {
+        for (changelog, partition, asked_at) in self.restore.refresh_ends() {
+            let Some(&topology) = self.changelog_routes.get(&*changelog) else {
+                continue;
+            };
+            let id = TaskId {
+                topology,
+                partition,
+            };
+            if let Some(task) = self.tasks.get_mut(&id) {
+                if let Err(e) = task.mark_synced(&changelog, asked_at) {
+                    tracing::warn!(task = %id, error = %e, "writing a standby's checkpoint failed");
+                }
+            }
+        }
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.set_lag(id);
+        }
+    }
+
+    /// Sets the lag metric of the standby of `id` from the latest known end offsets.
+    fn set_lag(&self, id: TaskId) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        for changelog in task.changelogs() {
+            self.setup
+                .metrics
+                .standby_lag
+                .with_label_values(&[id.to_string().as_str(), &**changelog])
+                .set(self.restore.remaining(changelog, id.partition));
+        }
+    }
+
+    /// Tells `/tasks` about the standbys.
+    fn publish(&self) {
+        let guarantee = self.setup.config.processing.guarantee;
+        let tasks = self
+            .tasks
+            .values()
+            .map(|t| {
+                let id = t.id();
+                let points = t.restore_points().unwrap_or_default();
+                let lag = points
+                    .iter()
+                    .map(|(c, _)| self.restore.remaining(c, id.partition))
+                    .sum();
+                TaskStatus {
+                    id: id.to_string(),
+                    topology: t.info().topology.clone(),
+                    partition: id.partition,
+                    state: t.state(),
+                    positions: BTreeMap::new(),
+                    queued: 0,
+                    restore_remaining: 0,
+                    lag,
+                    checkpoints: points
+                        .iter()
+                        .map(|(c, checkpoint)| (c.to_string(), checkpoint.map(|c| c.next)))
+                        .collect(),
+                    member: 0,
+                    guarantee,
+                }
+            })
+            .collect();
+        self.setup.status.publish_standbys(tasks);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::embedded::EmbeddedCluster;
+    use crate::processor::{Context, ProcessError, Processor};
+    use crate::state::Checkpoint;
+    use crate::types::Record;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+
+    struct Nothing;
+
+    impl Processor for Nothing {
+        fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+            Ok(())
+        }
+    }
+
+    const CHANGELOG: &str = "sb-counts-changelog";
+
+    fn produce(bootstrap: &str, partition: i32, from: usize, to: usize) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .unwrap();
+        for i in from..to {
+            let key = format!("k{i}");
+            let value = format!("{i}");
+            producer
+                .send(
+                    BaseRecord::to(CHANGELOG)
+                        .partition(partition)
+                        .key(&key)
+                        .payload(&value),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A standby copies its task's changelog with its checkpoint; when a member claims the task,
+    /// it closes, and the task opens on the same directory with nothing left to restore.
+    #[test]
+    fn a_standby_tails_its_changelog_and_hands_its_state_over() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(&format!(
+            "[app]\nid = \"sb\"\n[kafka]\nbootstrap_servers = {:?}\n[state]\ndir = {:?}\nstandby_replicas = 1\n",
+            cluster.bootstrap(),
+            dir.path()
+        ))
+        .unwrap();
+        let topologies = Arc::new(vec![
+            Topology::new("counts", ["in"], |_| Nothing).store("counts")
+        ]);
+        let partitions: Arc<BTreeMap<String, i32>> =
+            Arc::new([("in".to_string(), 2)].into_iter().collect());
+        let status = Arc::new(StatusBoard::new(1));
+        let metrics = Metrics::new();
+        let setup = StandbySetup {
+            config: Arc::new(config),
+            bootstrap: cluster.bootstrap().to_string(),
+            topologies: topologies.clone(),
+            partitions: partitions.clone(),
+            tombstone_retention: Arc::default(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            state_memory: StateMemory::new(100, 8, 8),
+        };
+        let standbys = Arc::new(Standbys::new(setup.clone()).unwrap());
+        let task = TaskId {
+            topology: 0,
+            partition: 1,
+        };
+        assert_eq!(
+            Standbys::stateful_tasks(&topologies, &partitions),
+            [0, 1]
+                .into_iter()
+                .map(|partition| TaskId {
+                    topology: 0,
+                    partition
+                })
+                .collect()
+        );
+        let stop = CancellationToken::new();
+        let thread = {
+            let (standbys, stop) = (standbys.clone(), stop.clone());
+            std::thread::spawn(move || standbys.run(|| Some([task].into()), stop))
+        };
+        let standby_status = || {
+            status
+                .tasks()
+                .into_iter()
+                .find(|t| t.partition == 1 && t.state == crate::task::TaskState::Standby)
+        };
+        wait("the standby copies the changelog", || {
+            standby_status().is_some_and(|t| t.lag == 0 && t.checkpoints[CHANGELOG] == Some(500))
+        });
+        produce(cluster.bootstrap(), 1, 500, 700);
+        wait("the standby follows the changelog", || {
+            standby_status().is_some_and(|t| t.checkpoints[CHANGELOG] == Some(700))
+        });
+        assert_eq!(
+            metrics.standby_records.with_label_values(&["counts"]).get(),
+            700
+        );
+        assert_eq!(
+            metrics
+                .restored_records
+                .with_label_values(&["counts"])
+                .get(),
+            0
+        );
+
+        // A member takes the task over: the directory is free, and current.
+        standbys.claim(task, 0);
+        let opened = Task::open_for(
+            &topologies[0],
+            task,
+            "sb",
+            &partitions,
+            &dir.path().join("sb"),
+            &setup.state_memory,
+            &metrics,
+        )
+        .expect("the standby let go of the directory");
+        let points = opened.restore_points().unwrap();
+        assert_eq!(points.len(), 1);
+        let checkpoint: Checkpoint = points[0].1.expect("a checkpoint");
+        assert_eq!(checkpoint.next, 700);
+        assert!(checkpoint.synced_at_ms.is_some());
+        assert_eq!(opened.db().get(0, b"k699").unwrap(), Some(b"699".to_vec()));
+        wait("the claimed task is no standby any more", || {
+            standby_status().is_none()
+        });
+        // Released again, it becomes a standby again once the member closed it.
+        drop(opened);
+        standbys.unclaim(task, 0);
+        wait("the standby comes back", || standby_status().is_some());
+        stop.cancel();
+        thread.join().unwrap();
+        assert!(standby_status().is_none(), "closed on shutdown");
+    }
+}
