@@ -90,6 +90,7 @@
 //! after the last commit are processed again.
 
 pub(crate) mod avro;
+pub mod cluster;
 pub mod config;
 pub(crate) mod http;
 pub mod kafka;

@@ -177,35 +177,25 @@ impl StatusBoard {
             .remove(&id);
     }
 
-    /// The committed value of `key` in `store`, from whichever local task holds it.
-    pub(crate) fn lookup(
-        &self,
-        store: &str,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, crate::state::StateError> {
-        let dbs: Vec<Arc<TaskDb>> = self
+    /// Active task `id` of this worker, if one of its members has it: its state, and its
+    /// database once open. A standby's database is never returned: queries read active tasks
+    /// only.
+    pub(crate) fn active_task(&self, id: TaskId) -> Option<(TaskState, Option<Arc<TaskDb>>)> {
+        let name = id.to_string();
+        let state = self
+            .members
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .iter()
+            .flat_map(|m| m.tasks.iter())
+            .find(|t| t.id == name && t.state != TaskState::Standby)?
+            .state;
+        let db = self
             .dbs
             .lock()
             .expect("invariant: no panics under this lock")
-            .values()
-            .cloned()
-            .collect();
-        for db in dbs {
-            if let Some(index) = db.store_index(store) {
-                if let Some(v) = db.get(index, key)? {
-                    return Ok(Some(v));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// True if any local task has a store called `store`.
-    pub(crate) fn has_store(&self, store: &str) -> bool {
-        self.dbs
-            .lock()
-            .expect("invariant: no panics under this lock")
-            .values()
-            .any(|db| db.store_index(store).is_some())
+            .get(&id)
+            .cloned();
+        Some((state, db))
     }
 }

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterWatch;
 use crate::config::{Config, ConfigIssue, Guarantee, OnError};
 use crate::kafka::admin::{Admin, AdminError, TopicSpec};
 use crate::kafka::embedded::EmbeddedCluster;
+use crate::kafka::group::GroupReader;
 use crate::kafka::member::{Member, MemberError, MemberSetup, Pool};
 use crate::kafka::properties::check_properties;
 use crate::metrics::Metrics;
@@ -19,6 +21,10 @@ use crate::processor::{changelog_topic, Topology};
 use crate::state::StateMemory;
 use crate::status::StatusBoard;
 use crate::validate::Checks;
+
+/// How often each worker reads the group's members and assignments (for `/state` routing and
+/// `/cluster`).
+const GROUP_REFRESH: Duration = Duration::from_secs(1);
 
 /// Partitions of source topics the embedded cluster creates when they are missing.
 pub(crate) const EMBEDDED_PARTITIONS: i32 = 6;
@@ -57,6 +63,9 @@ pub enum WorkerError {
     /// The processing threads could not be started.
     #[error("starting the processing threads (processing.threads): {0}")]
     Threads(#[source] std::io::Error),
+    /// The client that reads the group's members could not be created.
+    #[error("creating the group reader: {0}")]
+    GroupReader(#[source] crate::kafka::ClientError),
     /// A member failed.
     #[error(transparent)]
     Member(#[from] MemberError),
@@ -389,19 +398,53 @@ impl Worker {
         let pool = Pool::start(self.config.processing.threads).map_err(WorkerError::Threads)?;
         let stop = shutdown.child_token();
         let http_stop = CancellationToken::new();
-        let http = match self.config.http.listen {
+        // Bound before the members' consumers exist: their client ids carry the address other
+        // workers forward queries to (see `crate::cluster`).
+        let listener = match self.config.http.listen {
             Some(addr) => Some(
-                crate::http::serve(
-                    addr,
-                    self.status.clone(),
-                    self.metrics.clone(),
-                    http_stop.clone(),
-                )
-                .await
-                .map_err(|source| WorkerError::Http { addr, source })?,
+                crate::http::bind(addr)
+                    .await
+                    .map_err(|source| WorkerError::Http { addr, source })?,
             ),
             None => None,
         };
+        let advertised = listener.as_ref().map(|(_, bound)| {
+            crate::http::advertised(self.config.http.advertised.as_deref(), *bound)
+        });
+        let config = match &advertised {
+            Some(a) if self.config.http.advertised.as_ref() != Some(a) => {
+                let mut c = (*self.config).clone();
+                c.http.advertised = Some(a.clone());
+                Arc::new(c)
+            }
+            _ => self.config.clone(),
+        };
+        let watch = Arc::new(ClusterWatch::new(advertised.unwrap_or_default()));
+        let group_reader =
+            GroupReader::new(&config, &bootstrap).map_err(WorkerError::GroupReader)?;
+        let group_stop = CancellationToken::new();
+        let group_refresher = tokio::spawn(crate::kafka::group::refresh(
+            group_reader,
+            config.group.protocol,
+            watch.clone(),
+            GROUP_REFRESH,
+            group_stop.clone(),
+        ));
+        let http = listener.map(|(listener, _)| {
+            let cluster = Arc::new(crate::http::Cluster {
+                watch: watch.clone(),
+                keys: crate::http::KeyRouter::new(&self.topologies, &partitions),
+                agent: crate::http::agent(),
+                group: config.app.id.clone(),
+            });
+            crate::http::serve(
+                listener,
+                self.status.clone(),
+                self.metrics.clone(),
+                cluster,
+                http_stop.clone(),
+            )
+        });
         let cleaner_stop = CancellationToken::new();
         let cleaner = tokio::spawn(clean_state_periodically(
             self.config.state.dir.join(&self.config.app.id),
@@ -419,7 +462,7 @@ impl Worker {
         for index in 0..self.config.app.threads {
             let setup = MemberSetup {
                 index,
-                config: self.config.clone(),
+                config: config.clone(),
                 bootstrap: bootstrap.clone(),
                 topologies: self.topologies.clone(),
                 partitions: partitions.clone(),
@@ -439,6 +482,8 @@ impl Worker {
                     while members.join_next().await.is_some() {}
                     cleaner_stop.cancel();
                     let _ = cleaner.await;
+                    group_stop.cancel();
+                    let _ = group_refresher.await;
                     return Err(e.into());
                 }
             };
@@ -458,8 +503,10 @@ impl Worker {
         pool.stop();
         cleaner_stop.cancel();
         let _ = cleaner.await;
+        group_stop.cancel();
+        let _ = group_refresher.await;
         http_stop.cancel();
-        if let Some((_, handle)) = http {
+        if let Some(handle) = http {
             let _ = handle.await;
         }
         drop(embedded);

@@ -740,18 +740,24 @@ impl Default for StateConfig {
     }
 }
 
-/// `[http]`: the endpoint serving `/health`, `/ready`, `/metrics`, `/state` and `/tasks`.
+/// `[http]`: the endpoint serving `/health`, `/ready`, `/metrics`, `/state`, `/tasks` and
+/// `/cluster`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// `listen` (default `"127.0.0.1:9464"`): an IP address and port; `"off"` or `""` turns
     /// the endpoint off (`None`).
     pub listen: Option<SocketAddr>,
+    /// `advertised` (optional): `host:port` at which other workers reach this one, to forward
+    /// `/state` queries for keys it owns. Default: the bound `listen` address, with the host
+    /// name for an unspecified IP (`0.0.0.0`, `::`). The worker fills it in once bound.
+    pub advertised: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464))),
+            advertised: None,
         }
     }
 }

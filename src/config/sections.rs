@@ -203,8 +203,22 @@ fn http(cx: &mut Cx, top: &mut Table<'_>) -> HttpConfig {
     let listen = t
         .opt(cx, "listen", listen)
         .unwrap_or(HttpConfig::default().listen);
+    let advertised = t.opt(cx, "advertised", advertised);
+    if advertised.is_some() && listen.is_none() {
+        cx.issue(
+            "http.advertised",
+            "is set, but http.listen is off: other workers could not reach this one",
+        );
+    }
     t.finish(cx);
-    HttpConfig { listen }
+    HttpConfig { listen, advertised }
+}
+
+/// `http.advertised`: `host:port`.
+fn advertised(value: &Value) -> Result<String, String> {
+    let s = read::string(value)?;
+    crate::cluster::check_advertised(s.trim())?;
+    Ok(s.trim().to_string())
 }
 
 /// `http.listen`: an IP address and port, or `"off"`/`""` for none.

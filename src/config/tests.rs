@@ -665,6 +665,30 @@ fn http_listen() {
     );
 }
 
+/// `http.advertised` is `host:port`; it needs a listener to advertise.
+#[test]
+fn http_advertised() {
+    let with = |v: &str| format!("{MINIMAL}[http]\nadvertised = {v:?}\n");
+    assert_eq!(load_str(MINIMAL).expect("valid").http.advertised, None);
+    assert_eq!(
+        load_str(&with("worker-1:9464"))
+            .expect("valid")
+            .http
+            .advertised,
+        Some("worker-1:9464".to_string())
+    );
+    let issues = rejected(&with("worker-1"));
+    assert_issue(
+        &issues,
+        "http.advertised",
+        &["expected host:port", "\"worker-1\""],
+    );
+    let issues = rejected(&format!(
+        "{MINIMAL}[http]\nlisten = \"off\"\nadvertised = \"w:1\"\n"
+    ));
+    assert_issue(&issues, "http.advertised", &["http.listen is off"]);
+}
+
 #[test]
 fn types_enums_and_unknown_sections() {
     let text = r#"

@@ -93,8 +93,14 @@ fn is_producer_property(key: &str) -> bool {
 /// Each source partition has its own queue (split off for the processing threads), and
 /// `processing.max_buffered_records` bounds it: librdkafka fetches a partition only while fewer
 /// of its records wait (`queued.min.messages`, per partition queue).
+///
+/// Its `client.id` names the worker's HTTP address (`<app.id>-<member>@<http.advertised>`, see
+/// [`crate::cluster::client_id`]; a user's `client.id` replaces the app id) so that the other
+/// workers, reading the group's description, can forward queries to it.
 pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
-    let mut c = base(bootstrap, &format!("{}-{member}", cfg.app.id));
+    let prefix = cfg.kafka.properties.get("client.id").unwrap_or(&cfg.app.id);
+    let client_id = crate::cluster::client_id(prefix, member, cfg.http.advertised.as_deref());
+    let mut c = base(bootstrap, &client_id);
     c.set("fetch.wait.max.ms", "10")
         .set(
             "queued.min.messages",
@@ -105,7 +111,8 @@ pub fn consumer(cfg: &Config, bootstrap: &str, member: usize) -> ClientConfig {
         .set("statistics.interval.ms", "5000");
     small_fetches(&mut c, cfg);
     let mut c = with_user_properties(c, cfg, |k| !is_producer_property(k));
-    c.set("group.id", &cfg.app.id)
+    c.set("client.id", client_id)
+        .set("group.id", &cfg.app.id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -271,6 +278,27 @@ mod tests {
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "2000"),
     ];
+
+    /// The consumer's client id names the app, the member and the worker's HTTP address,
+    /// which the other workers read from the group's description; a user's `client.id`
+    /// replaces the app id only.
+    #[test]
+    fn the_consumer_client_id_carries_the_advertised_address() {
+        let mut cfg = config("");
+        assert_eq!(consumer(&cfg, NO_BROKER, 1).get("client.id"), Some("app-1"));
+        cfg.http.advertised = Some("worker-7:9464".into());
+        assert_eq!(
+            consumer(&cfg, NO_BROKER, 1).get("client.id"),
+            Some("app-1@worker-7:9464")
+        );
+        cfg.kafka
+            .properties
+            .insert("client.id".into(), "billing".into());
+        assert_eq!(
+            consumer(&cfg, NO_BROKER, 0).get("client.id"),
+            Some("billing-0@worker-7:9464")
+        );
+    }
 
     #[test]
     fn max_buffered_records_bounds_each_partition_queue() {

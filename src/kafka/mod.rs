@@ -10,6 +10,7 @@
 //! - `restore`: the changelog reader that rebuilds task state; `standby`: the standby
 //!   replicas, which tail changelogs into warm copies of other workers' tasks.
 //! - `admin`: topic metadata and creation of internal topics.
+//! - `group`: reads the consumer group's members and assignments for [`crate::cluster`].
 //! - `member`: one consumer-group member's poll loop and rebalance handling.
 //! - [`embedded`], [`reader`], [`tools`]: the embedded cluster, reading a topic to its end, and
 //!   the plain producer and offset reader of the command line's `generate` and `demo`.
@@ -18,6 +19,7 @@ pub(crate) mod admin;
 pub mod client;
 pub(crate) mod collector;
 pub mod embedded;
+pub(crate) mod group;
 pub(crate) mod member;
 pub(crate) mod properties;
 pub mod reader;
