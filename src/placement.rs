@@ -16,6 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::cluster::ClusterView;
+use crate::processor::Topology;
 use crate::types::TaskId;
 
 /// One worker process as the group's description shows it.
@@ -42,6 +44,42 @@ impl WorkerTasks {
     fn members(&self) -> u64 {
         self.member_ids.len().max(1) as u64
     }
+}
+
+/// The workers of `view` with the tasks of `topologies` they run (a partition of a topology's
+/// source topic is its task), or `None` while some of `tasks` has no owner in it: the group is
+/// rebalancing, and a placement from that moment would move standbys for nothing.
+pub fn workers_of(
+    view: &ClusterView,
+    topologies: &[Topology],
+    tasks: &BTreeSet<TaskId>,
+) -> Option<Vec<WorkerTasks>> {
+    let workers: Vec<WorkerTasks> = view
+        .workers
+        .iter()
+        .map(|w| WorkerTasks {
+            address: w.address.clone(),
+            member_ids: w.member_ids.clone(),
+            active: w
+                .partitions
+                .iter()
+                .filter_map(|(topic, partition)| {
+                    let topology = topologies
+                        .iter()
+                        .position(|t| t.sources.iter().any(|s| s == topic))?;
+                    Some(TaskId {
+                        topology,
+                        partition: *partition,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    let owned: BTreeSet<TaskId> = workers
+        .iter()
+        .flat_map(|w| w.active.iter().copied())
+        .collect();
+    tasks.is_subset(&owned).then_some(workers)
 }
 
 /// Load of a worker for the assignors' choice: tasks per member, compared as fractions.
@@ -243,6 +281,52 @@ mod tests {
             counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 2,
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn a_view_with_unowned_tasks_places_nothing() {
+        use crate::cluster::WorkerView;
+        use crate::processor::{Context, ProcessError, Processor};
+        struct Nothing;
+        impl Processor for Nothing {
+            fn process(
+                &mut self,
+                _: &crate::types::Record<'_>,
+                _: &mut Context<'_>,
+            ) -> Result<(), ProcessError> {
+                Ok(())
+            }
+        }
+        let topologies = [
+            Topology::new("a", ["in-a"], |_| Nothing).store("sa"),
+            Topology::new("b", ["in-b"], |_| Nothing).store("sb"),
+        ];
+        let worker = |address: &str, parts: &[(&str, i32)]| WorkerView {
+            address: address.into(),
+            member_ids: vec![format!("m-{address}")],
+            partitions: parts.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+        };
+        let view = ClusterView {
+            workers: vec![
+                worker("x:1", &[("in-a", 0), ("in-b", 1)]),
+                worker("y:1", &[("in-a", 1)]),
+            ],
+            unaddressed: Vec::new(),
+        };
+        let b1 = TaskId {
+            topology: 1,
+            partition: 1,
+        };
+        let tasks: BTreeSet<TaskId> = [t(0), t(1), b1].into();
+        let workers = workers_of(&view, &topologies, &tasks).expect("every task owned");
+        assert_eq!(workers[0].active, [t(0), b1].into());
+        assert_eq!(workers[1].active, [t(1)].into());
+        let mut more = tasks.clone();
+        more.insert(TaskId {
+            topology: 1,
+            partition: 0,
+        });
+        assert_eq!(workers_of(&view, &topologies, &more), None);
     }
 
     #[test]

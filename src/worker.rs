@@ -16,6 +16,7 @@ use crate::kafka::embedded::EmbeddedCluster;
 use crate::kafka::group::GroupReader;
 use crate::kafka::member::{Member, MemberError, MemberSetup, Pool};
 use crate::kafka::properties::check_properties;
+use crate::kafka::standby::{StandbySetup, Standbys};
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
 use crate::state::StateMemory;
@@ -63,6 +64,9 @@ pub enum WorkerError {
     /// The processing threads could not be started.
     #[error("starting the processing threads (processing.threads): {0}")]
     Threads(#[source] std::io::Error),
+    /// The standby replicas' changelog consumer could not be created.
+    #[error("creating the standby replicas' consumer (state.standby_replicas): {0}")]
+    Standbys(#[source] crate::kafka::ClientError),
     /// The client that reads the group's members could not be created.
     #[error("creating the group reader: {0}")]
     GroupReader(#[source] crate::kafka::ClientError),
@@ -458,6 +462,36 @@ impl Worker {
             state.block_cache_mb,
             state.write_buffer_mb,
         );
+        let standby_stop = CancellationToken::new();
+        let standbys = match config.state.standby_replicas {
+            0 => None,
+            replicas => {
+                let standbys = Arc::new(
+                    Standbys::new(StandbySetup {
+                        config: config.clone(),
+                        bootstrap: bootstrap.clone(),
+                        topologies: self.topologies.clone(),
+                        partitions: partitions.clone(),
+                        tombstone_retention: tombstone_retention.clone(),
+                        metrics: self.metrics.clone(),
+                        status: self.status.clone(),
+                        state_memory: state_memory.clone(),
+                    })
+                    .map_err(WorkerError::Standbys)?,
+                );
+                let placement = standby_placement(
+                    watch.clone(),
+                    self.topologies.clone(),
+                    &partitions,
+                    replicas,
+                );
+                let (runner, stop) = (standbys.clone(), standby_stop.clone());
+                Some((
+                    standbys,
+                    tokio::task::spawn_blocking(move || runner.run(placement, stop)),
+                ))
+            }
+        };
         let mut members = tokio::task::JoinSet::new();
         for index in 0..self.config.app.threads {
             let setup = MemberSetup {
@@ -473,7 +507,7 @@ impl Worker {
                 transactional_id: transactional_id.clone(),
                 state_memory: state_memory.clone(),
                 pool: pool.clone(),
-                standbys: None,
+                standbys: standbys.as_ref().map(|(s, _)| s.clone()),
             };
             let member = match Member::new(setup) {
                 Ok(m) => m,
@@ -484,6 +518,10 @@ impl Worker {
                     let _ = cleaner.await;
                     group_stop.cancel();
                     let _ = group_refresher.await;
+                    standby_stop.cancel();
+                    if let Some((_, thread)) = standbys {
+                        let _ = thread.await;
+                    }
                     return Err(e.into());
                 }
             };
@@ -501,6 +539,10 @@ impl Worker {
             }
         }
         pool.stop();
+        standby_stop.cancel();
+        if let Some((_, thread)) = standbys {
+            let _ = thread.await;
+        }
         cleaner_stop.cancel();
         let _ = cleaner.await;
         group_stop.cancel();
@@ -514,6 +556,24 @@ impl Worker {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+}
+
+/// What [`Standbys::run`] asks for: this worker's standby tasks, from the latest view of the
+/// group; `None` (keep the current ones) before the first view and while some task has no
+/// owner in it (a rebalance).
+fn standby_placement(
+    watch: Arc<ClusterWatch>,
+    topologies: Arc<Vec<Topology>>,
+    partitions: &BTreeMap<String, i32>,
+    replicas: u32,
+) -> impl FnMut() -> Option<BTreeSet<crate::types::TaskId>> {
+    let tasks = Standbys::stateful_tasks(&topologies, partitions);
+    move || {
+        let view = watch.current()?;
+        let workers = crate::placement::workers_of(&view, &topologies, &tasks)?;
+        let mut placed = crate::placement::standbys(&workers, &tasks, replicas as usize);
+        Some(placed.remove(watch.own_address()).unwrap_or_default())
     }
 }
 
