@@ -76,6 +76,11 @@ pub struct StandbySetup {
 /// task before they open it.
 pub struct Standbys {
     inner: Mutex<Inner>,
+    /// Tasks members of this process run or are opening, by member: never a standby here.
+    /// (Two members may hold a claim on one task for a moment, while one hands it to the
+    /// other.) Apart from `inner`, so that a claim never waits for the standbys' thread, which
+    /// holds `inner` while it reads from the brokers.
+    claimed: Mutex<BTreeSet<(TaskId, usize)>>,
 }
 
 impl std::fmt::Debug for Standbys {
@@ -92,10 +97,6 @@ struct Inner {
     changelog_routes: HashMap<String, usize>,
     /// Open standbys.
     tasks: BTreeMap<TaskId, Task>,
-    /// Tasks members of this process run or are opening, by member: never a standby here.
-    /// (Two members may hold a claim on one task for a moment, while one hands it to the
-    /// other.)
-    claimed: BTreeSet<(TaskId, usize)>,
     /// The standbys the placement gives this worker.
     wanted: BTreeSet<TaskId>,
     /// Standbys that failed, and when they may be opened again.
@@ -121,11 +122,11 @@ impl Standbys {
                 restore,
                 changelog_routes,
                 tasks: BTreeMap::new(),
-                claimed: BTreeSet::new(),
                 wanted: BTreeSet::new(),
                 retry_at: HashMap::new(),
                 setup,
             }),
+            claimed: Mutex::default(),
         })
     }
 
@@ -159,22 +160,43 @@ impl Standbys {
         tasks
     }
 
+    /// The tasks members of this process hold.
+    fn claimed(&self) -> BTreeSet<TaskId> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Member `member` of this process is about to open task `id`: its standby, if any,
     /// writes what it applied and closes, so the member finds the directory free and its
-    /// checkpoint current.
+    /// checkpoint current. Never waits: while the standbys' thread is busy, the standby closes
+    /// on that thread's next turn, and the member's open finds the directory locked and tries
+    /// again.
     pub fn claim(&self, id: TaskId, member: usize) {
-        let mut inner = self.lock();
-        inner.claimed.insert((id, member));
-        if inner.tasks.contains_key(&id) {
-            tracing::info!(task = %id, member, "standby becomes active");
-            inner.close(id);
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((id, member));
+        let inner = match self.inner.try_lock() {
+            Ok(inner) => Some(inner),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(mut inner) = inner {
+            inner.release(&[id].into());
         }
     }
 
     /// Member `member` closed task `id`: unless another member holds it, it may be a standby
     /// here again.
     pub fn unclaim(&self, id: TaskId, member: usize) {
-        self.lock().claimed.remove(&(id, member));
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(id, member));
     }
 
     /// Keeps the standbys `placement` gives this worker (asked again every second; `None`:
@@ -199,10 +221,13 @@ impl Standbys {
                         inner.wanted = wanted;
                     }
                 }
-                self.lock().reconcile();
+                let claimed = self.claimed();
+                self.lock().reconcile(&claimed);
             }
             let idle = {
+                let claimed = self.claimed();
                 let mut inner = self.lock();
+                inner.release(&claimed);
                 if inner.tasks.is_empty() {
                     true
                 } else {
@@ -236,10 +261,20 @@ impl Standbys {
 }
 
 impl Inner {
-    /// Opens the wanted standbys and closes the others.
-    fn reconcile(&mut self) {
-        let claimed: BTreeSet<TaskId> = self.claimed.iter().map(|(id, _)| *id).collect();
-        let keep: BTreeSet<TaskId> = self.wanted.difference(&claimed).copied().collect();
+    /// Closes the standbys of tasks a member claimed.
+    fn release(&mut self, claimed: &BTreeSet<TaskId>) {
+        for &id in claimed {
+            if self.tasks.contains_key(&id) {
+                tracing::info!(task = %id, "standby becomes active");
+                self.close(id);
+            }
+        }
+    }
+
+    /// Opens the wanted standbys of tasks no member here holds (`claimed`), and closes the
+    /// others.
+    fn reconcile(&mut self, claimed: &BTreeSet<TaskId>) {
+        let keep: BTreeSet<TaskId> = self.wanted.difference(claimed).copied().collect();
         let open: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in open {
             if !keep.contains(&id) {
@@ -565,18 +600,33 @@ mod tests {
             0
         );
 
-        // A member takes the task over: the directory is free, and current.
-        standbys.claim(task, 0);
-        let opened = Task::open_for(
-            &topologies[0],
-            task,
-            "sb",
-            &partitions,
-            &dir.path().join("sb"),
-            &setup.state_memory,
-            &metrics,
-        )
-        .expect("the standby let go of the directory");
+        // A member takes the task over. Its claim does not wait while the standbys' thread is
+        // busy (here: holds the lock); the thread lets go of the task on its next turn.
+        {
+            let _busy = standbys.lock();
+            standbys.claim(task, 0);
+        }
+        let open = || {
+            Task::open_for(
+                &topologies[0],
+                task,
+                "sb",
+                &partitions,
+                &dir.path().join("sb"),
+                &setup.state_memory,
+                &metrics,
+            )
+        };
+        let mut opened = None;
+        wait("the standby lets go of the directory", || match open() {
+            Ok(t) => {
+                opened = Some(t);
+                true
+            }
+            Err(StateError::Locked { .. }) => false,
+            Err(e) => panic!("opening the task: {e}"),
+        });
+        let opened = opened.unwrap();
         let points = opened.restore_points().unwrap();
         assert_eq!(points.len(), 1);
         let checkpoint: Checkpoint = points[0].1.expect("a checkpoint");
