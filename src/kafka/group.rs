@@ -87,10 +87,9 @@ impl GroupReader {
 
 /// Why a description without members leaves the view empty under the consumer protocol.
 pub(crate) const CONSUMER_PROTOCOL_PROBLEM: &str =
-    "group.protocol = \"consumer\": the broker's DescribeGroups does not list the members of a \
-     consumer-protocol (KIP-848) group, so workers cannot learn which worker owns a key; only \
-     keys of this worker's own tasks answer (use group.protocol = \"classic\" for queries \
-     answered by any worker)";
+    "group.protocol = \"consumer\": Apache Kafka describes the members of classic groups only \
+     (ListGroups/DescribeGroups list none for a KIP-848 group), so a worker answers for the keys \
+     of its own tasks only; use group.protocol = \"classic\" for queries answered by any worker";
 
 /// Describes the group every `period` and publishes the view to `watch` until `stop` fires.
 pub(crate) async fn refresh(

@@ -322,3 +322,81 @@ fn any_worker_answers_for_any_key() {
         assert_eq!(w.terminate().code(), Some(0), "{} clean exit", w.name());
     }
 }
+
+/// Under the consumer protocol (KIP-848) Apache Kafka describes no members of the group, so
+/// a worker cannot find another's tasks: it answers for the keys of its own tasks, and 503 with
+/// the reason for the others; `/cluster` says why it lists no workers.
+#[test]
+fn consumer_protocol_groups_answer_their_own_keys_and_say_why_not_others() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("qc-in");
+    let output = unique_name("qc-out");
+    for t in [&input, &output] {
+        broker.create_topic(t, PARTITIONS);
+    }
+    let (s1, s2) = (state_dir(), state_dir());
+    let c1 = TotalsConfig::new(
+        &unique_name("app-qc"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        s1.path(),
+    )
+    .consumer_protocol();
+    let c2 = c1.for_another_worker(s2.path());
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    w1.wait_ready(READY);
+    w2.wait_ready(READY);
+    wait_all_running(&[&w1, &w2], PARTITIONS, "two workers");
+
+    let totals = Workload::new(1_000, 40, 0x5eed_0a03);
+    broker.produce_json_murmur2(&input, &totals.records);
+    let expected = totals.expected();
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w2]);
+    wait_all_committed(&broker.bootstrap(), &c1.app_id, &input, PARTITIONS);
+    view.refresh().unwrap();
+
+    for w in [&w1, &w2] {
+        let mut cluster = Value::Null;
+        let explained = wait_until(LONG, Duration::from_millis(500), || {
+            let (_, body) = w.get("/cluster").expect("GET /cluster");
+            cluster = serde_json::from_str(&body).expect("/cluster is JSON");
+            cluster["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("group.protocol = \"consumer\""))
+        });
+        assert!(explained, "{}: /cluster {cluster}", w.name());
+        assert_eq!(cluster["workers"], json!([]), "{}", w.name());
+
+        let (mut answered, mut refused) = (0, 0);
+        for (key, sink_value) in &view.map {
+            let a = w
+                .get_with_headers(&format!("/state/totals/{key}"))
+                .expect("GET /state");
+            assert_eq!(a.header("tributary-served-by"), Some(w.http_addr()));
+            match a.status {
+                200 => {
+                    let value: Value = serde_json::from_str(&a.body).unwrap();
+                    assert_eq!(&value, sink_value, "{} /state/totals/{key}", w.name());
+                    answered += 1;
+                }
+                503 => {
+                    assert!(a.body.contains("KIP-848"), "{}", a.body);
+                    refused += 1;
+                }
+                other => panic!("{} /state/totals/{key}: {other} {}", w.name(), a.body),
+            }
+        }
+        assert!(
+            answered > 0 && refused > 0,
+            "{}: {answered} answered, {refused} refused",
+            w.name()
+        );
+    }
+    for w in [&mut w1, &mut w2] {
+        assert_eq!(w.terminate().code(), Some(0), "{} clean exit", w.name());
+    }
+}
