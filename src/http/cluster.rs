@@ -69,7 +69,10 @@ pub(crate) async fn cluster(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({
         "group": s.cluster.group,
         "served_by": own,
-        "problem": s.cluster.watch.problem(),
+        "problem": s.cluster.watch.problem().or_else(|| {
+            (s.cluster.watch.current().is_none())
+                .then(|| "the group has not been read yet".to_string())
+        }),
         "workers": entries,
     }))
     .into_response()
