@@ -54,6 +54,12 @@ impl GroupReader {
         })
     }
 
+    /// Serves the client's queued events (errors, logs), which nothing else polls.
+    fn serve_events(&self) {
+        // Never a message: the client is assigned nothing.
+        let _ = self.consumer.poll(Duration::ZERO);
+    }
+
     /// The group's current description.
     pub(crate) fn describe(&self) -> Result<Described, ClientError> {
         let list = self
@@ -99,11 +105,18 @@ pub(crate) async fn refresh(
     let reader = Arc::new(reader);
     loop {
         let r = reader.clone();
-        let described = tokio::task::spawn_blocking(move || match protocol {
-            GroupProtocol::Classic => r.describe().map_err(|e| e.to_string()),
-            GroupProtocol::Consumer => r.describe_consumer_group(),
-        })
-        .await;
+        let describe = tokio::task::spawn_blocking(move || {
+            r.serve_events();
+            match protocol {
+                GroupProtocol::Classic => r.describe().map_err(|e| e.to_string()),
+                GroupProtocol::Consumer => r.describe_consumer_group(),
+            }
+        });
+        // Shutdown does not wait for a description under way (it ends within its timeout).
+        let described = tokio::select! {
+            _ = stop.cancelled() => return,
+            d = describe => d,
+        };
         match described {
             Ok(Ok(described)) => {
                 watch.publish(ClusterView::from_members(described.members));
