@@ -28,10 +28,11 @@ use super::ClientError;
 /// How long one description may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A group as DescribeGroups shows it.
+/// A group as the broker describes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Described {
-    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty` or `Dead`.
+    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty` or `Dead` (librdkafka's
+    /// names of the broker's group states).
     pub state: String,
     /// Its members (none for a group the call does not describe).
     pub members: Vec<GroupMember>,
@@ -119,18 +120,14 @@ pub(crate) async fn refresh(
         };
         match described {
             Ok(Ok(described)) => {
+                let problem = state_problem(protocol, &described.state);
                 watch.publish(ClusterView::from_members(described.members));
-                // A consumer-protocol group's members report what they own now, even while
-                // the group reconciles; a classic group's are only known once it is stable.
-                if protocol == GroupProtocol::Classic && described.state != "Stable" {
-                    watch.report_problem(format!(
-                        "the group is rebalancing (state {}); assignments are not known until it settles",
-                        described.state
-                    ));
+                if let Some(p) = problem {
+                    watch.report_problem(p);
                 }
             }
-            Ok(Err(e)) => watch.report_problem(format!("describing group failed: {e}")),
-            Err(e) => watch.report_problem(format!("describing group panicked: {e}")),
+            Ok(Err(e)) => watch.report_problem(format!("describing the group failed: {e}")),
+            Err(e) => watch.report_problem(format!("describing the group panicked: {e}")),
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -258,6 +255,22 @@ unsafe fn text(p: *const c_char) -> String {
     CStr::from_ptr(p).to_string_lossy().into_owned()
 }
 
+/// Why a group in `state` gives an incomplete view, if it does. A consumer-protocol group's
+/// members report what they own now, even while the group reconciles; a classic group's
+/// assignments are only described once it is stable.
+fn state_problem(protocol: GroupProtocol, state: &str) -> Option<String> {
+    if matches!(state, "Empty" | "Dead") {
+        Some(format!("the group has no members (state {state})"))
+    } else if protocol == GroupProtocol::Classic && state != "Stable" {
+        Some(format!(
+            "the group is rebalancing (state {state}); assignments are not known until it \
+             settles"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Parses the consumer protocol's `ConsumerProtocolAssignment` (any version 0-3, which share
 /// the prefix read here): `int16 version`, then `[ string topic, [int32 partition] ]`; the
 /// user data after it is ignored. Empty bytes are an empty assignment.
@@ -367,6 +380,21 @@ mod tests {
         }
         assert_eq!(parse_assignment(&encode(0, &[], None)).unwrap(), []);
         assert_eq!(parse_assignment(&[]).unwrap(), []);
+    }
+
+    #[test]
+    fn only_settled_groups_give_a_complete_view() {
+        use GroupProtocol::{Classic, Consumer};
+        assert_eq!(state_problem(Classic, "Stable"), None);
+        let p = state_problem(Classic, "PreparingRebalance").unwrap();
+        assert!(p.contains("rebalancing (state PreparingRebalance)"), "{p}");
+        assert!(state_problem(Classic, "CompletingRebalance").is_some());
+        assert_eq!(state_problem(Consumer, "Stable"), None);
+        assert_eq!(state_problem(Consumer, "Unknown"), None, "reconciling");
+        for protocol in [Classic, Consumer] {
+            let p = state_problem(protocol, "Dead").unwrap();
+            assert!(p.contains("no members"), "{p}");
+        }
     }
 
     #[test]
