@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use integration_tests::{
-    check_exact, serial, unique_name, wait_until, Broker, HttpAnswer, KeyedView, TotalsConfig,
-    WorkerProcess, Workload,
+    check_exact, open_transaction, serial, unique_name, wait_until, Broker, HttpAnswer, KeyedView,
+    TotalsConfig, WorkerProcess, Workload,
 };
 use serde_json::{json, Value};
 use tributary::pipeline::partitioner::partition_for_key;
@@ -395,4 +395,111 @@ fn any_worker_answers_for_any_key_under_the_consumer_protocol() {
     for w in [&mut w1, &mut w2] {
         assert_eq!(w.terminate().code(), Some(0), "{} clean exit", w.name());
     }
+}
+
+/// While a task restores, its keys answer 503 with the reason, never the partly restored
+/// value; once it runs they answer the final value. The restore is held deterministically: an
+/// open transaction on the changelog partition keeps the restore consumer (read_committed)
+/// short of the partition's end until it is aborted.
+#[test]
+fn keys_of_a_restoring_task_answer_503_until_it_runs() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("qr-in");
+    let output = unique_name("qr-out");
+    for t in [&input, &output] {
+        broker.create_topic(t, 2);
+    }
+    let (s1, s2) = (state_dir(), state_dir());
+    let c1 = TotalsConfig::new(
+        &unique_name("app-qr"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        s1.path(),
+    );
+    let totals = Workload::new(2_000, 40, 0x5eed_0a04);
+    broker.produce_json_murmur2(&input, &totals.records);
+    let expected = totals.expected();
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    w1.wait_ready(READY);
+    let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1]);
+    wait_all_committed(&broker.bootstrap(), &c1.app_id, &input, 2);
+    view.refresh().unwrap();
+    assert_eq!(w1.terminate().code(), Some(0), "w1 clean exit");
+
+    // A key of each partition.
+    let key_in = |p: i32| {
+        expected
+            .keys()
+            .find(|k| partition_for_key(k.as_bytes(), 2) == p)
+            .expect("a key in each partition")
+            .clone()
+    };
+    let (held, free) = (key_in(0), key_in(1));
+    let txn = open_transaction(
+        &broker.bootstrap(),
+        &c1.changelog_topic(),
+        0,
+        &[(b"not-a-user".to_vec(), Some(b"{}".to_vec()))],
+        Duration::from_secs(600),
+    )
+    .expect("open a transaction on the changelog");
+
+    // A worker with an empty state directory restores both tasks from the changelogs.
+    let c2 = c1.for_another_worker(s2.path());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    let restoring = wait_until(LONG, Duration::from_millis(200), || {
+        assert!(w2.try_status().is_none(), "w2 exited");
+        let tasks: Value = w2
+            .get("/tasks")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str(&body).ok())
+            .unwrap_or_default();
+        let state = |id: &str| {
+            tasks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["id"] == id)
+                .map(|t| t["state"].clone())
+        };
+        state("0_0") == Some(json!("restoring")) && state("0_1") == Some(json!("running"))
+    });
+    assert!(
+        restoring,
+        "task 0_0 restoring and 0_1 running: {:?}",
+        w2.get("/tasks")
+    );
+
+    let a = w2
+        .get_with_headers(&format!("/state/totals/{held}"))
+        .unwrap();
+    assert_eq!(a.status, 503, "{held} while its task restores: {}", a.body);
+    assert!(a.body.contains("task 0_0 is restoring"), "{}", a.body);
+    assert_eq!(a.header("tributary-served-by"), Some(w2.http_addr()));
+    let a = query(&w2, &format!("/state/totals/{free}"));
+    assert_eq!(a.status, 200, "{free}: {}", a.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&a.body).unwrap(),
+        view.map[&free]
+    );
+    // /cluster shows the restoring task.
+    let shown = wait_until(LONG, Duration::from_millis(200), || {
+        let (_, body) = w2.get("/cluster").expect("GET /cluster");
+        let c: Value = serde_json::from_str(&body).expect("JSON");
+        c["workers"][0]["restoring"] == json!(["0_0"])
+            && c["workers"][0]["active"] == json!(["0_0", "0_1"])
+    });
+    assert!(shown, "/cluster: {:?}", w2.get("/cluster"));
+
+    txn.end(false).expect("abort the transaction");
+    let a = query(&w2, &format!("/state/totals/{held}"));
+    assert_eq!(a.status, 200, "{held} once restored: {}", a.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&a.body).unwrap(),
+        view.map[&held]
+    );
+    assert_eq!(w2.terminate().code(), Some(0), "w2 clean exit");
 }
