@@ -42,6 +42,7 @@ struct PartitionEntry {
     partition: i32,
 }
 
+/// `GET /cluster`.
 pub(crate) async fn cluster(State(s): State<AppState>) -> Response {
     let own = s.cluster.watch.own_address().to_string();
     let view = s.cluster.watch.current();
