@@ -286,17 +286,7 @@ mod tests {
     #[test]
     fn a_view_with_unowned_tasks_places_nothing() {
         use crate::cluster::WorkerView;
-        use crate::processor::{Context, ProcessError, Processor};
-        struct Nothing;
-        impl Processor for Nothing {
-            fn process(
-                &mut self,
-                _: &crate::types::Record<'_>,
-                _: &mut Context<'_>,
-            ) -> Result<(), ProcessError> {
-                Ok(())
-            }
-        }
+        use crate::processor::Nothing;
         let topologies = [
             Topology::new("a", ["in-a"], |_| Nothing).store("sa"),
             Topology::new("b", ["in-b"], |_| Nothing).store("sb"),

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+pub use crate::config::KeyPartitioner;
 use crate::state::TaskStores;
 pub use crate::state::{StateError, Store};
 use crate::types::{OutputRecord, Record, TaskId};
@@ -174,6 +175,9 @@ pub struct Topology {
     pub stores: Vec<String>,
     /// Topics the processor writes to, created by the worker if missing.
     pub sinks: Vec<String>,
+    /// How the sources' producers partitioned records by key: where `/state` looks for a
+    /// store key (default: Kafka's murmur2; see [`Topology::keys_partitioned_by`]).
+    pub key_partitioner: KeyPartitioner,
     /// Creates the processor of each task.
     pub factory: ProcessorFactory,
 }
@@ -205,6 +209,7 @@ impl Topology {
             sources: sources.into_iter().map(Into::into).collect(),
             stores: Vec::new(),
             sinks: Vec::new(),
+            key_partitioner: KeyPartitioner::default(),
             factory: Arc::new(move |info: &TaskInfo| {
                 Box::new(processor(info)) as Box<dyn Processor>
             }),
@@ -220,6 +225,14 @@ impl Topology {
     /// Declares an output topic (created if missing, with as many partitions as the input).
     pub fn sink(mut self, topic: impl Into<String>) -> Self {
         self.sinks.push(topic.into());
+        self
+    }
+
+    /// Declares how the producers of the source topics chose a record's partition from its
+    /// key, so that `/state/<store>/<key>` on any worker finds the task holding the key: the
+    /// store keys must be the records' keys. Murmur2 (the Java client's default) unless set.
+    pub fn keys_partitioned_by(mut self, partitioner: KeyPartitioner) -> Self {
+        self.key_partitioner = partitioner;
         self
     }
 

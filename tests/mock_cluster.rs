@@ -1574,3 +1574,30 @@ async fn two_members_share_partitions() {
         "records consumed: {consumed_by_partition:?}"
     );
 }
+
+/// `source.partitioner = "crc32"` routes `/state` queries the way librdkafka's default
+/// partitioner placed the records: where a librdkafka producer (Python, Go, .NET clients) with
+/// default settings puts each key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc32_is_where_librdkafka_s_default_partitioner_puts_a_key() {
+    use tributary::pipeline::partitioner::{crc32_partition_for_key, partition_for_key};
+    let cluster = cluster(&[("keys", 7)]);
+    let records: Vec<In> = (0..200)
+        .map(|i| In::new(&format!("key-{i}"), "v"))
+        .collect();
+    let landed = produce(cluster.bootstrap(), "keys", &records).await;
+    let mut murmur2_differs = 0;
+    for (r, (partition, _)) in records.iter().zip(landed) {
+        let key = r.key.as_deref().unwrap();
+        assert_eq!(
+            crc32_partition_for_key(key, 7),
+            partition,
+            "key {:?}",
+            String::from_utf8_lossy(key)
+        );
+        if partition_for_key(key, 7) != partition {
+            murmur2_differs += 1;
+        }
+    }
+    assert!(murmur2_differs > 0, "the two partitioners differ");
+}

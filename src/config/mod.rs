@@ -793,7 +793,24 @@ pub struct SourceConfig {
     /// `registry_url` (optional): `http(s)://` URL of a schema registry, for Avro values in
     /// the registry's wire format.
     pub registry_url: Option<String>,
+    /// `partitioner` (default `"murmur2"`): how the producers of the source topics chose a
+    /// record's partition from its key, so that `/state` finds the task holding a key.
+    pub partitioner: KeyPartitioner,
 }
+
+/// How a topic's producers chose a record's partition from its key (`source.partitioner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyPartitioner {
+    /// `"murmur2"` (default): the Java client's (and Kafka Streams', and `tributary
+    /// generate`'s) default partitioner.
+    #[default]
+    Murmur2,
+    /// `"crc32"`: librdkafka's default (`consistent_random`, and `consistent`), used by the
+    /// clients built on it (Python, Go, .NET, C/C++) unless told otherwise.
+    Crc32,
+}
+
+spelled!(KeyPartitioner { Murmur2 => "murmur2", Crc32 => "crc32" });
 
 /// `pipeline.sink`: the output topic and how to encode and partition it.
 #[derive(Debug, Clone, PartialEq, Eq)]

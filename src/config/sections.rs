@@ -333,6 +333,7 @@ fn source(cx: &mut Cx, path: &str, value: &Value) -> Option<SourceConfig> {
     let time = t.opt(cx, "time", |v| cel_expr(checks, v));
     let schema = t.opt(cx, "schema", self::path);
     let registry_url = t.opt(cx, "registry_url", url);
+    let partitioner = t.opt(cx, "partitioner", read::choice).unwrap_or_default();
     check_avro(cx, &t, format, schema.is_some() || registry_url.is_some());
     t.finish(cx);
     Some(SourceConfig {
@@ -341,6 +342,7 @@ fn source(cx: &mut Cx, path: &str, value: &Value) -> Option<SourceConfig> {
         time,
         schema,
         registry_url,
+        partitioner,
     })
 }
 

@@ -937,3 +937,22 @@ fn standby_replicas_need_an_http_address() {
         &["need http.listen", "HTTP address"],
     );
 }
+
+#[test]
+fn source_partitioner() {
+    let with = |v: &str| {
+        format!(
+            "[app]\nid = \"a\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n[[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"], partitioner = {v:?} }}\n"
+        )
+    };
+    let c = load_str(&with("crc32")).expect("valid");
+    assert_eq!(c.pipelines[0].source.partitioner, KeyPartitioner::Crc32);
+    let c = load_str(&with("murmur2")).expect("valid");
+    assert_eq!(c.pipelines[0].source.partitioner, KeyPartitioner::Murmur2);
+    let issues = rejected(&with("consistent"));
+    assert_issue(
+        &issues,
+        "pipeline[0].source.partitioner",
+        &["\"murmur2\", \"crc32\"", "found string \"consistent\""],
+    );
+}

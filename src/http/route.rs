@@ -1,18 +1,21 @@
 //! Where a `/state/<store>/<key>` query is answered: the key's task, and whether this worker
 //! answers it, forwards it to the worker that owns the task, or answers 503.
 //!
-//! A store belongs to one topology; its key lives in the task of the partition that Kafka's
-//! default partitioner (murmur2 of the key bytes, modulo the partition count of the
-//! topology's source) gives it, which is where the pipeline's records with that key went: the
-//! source records are keyed by it, or a `key_by` wrote them to the repartition topic with that
-//! partitioner. A library topology is routed the same way, so its store keys must be its
-//! records' keys, partitioned by the default partitioner (as Kafka Streams' `queryMetadataForKey`
-//! assumes by default).
+//! A store belongs to one topology; its key lives in the task of the partition its records
+//! with that key went to: the partition the source's producers chose (Kafka's default
+//! partitioner, murmur2 of the key modulo the source's partition count, unless
+//! `source.partitioner` says librdkafka's crc32), or the one a `key_by` wrote them to in the
+//! repartition topic (always murmur2). A library topology is routed the same way, so its store
+//! keys must be its records' keys (`Topology::keys_partitioned_by` names the partitioner; Kafka
+//! Streams' `queryMetadataForKey` likewise assumes the default one unless given another).
 
 use std::collections::BTreeMap;
 
 use crate::cluster::ClusterView;
+use crate::pipeline::partitioner::key_partition;
+#[cfg(test)]
 use crate::pipeline::partitioner::partition_for_key;
+use crate::processor::KeyPartitioner;
 use crate::processor::Topology;
 use crate::status::TaskState;
 use crate::types::TaskId;
@@ -23,6 +26,7 @@ struct Home {
     topology: usize,
     topic: String,
     partitions: i32,
+    partitioner: KeyPartitioner,
 }
 
 /// Maps store keys to tasks and source partitions to tasks.
@@ -60,6 +64,7 @@ impl KeyRouter {
                         topology: index,
                         topic: topic.clone(),
                         partitions: partitions.get(topic).copied().unwrap_or(1),
+                        partitioner: t.key_partitioner,
                     },
                 );
             }
@@ -70,7 +75,7 @@ impl KeyRouter {
     /// The task holding `key` of `store`; `None` for an unknown store.
     pub(crate) fn locate(&self, store: &str, key: &[u8]) -> Option<Located> {
         let home = self.stores.get(store)?;
-        let partition = partition_for_key(key, home.partitions);
+        let partition = key_partition(home.partitioner, key, home.partitions);
         Some(Located {
             task: TaskId {
                 topology: home.topology,
@@ -183,10 +188,11 @@ mod tests {
     use crate::cluster::GroupMember;
     use crate::processor::Nothing;
 
+    fn t(name: &str, sources: &[&str]) -> Topology {
+        Topology::new(name, sources.to_vec(), |_: &crate::TaskInfo| Nothing)
+    }
+
     fn router() -> KeyRouter {
-        let t = |name: &str, sources: &[&str]| {
-            Topology::new(name, sources.to_vec(), |_: &crate::TaskInfo| Nothing)
-        };
         KeyRouter::new(
             &[
                 t("first", &["in"]),
@@ -198,6 +204,31 @@ mod tests {
                 ("other".to_string(), 6),
             ]),
         )
+    }
+
+    #[test]
+    fn a_source_partitioned_by_crc32_is_routed_by_crc32() {
+        let partitions = BTreeMap::from([("in".to_string(), 6)]);
+        let crc = KeyRouter::new(
+            &[t("first", &["in"])
+                .store("s")
+                .keys_partitioned_by(KeyPartitioner::Crc32)],
+            &partitions,
+        );
+        let murmur = KeyRouter::new(&[t("first", &["in"]).store("s")], &partitions);
+        let mut differ = 0;
+        for i in 0..50 {
+            let key = format!("user-{i}");
+            let c = crc.locate("s", key.as_bytes()).unwrap().partition;
+            assert_eq!(
+                c,
+                crate::pipeline::partitioner::crc32_partition_for_key(key.as_bytes(), 6)
+            );
+            if c != murmur.locate("s", key.as_bytes()).unwrap().partition {
+                differ += 1;
+            }
+        }
+        assert!(differ > 0);
     }
 
     #[test]

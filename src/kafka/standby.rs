@@ -479,19 +479,10 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::kafka::embedded::EmbeddedCluster;
-    use crate::processor::{Context, ProcessError, Processor};
+    use crate::processor::Nothing;
     use crate::state::Checkpoint;
-    use crate::types::Record;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::ClientConfig;
-
-    struct Nothing;
-
-    impl Processor for Nothing {
-        fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
-            Ok(())
-        }
-    }
 
     const CHANGELOG: &str = "sb-counts-changelog";
 

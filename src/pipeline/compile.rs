@@ -270,6 +270,10 @@ pub fn compile(
         for s in stores {
             t = t.store(s);
         }
+        if k == 0 {
+            // Later stages read the repartition topic, which the workers write with murmur2.
+            t = t.keys_partitioned_by(p.source.partitioner);
+        }
         match &end {
             End::Sink { topic, .. } | End::Repartition { topic, .. } => t = t.sink(topic.clone()),
             End::Nothing => {}

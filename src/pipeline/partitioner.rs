@@ -4,7 +4,7 @@
 //! `toPositive(hash) % partitions`), so a key lands where a Java producer (or Kafka Streams)
 //! would put it and joins against Java-produced topics stay co-partitioned.
 
-use crate::config::ConfigIssue;
+use crate::config::{ConfigIssue, KeyPartitioner};
 
 /// A parsed `sink.partitioner`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +139,21 @@ pub(crate) fn murmur2(data: &[u8]) -> i32 {
 /// `toPositive(murmur2(key)) % partitions`.
 pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`, for a keyed record)
+/// gives a key: `crc32(key) % partitions`, unsigned.
+pub fn crc32_partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let n = u32::try_from(partitions.max(1)).unwrap_or(1);
+    (crc32fast::hash(key) % n) as i32
+}
+
+/// The partition `partitioner` gives `key` among `partitions`.
+pub fn key_partition(partitioner: KeyPartitioner, key: &[u8], partitions: i32) -> i32 {
+    match partitioner {
+        KeyPartitioner::Murmur2 => partition_for_key(key, partitions),
+        KeyPartitioner::Crc32 => crc32_partition_for_key(key, partitions),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use integration_tests::{
     TotalsConfig, WorkerProcess, Workload,
 };
 use serde_json::{json, Value};
-use tributary::pipeline::partitioner::partition_for_key;
+use tributary::pipeline::partitioner::{crc32_partition_for_key, partition_for_key};
 
 use crate::{state_dir, wait_all_committed, wait_all_running, wait_for_totals, LONG, READY};
 
@@ -348,7 +348,8 @@ fn any_worker_answers_for_any_key() {
 }
 
 /// The same under the consumer protocol (KIP-848), whose groups Apache Kafka describes only
-/// through ConsumerGroupDescribe.
+/// through ConsumerGroupDescribe; the input is written by a librdkafka producer with its default
+/// partitioner (crc32 of the key), which `source.partitioner = "crc32"` declares.
 #[test]
 fn any_worker_answers_for_any_key_under_the_consumer_protocol() {
     let _serial = serial();
@@ -367,6 +368,10 @@ fn any_worker_answers_for_any_key_under_the_consumer_protocol() {
         s1.path(),
     )
     .consumer_protocol();
+    let c1 = TotalsConfig {
+        source_keys: ", format = \"json\", partitioner = \"crc32\"".to_string(),
+        ..c1
+    };
     let c2 = c1.for_another_worker(s2.path());
     let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
     let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
@@ -375,7 +380,7 @@ fn any_worker_answers_for_any_key_under_the_consumer_protocol() {
     wait_all_running(&[&w1, &w2], PARTITIONS, "two workers");
 
     let totals = Workload::new(1_000, 40, 0x5eed_0a03);
-    broker.produce_json_murmur2(&input, &totals.records);
+    broker.produce_json(&input, &totals.records);
     let expected = totals.expected();
     let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
     wait_for_totals(&mut view, &expected, LONG, &mut [&mut w1, &mut w2]);
@@ -384,7 +389,7 @@ fn any_worker_answers_for_any_key_under_the_consumer_protocol() {
 
     let workers = [&w1, &w2];
     let owners = settled_owners(&workers, &c1.app_id, 1);
-    let task_of = |key: &str| format!("0_{}", partition_for_key(key.as_bytes(), PARTITIONS));
+    let task_of = |key: &str| format!("0_{}", crc32_partition_for_key(key.as_bytes(), PARTITIONS));
     let forwarded = check_every_key(&workers, &owners, &view.map, task_of);
     assert_eq!(
         forwarded.len(),
