@@ -100,11 +100,12 @@ pub(crate) mod state;
 pub mod status;
 pub(crate) mod task;
 pub mod testkit;
+pub(crate) mod timers;
 pub mod types;
 mod validate;
 pub mod worker;
 
-pub use processor::{Context, ProcessError, Processor, TaskInfo, Topology};
+pub use processor::{Context, ProcessError, Processor, Punctuation, TaskInfo, Topology};
 pub use types::Record;
 pub use worker::{Worker, WorkerBuilder, WorkerError};
 

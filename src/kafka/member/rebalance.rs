@@ -215,6 +215,7 @@ impl Core {
             }
             Err(e) => return Err(e.to_string()),
         };
+        task.set_idle_advance(self.setup.config.processing.idle_advance_ms);
         self.setup.status.register_db(id, task.db().clone());
         if !task.start_if_stateless() {
             for (changelog, checkpoint) in task.restore_points().map_err(|e| e.to_string())? {
