@@ -42,14 +42,28 @@ fn users() -> Vec<String> {
     unreachable!("the loop returns")
 }
 
-/// Input records: three users over two windows, event time in `ts` (unrelated to the wall
-/// clock, as in a replay).
+/// Where the input's event times start: the start of a window an hour before now. Behind the
+/// wall clock (a replay, say: idle advance counts from the last record's event time, not from
+/// the clock), but recent enough for the topics' time-based retention (the broker deletes
+/// records older than a week, and their timestamps are the event times).
+fn base() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hour_ago = now - 3_600_000;
+    hour_ago - hour_ago % SIZE_MS
+}
+
+/// Input records: three users over two windows from `base`, event time in `ts`: the first
+/// windows close with records (each partition reads one past their end and grace), the second
+/// ones only with idle time (the last record is 200 ms before their end).
 fn input_records() -> Vec<(String, Value)> {
-    let users = users();
+    let (users, base) = (users(), base());
     (0..20u64)
         .map(|i| {
             let user = users[i as usize % 3].clone();
-            let v = json!({"user": user, "amount": i, "ts": 10_000 + i * 200});
+            let v = json!({"user": user, "amount": i, "ts": base + i * 200});
             (user, v)
         })
         .collect()
@@ -170,12 +184,17 @@ fn exactly_once_idle_windows_close_after_a_restart_from_the_changelog() {
     let mut first = WorkerProcess::spawn_named("no-idle", &cfg.to_toml());
     first.wait_ready(READY);
     wait_all_committed(&broker.bootstrap(), &cfg.app_id, &input, 2);
-    // Every record is in and committed. Each partition read a record past 12 s + grace, which
-    // closed the first windows; nothing read closes the second ones ([12 s, 14 s) needs stream
-    // time 14.5 s, the last record is at 13.8 s): they wait, however long.
+    // Every record is in and committed. Each partition read a record past the first windows'
+    // end + grace, which closed them; nothing read closes the second ones (they need stream
+    // time base + 4.5 s, the last record is at base + 3.8 s): they wait, however long.
+    let last_ts = records
+        .iter()
+        .map(|(_, v)| v["ts"].as_u64().unwrap())
+        .max()
+        .unwrap();
     let by_records: BTreeMap<_, _> = want
         .iter()
-        .filter(|((_, start), _)| *start + SIZE_MS + GRACE_MS <= 13_800)
+        .filter(|((_, start), _)| *start + SIZE_MS + GRACE_MS <= last_ts)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     assert_eq!(by_records.len(), 3);
