@@ -187,6 +187,8 @@ pub struct Task {
     clock: TaskClock,
     /// True once the processor's `init` ran.
     started: bool,
+    /// Punctuations failed in a row (and dropped, under `skip` or `dlq`).
+    failed_hooks: u64,
 }
 
 /// What a task asks of its processor besides records.
@@ -320,6 +322,7 @@ impl Task {
             metrics,
             clock: TaskClock::default(),
             started: false,
+            failed_hooks: 0,
         })
     }
 
@@ -673,6 +676,7 @@ impl Task {
                 for (kind, interval) in scheduled {
                     self.clock.schedule(kind, interval);
                 }
+                self.failed_hooks = 0;
                 Ok(())
             }
             Err(ProcessError::Fatal(reason)) => {
@@ -694,7 +698,13 @@ impl Task {
                         reason: format!("step {step}: {reason}"),
                     });
                 }
-                tracing::warn!(task = %self.info.id, %hook, step, reason, "punctuation failed; its writes and output were dropped (on_error = {})", policy.on_error.as_str());
+                // Undone, the punctuation's work comes back at its timer's next point and may
+                // fail again as often as the timer fires: logged at the 1st, 2nd, 4th, ...
+                // failure in a row.
+                self.failed_hooks += 1;
+                if self.failed_hooks.is_power_of_two() {
+                    tracing::warn!(task = %self.info.id, %hook, step, reason, failed_in_a_row = self.failed_hooks, "punctuation failed; its writes and output were dropped (on_error = {})", policy.on_error.as_str());
+                }
                 Ok(())
             }
         }

@@ -206,7 +206,7 @@ impl TestDriver {
     }
 
     /// Moves the driver's wall clock forward by `by` and ticks every open task at the new time
-    /// (wall-clock timers, idle advance, and the stream-time timers that follows); what they
+    /// (wall-clock timers, idle advance, and the stream-time timer that follows it); what they
     /// send is routed like any output. To see a task idle for a while, advance in steps, as a
     /// worker's thread ticks every few milliseconds.
     pub fn advance_wall_clock(&mut self, by: std::time::Duration) -> Result<(), TaskError> {

@@ -346,3 +346,47 @@ fn a_failing_punctuation_follows_the_error_policy() {
         assert_eq!(d.store_get::<u64>("s", 0, b"written"), None, "{policy:?}");
     }
 }
+
+/// A final window whose output fails when an idle punctuation emits it (here its sink
+/// partitioner needs a field the aggregate does not produce) stops the task under
+/// on_error = "fail", naming the punctuation and the step; under "skip" it is dropped, and the
+/// window stays in the store (its purge is undone with the failed output).
+#[test]
+fn a_pipeline_whose_idle_emission_fails_follows_the_error_policy() {
+    let toml = |on_error: &str| {
+        format!(
+            "[app]\nid = \"t\"\n[kafka]\nbootstrap_servers = \"embedded\"\n\
+             [processing]\nidle_advance_ms = 1000\non_error = \"{on_error}\"\n\
+             [[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n\
+             sink = {{ topic = \"out\", partitioner = \"field:region\" }}\nsteps = [ {FINAL_WINDOWS} ]\n"
+        )
+    };
+    let cfg = config::load_str(&toml("fail")).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut d = TestDriver::from_config(&cfg).unwrap();
+    d.pipe("in", Some("a"), "{}", 1_000).unwrap();
+    let mut err = None;
+    for _ in 0..20 {
+        if let Err(e) = d.advance_wall_clock(SECOND) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("the window's emission fails").to_string();
+    assert_eq!(
+        err,
+        "task 0_0 failed in pipeline p at the stream-time punctuation at 12000, step \
+         sink.partitioner: partitioner field:region: the value has no field `region` (or it is \
+         null)"
+    );
+
+    let cfg = config::load_str(&toml("skip")).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut d = TestDriver::from_config(&cfg).unwrap();
+    d.pipe("in", Some("a"), "{}", 1_000).unwrap();
+    idle_for(&mut d, Duration::from_secs(20));
+    assert!(d.read("out").is_empty());
+    assert_eq!(
+        d.store_entries("p").len(),
+        2,
+        "the window and the stream time"
+    );
+}

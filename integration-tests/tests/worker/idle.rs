@@ -209,3 +209,54 @@ fn exactly_once_idle_windows_close_after_a_restart_from_the_changelog() {
     wait_for_windows(&broker, &output, &want, &mut second);
     assert_eq!(second.terminate().code(), Some(0));
 }
+
+/// A window whose emission by idle time fails (its sink partitioner needs a field the
+/// aggregate does not write) stops the worker under `on_error = "fail"`: it exits with an
+/// error naming the task, the pipeline, the punctuation and the step, and writes nothing.
+#[test]
+fn a_failing_idle_emission_stops_the_worker_with_a_clear_error() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("idle-fail-in");
+    let output = unique_name("idle-fail-out");
+    broker.create_topic(&input, 1);
+    broker.create_topic(&output, 1);
+    let base = base();
+    let records: Vec<(String, Value)> = (0..3u64)
+        .map(|i| ("u".to_string(), json!({"amount": i, "ts": base + i * 100})))
+        .collect();
+    broker.produce_json(&input, &records);
+
+    let state = state_dir();
+    let mut cfg = config(&broker, "app-idle-fail", (&input, &output), state.path());
+    cfg.idle_advance_ms = Some(300);
+    cfg.sink_keys = r#", format = "json", partitioner = "field:region""#.into();
+    let mut worker = WorkerProcess::spawn_named("idle", &cfg.to_toml());
+    let status = worker.wait_exit(LONG).expect("the worker stops");
+    let logs = worker.logs();
+    assert!(!status.success(), "an error exit: {status}\n{logs}");
+    let error = logs
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line on stderr:\n{logs}"));
+    let close = base + SIZE_MS + GRACE_MS;
+    for part in [
+        "task 0_0 failed in pipeline idle at the stream-time punctuation at ".to_string(),
+        "step sink.partitioner: partitioner field:region: the value has no field `region`"
+            .to_string(),
+    ] {
+        assert!(error.contains(&part), "{error:?} lacks {part:?}");
+    }
+    // At the first tick that reached the window's close (ticks come every few ms).
+    let at: u64 = error
+        .split("punctuation at ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {error:?}"));
+    assert!(at >= close, "closed at {at}, before {close}");
+    assert!(
+        broker.consume_all(&output).is_empty(),
+        "nothing reached the sink"
+    );
+}
