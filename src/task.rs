@@ -3,7 +3,9 @@
 //!
 //! States: `Restoring` (state being rebuilt from the changelog; input waits in Kafka) →
 //! `Running` → closed. Everything of the partition lives here; the member drives restores and
-//! commits, a processing thread hands it records.
+//! commits, a processing thread hands it records and, after each slice of them, a tick of the
+//! wall clock ([`Task::tick`]): timers fire and idle stream time advances on that thread,
+//! under the cell's lock, so what they write and send goes into the same commits as records.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -329,7 +331,7 @@ impl Task {
     /// Advances the task's stream time with the wall clock once it has received no record for
     /// `ms` (`processing.idle_advance_ms`; 0, the default, never).
     pub fn set_idle_advance(&mut self, ms: u64) {
-        self.clock = TaskClock::new(ms);
+        self.clock.set_idle_advance(ms);
     }
 
     /// The task's stream time (see [`crate::processor`]).

@@ -49,11 +49,17 @@ pub(crate) struct TaskClock {
 impl TaskClock {
     /// A clock whose stream time advances with the wall clock after `idle_advance_ms` without
     /// input (0: never).
-    pub(crate) fn new(idle_advance_ms: u64) -> Self {
-        Self {
-            idle_advance_ms: i64::try_from(idle_advance_ms).unwrap_or(i64::MAX),
-            ..Self::default()
-        }
+    #[cfg(test)]
+    fn new(idle_advance_ms: u64) -> Self {
+        let mut clock = Self::default();
+        clock.set_idle_advance(idle_advance_ms);
+        clock
+    }
+
+    /// Sets how long the task must go without input before its stream time moves with the
+    /// wall clock (0: never).
+    pub(crate) fn set_idle_advance(&mut self, idle_advance_ms: u64) {
+        self.idle_advance_ms = i64::try_from(idle_advance_ms).unwrap_or(i64::MAX);
     }
 
     /// The task's stream time.
