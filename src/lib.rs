@@ -46,6 +46,12 @@
 //!
 //! `examples/count_per_key.rs` is a runnable version.
 //!
+//! A processor that needs time to pass without records (to close windows, expire entries,
+//! flush buffers) asks for timers in [`Processor::init`] with [`Context::schedule`], by the
+//! wall clock or by stream time ([`Punctuation`]), and gets [`Processor::punctuate`] calls on
+//! its task's processing thread; see [`processor`] for stream time and
+//! `processing.idle_advance_ms`.
+//!
 //! ## Layout
 //!
 //! Data flows one way: member → task → processor → collector → commit.
@@ -71,7 +77,8 @@
 //!   and restores; `kafka::collector` the producer with acknowledgement tracking;
 //!   `kafka::restore` the changelog reader; `kafka::admin` topic creation; `kafka::properties`
 //!   the checks of `[kafka.properties]`. No rdkafka type leaves `kafka`.
-//! - `task`: one partition's processor, stores, queue and offsets.
+//! - `task`: one partition's processor, stores, queue and offsets; `timers` its stream time,
+//!   timers and idle advance.
 //! - `state`: RocksDB per task, the write-back cache and typed stores; no Kafka types.
 //! - `avro`: the Avro record format, plain or in the Confluent Schema Registry wire format.
 //! - `http`: `/health`, `/ready`, `/metrics`, `/tasks`, `/state` (any worker answers for any
@@ -105,11 +112,12 @@ pub(crate) mod state;
 pub mod status;
 pub(crate) mod task;
 pub mod testkit;
+pub(crate) mod timers;
 pub mod types;
 mod validate;
 pub mod worker;
 
-pub use processor::{Context, ProcessError, Processor, TaskInfo, Topology};
+pub use processor::{Context, ProcessError, Processor, Punctuation, TaskInfo, Topology};
 pub use types::Record;
 pub use worker::{Worker, WorkerBuilder, WorkerError};
 

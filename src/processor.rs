@@ -1,9 +1,26 @@
 //! The library API for processing: a [`Processor`] is called once per record with a
-//! [`Context`] that gives the task's stores and a way to send records.
+//! [`Context`] that gives the task's stores and a way to send records, and on the timers it
+//! asks for ([`Processor::punctuate`], Kafka Streams' punctuators).
+//!
+//! ## Time and timers
+//!
+//! A task's *stream time* is the largest event time of the records it processed: the time a
+//! processor gives with [`Context::advance_stream_time`] while it processes a record, else the
+//! record's timestamp. It only moves forward. With `processing.idle_advance_ms = N > 0` it also
+//! moves with the wall clock once the task has received no record for N ms: it becomes its
+//! value at the last record plus the wall-clock time since that record (see
+//! [`Punctuation::StreamTime`]).
+//!
+//! A processor asks for timers with [`Context::schedule`] (usually in [`Processor::init`]); the
+//! task calls [`Processor::punctuate`] on the processing thread that runs it, under the same
+//! lock and commit machinery as its records: state written and records sent in a punctuation
+//! are committed like a record's (changelog and output, at least once or in the member's
+//! transaction).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::config::KeyPartitioner;
 use crate::state::TaskStores;
@@ -75,15 +92,58 @@ impl From<StateError> for ProcessError {
     }
 }
 
+/// Which clock a timer follows (Kafka Streams' `PunctuationType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Punctuation {
+    /// The task's stream time (see the [module docs](self)). A timer of interval `i` fires when
+    /// stream time first becomes known, then each time it reaches the next multiple of `i`
+    /// (epoch aligned); one call covers any number of points passed at once, with `now_ms` the
+    /// new stream time. Stream time moves with records, and with the wall clock only under
+    /// `processing.idle_advance_ms`: without records and without that setting, it stands still
+    /// and so do these timers.
+    StreamTime,
+    /// The system clock: a timer of interval `i` fires `i` after it was scheduled and then
+    /// every `i` (skipping points missed while the task was busy or held), whether records
+    /// arrive or not, with `now_ms` the wall-clock time (epoch ms).
+    WallClock,
+}
+
 /// Processes records of one task. One instance per task, created by the topology's factory, so
 /// it may keep task-local fields; durable state belongs in the stores.
 ///
-/// Called on the member's thread, one record at a time, in offset order per partition.
+/// Called on the processing thread that runs the task, one record (or punctuation) at a time,
+/// in offset order per partition.
 pub trait Processor: Send {
     /// Handles one record. State changes and sent records take effect when this returns `Ok`;
     /// on a [`ProcessError::Record`] the sent records are dropped and the state writes made
     /// while handling the record are undone (then [`Processor::rolled_back`] is called).
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+
+    /// Called once when the task starts running (its stores restored), before its first record
+    /// or timer: schedule timers here ([`Context::schedule`]) and, for a processor that keeps
+    /// its stream time in a store, carry it on with [`Context::advance_stream_time`] (the
+    /// task's own stream time is not kept across restarts). An error fails the task like a
+    /// failing punctuation.
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Called when a timer scheduled with [`Context::schedule`] is due; `now_ms` is the stream
+    /// time or the wall-clock time, by `kind`. Works like [`Processor::process`]: state writes
+    /// and sent records take effect when it returns `Ok`, and are undone on an error. A
+    /// [`ProcessError::Fatal`] stops the member; a [`ProcessError::Record`] stops it under
+    /// `processing.on_error = "fail"`, and is logged and dropped otherwise (there is no record
+    /// to skip or dead-letter: the timer fires again at its next point).
+    fn punctuate(
+        &mut self,
+        kind: Punctuation,
+        now_ms: i64,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        let _ = (kind, now_ms, ctx);
+        Ok(())
+    }
 
     /// Called after a failed record's state writes were undone: a processor that keeps
     /// task-local copies of its state (indexes, counters) drops them here and rereads the
@@ -101,6 +161,12 @@ pub struct Context<'a> {
     pub(crate) outputs: &'a mut Vec<OutputRecord>,
     /// Records dropped as late while handling this record (see [`Context::drop_late`]).
     late: u64,
+    /// The task's stream time before this call.
+    stream_time: Option<i64>,
+    /// The largest time given to [`Context::advance_stream_time`] during this call.
+    advanced: Option<i64>,
+    /// Timers (re)scheduled during this call, in call order.
+    scheduled: Vec<(Punctuation, Duration)>,
 }
 
 impl<'a> Context<'a> {
@@ -115,7 +181,43 @@ impl<'a> Context<'a> {
             stores,
             outputs,
             late: 0,
+            stream_time: None,
+            advanced: None,
+            scheduled: Vec::new(),
         }
+    }
+
+    /// Sets the stream time the processor sees (the task's, before this call).
+    pub(crate) fn with_stream_time(mut self, stream_time: Option<i64>) -> Self {
+        self.stream_time = stream_time;
+        self
+    }
+
+    /// What this call asked of the task's clocks: the largest time given to
+    /// [`Context::advance_stream_time`], and the timers scheduled.
+    pub(crate) fn into_time(self) -> (Option<i64>, Vec<(Punctuation, Duration)>) {
+        (self.advanced, self.scheduled)
+    }
+
+    /// The task's stream time as of the start of this call (`None` until the task has seen a
+    /// record with a time, or a processor carried one on in [`Processor::init`]).
+    pub fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// Moves the task's stream time forward to `t` (never back) once this call returns `Ok`.
+    /// While a record is processed, this gives the record's event time (taken instead of its
+    /// timestamp; the largest if called more than once); in [`Processor::init`], the stream
+    /// time the processor kept in its stores.
+    pub fn advance_stream_time(&mut self, t: i64) {
+        self.advanced = Some(self.advanced.map_or(t, |a| a.max(t)));
+    }
+
+    /// Asks for [`Processor::punctuate`] of `kind` every `interval` (see [`Punctuation`]),
+    /// replacing the task's earlier timer of that kind; a zero interval cancels it. Takes
+    /// effect when this call returns `Ok`.
+    pub fn schedule(&mut self, kind: Punctuation, interval: Duration) {
+        self.scheduled.push((kind, interval));
     }
 
     /// Notes that the record being processed was dropped for being late (too old for every

@@ -3,7 +3,9 @@
 //!
 //! States: `Restoring` (state being rebuilt from the changelog; input waits in Kafka) →
 //! `Running` → closed. Everything of the partition lives here; the member drives restores and
-//! commits, a processing thread hands it records.
+//! commits, a processing thread hands it records and, after each slice of them, a tick of the
+//! wall clock ([`Task::tick`]): timers fire and idle stream time advances on that thread,
+//! under the cell's lock, so what they write and send goes into the same commits as records.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +16,12 @@ use crate::config::OnError;
 use crate::kafka::collector::{Collector, CollectorError, Outgoing, SendKind, Tagged};
 use crate::kafka::restore::ChangelogRecord;
 use crate::metrics::Metrics;
-use crate::processor::{Context, ProcessError, Processor, TaskInfo};
+use crate::processor::{Context, ProcessError, Processor, Punctuation, TaskInfo};
 use crate::state::{
     now_ms, stale_since, Batch, ChangelogSink, Checkpoint, StateError, StateMemory, TaskDb,
     TaskStores,
 };
+use crate::timers::TaskClock;
 use crate::types::{OutputRecord, Record, TaskId};
 
 /// Where a task is in its life.
@@ -60,6 +63,18 @@ pub enum TaskError {
         offset: i64,
         /// Topology name.
         pipeline: String,
+        /// Step and reason.
+        reason: String,
+    },
+    /// A timer's punctuation (or the processor's `init`) failed under `on_error = "fail"`.
+    #[error("task {task} failed in pipeline {pipeline} at {what}, {reason}")]
+    Timer {
+        /// The task.
+        task: TaskId,
+        /// Topology name.
+        pipeline: String,
+        /// What ran: `init`, or which punctuation at what time.
+        what: String,
         /// Step and reason.
         reason: String,
     },
@@ -174,6 +189,33 @@ pub struct Task {
     restored: Vec<IntCounter>,
     outputs: Vec<OutputRecord>,
     metrics: Metrics,
+    /// Stream time, timers and idle advance.
+    clock: TaskClock,
+    /// True once the processor's `init` ran.
+    started: bool,
+    /// Punctuations failed in a row (and dropped, under `skip` or `dlq`).
+    failed_hooks: u64,
+}
+
+/// What a task asks of its processor besides records.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Init,
+    Punctuate(Punctuation, i64),
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Init => f.write_str("init"),
+            Self::Punctuate(Punctuation::StreamTime, t) => {
+                write!(f, "the stream-time punctuation at {t}")
+            }
+            Self::Punctuate(Punctuation::WallClock, t) => {
+                write!(f, "the wall-clock punctuation at {t}")
+            }
+        }
+    }
 }
 
 /// Where a task is in one of its source partitions.
@@ -284,6 +326,9 @@ impl Task {
             restored,
             outputs: Vec::new(),
             metrics,
+            clock: TaskClock::default(),
+            started: false,
+            failed_hooks: 0,
         })
     }
 
@@ -318,6 +363,17 @@ impl Task {
             memory,
             metrics.clone(),
         )
+    }
+
+    /// Advances the task's stream time with the wall clock once it has received no record for
+    /// `ms` (`processing.idle_advance_ms`; 0, the default, never).
+    pub fn set_idle_advance(&mut self, ms: u64) {
+        self.clock.set_idle_advance(ms);
+    }
+
+    /// The task's stream time (see [`crate::processor`]).
+    pub fn stream_time(&self) -> Option<i64> {
+        self.clock.stream_time()
     }
 
     /// The task id.
@@ -569,45 +625,33 @@ impl Task {
         self.generation = generation;
     }
 
-    /// Processes one record: runs the processor, sends its output, applies the error policy.
+    /// Processes one record: runs the processor, sends its output, applies the error policy;
+    /// then fires the stream-time timer if the record moved stream time past its point.
     pub fn process(
         &mut self,
         rec: &Record<'_>,
         collector: &dyn RecordSink,
         policy: &ErrorPolicy,
     ) -> Result<(), TaskError> {
+        self.start(collector, policy)?;
         self.outputs.clear();
         self.stores.begin_record();
-        let (result, late) = {
-            let mut ctx = Context::new(&self.info, &mut self.stores, &mut self.outputs);
+        let (result, late, (advanced, scheduled)) = {
+            let mut ctx = Context::new(&self.info, &mut self.stores, &mut self.outputs)
+                .with_stream_time(self.clock.stream_time());
             let result = self.processor.process(rec, &mut ctx);
-            (result, ctx.late_records())
+            (result, ctx.late_records(), ctx.into_time())
         };
         match result {
             Ok(()) => {
-                if late > 0 {
-                    self.metrics
-                        .late_records
-                        .with_label_values(&[&self.info.topology])
-                        .inc_by(late);
+                self.count_late(late);
+                self.send_outputs(collector)?;
+                self.clock.input();
+                if let Some(t) = advanced.or(rec.timestamp) {
+                    self.clock.observe(t);
                 }
-                for out in &self.outputs {
-                    let o = Outgoing {
-                        topic: &out.topic,
-                        partition: out.partition,
-                        key: out.key.as_deref(),
-                        value: out.value.as_deref(),
-                        headers: &out.headers,
-                        timestamp: out.timestamp,
-                    };
-                    if let Err(e) = collector.send(o, SendKind::Output) {
-                        // The record is not done: a commit must not take its state writes
-                        // (the outputs already sent go with their transaction's abort under
-                        // exactly once, and are duplicates allowed under at least once).
-                        self.stores.rollback();
-                        self.processor.rolled_back();
-                        return Err(e.into());
-                    }
+                for (kind, interval) in scheduled {
+                    self.clock.schedule(kind, interval);
                 }
             }
             Err(ProcessError::Fatal(reason)) => {
@@ -622,10 +666,153 @@ impl Task {
                 // Nothing of a failed record stays: not its output, not its state writes.
                 self.stores.rollback();
                 self.processor.rolled_back();
+                self.clock.input();
                 self.bad_record(rec, &step, &reason, collector, policy)?
             }
         }
         self.advance(rec);
+        self.fire_stream_timer(collector, policy)
+    }
+
+    /// A tick of the wall clock at `now_ms` (epoch ms), between records: fires the wall-clock
+    /// timer if due, advances an idle task's stream time (`processing.idle_advance_ms`), and
+    /// fires the stream-time timer if stream time passed its point.
+    pub fn tick(
+        &mut self,
+        now_ms: i64,
+        collector: &dyn RecordSink,
+        policy: &ErrorPolicy,
+    ) -> Result<(), TaskError> {
+        self.start(collector, policy)?;
+        if self.clock.wall_due(now_ms) {
+            self.run_hook(
+                Hook::Punctuate(Punctuation::WallClock, now_ms),
+                collector,
+                policy,
+            )?;
+        }
+        self.clock.tick(now_ms);
+        self.fire_stream_timer(collector, policy)
+    }
+
+    /// Runs the processor's `init` once, before its first record or timer.
+    fn start(&mut self, collector: &dyn RecordSink, policy: &ErrorPolicy) -> Result<(), TaskError> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        self.run_hook(Hook::Init, collector, policy)
+    }
+
+    fn fire_stream_timer(
+        &mut self,
+        collector: &dyn RecordSink,
+        policy: &ErrorPolicy,
+    ) -> Result<(), TaskError> {
+        match self.clock.stream_due() {
+            Some(now) => self.run_hook(
+                Hook::Punctuate(Punctuation::StreamTime, now),
+                collector,
+                policy,
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `init` or a punctuation like a record: its state writes and sent records take
+    /// effect when it returns `Ok` and are undone on an error. A bad-record error stops the
+    /// task under `on_error = "fail"` and is logged otherwise (there is no record to skip or
+    /// dead-letter).
+    fn run_hook(
+        &mut self,
+        hook: Hook,
+        collector: &dyn RecordSink,
+        policy: &ErrorPolicy,
+    ) -> Result<(), TaskError> {
+        self.outputs.clear();
+        self.stores.begin_record();
+        let (result, late, (advanced, scheduled)) = {
+            let mut ctx = Context::new(&self.info, &mut self.stores, &mut self.outputs)
+                .with_stream_time(self.clock.stream_time());
+            let result = match hook {
+                Hook::Init => self.processor.init(&mut ctx),
+                Hook::Punctuate(kind, now) => self.processor.punctuate(kind, now, &mut ctx),
+            };
+            (result, ctx.late_records(), ctx.into_time())
+        };
+        match result {
+            Ok(()) => {
+                self.count_late(late);
+                self.send_outputs(collector)?;
+                if let Some(t) = advanced {
+                    self.clock.observe(t);
+                }
+                for (kind, interval) in scheduled {
+                    self.clock.schedule(kind, interval);
+                }
+                self.failed_hooks = 0;
+                Ok(())
+            }
+            Err(ProcessError::Fatal(reason)) => {
+                self.stores.rollback();
+                self.processor.rolled_back();
+                Err(TaskError::Fatal {
+                    task: self.info.id,
+                    reason: format!("{hook}: {reason}"),
+                })
+            }
+            Err(ProcessError::Record { step, reason }) => {
+                self.stores.rollback();
+                self.processor.rolled_back();
+                if policy.on_error == OnError::Fail {
+                    return Err(TaskError::Timer {
+                        task: self.info.id,
+                        pipeline: self.info.topology.clone(),
+                        what: hook.to_string(),
+                        reason: format!("step {step}: {reason}"),
+                    });
+                }
+                // Undone, the punctuation's work comes back at its timer's next point and may
+                // fail again as often as the timer fires: logged at the 1st, 2nd, 4th, ...
+                // failure in a row.
+                self.failed_hooks += 1;
+                if self.failed_hooks.is_power_of_two() {
+                    tracing::warn!(task = %self.info.id, %hook, step, reason, failed_in_a_row = self.failed_hooks, "punctuation failed; its writes and output were dropped (on_error = {})", policy.on_error.as_str());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn count_late(&self, late: u64) {
+        if late > 0 {
+            self.metrics
+                .late_records
+                .with_label_values(&[&self.info.topology])
+                .inc_by(late);
+        }
+    }
+
+    /// Sends what the processor produced for a record or a punctuation that succeeded.
+    fn send_outputs(&mut self, collector: &dyn RecordSink) -> Result<(), TaskError> {
+        for out in &self.outputs {
+            let o = Outgoing {
+                topic: &out.topic,
+                partition: out.partition,
+                key: out.key.as_deref(),
+                value: out.value.as_deref(),
+                headers: &out.headers,
+                timestamp: out.timestamp,
+            };
+            if let Err(e) = collector.send(o, SendKind::Output) {
+                // Not done: a commit must not take its state writes (the outputs already
+                // sent go with their transaction's abort under exactly once, and are
+                // duplicates allowed under at least once).
+                self.stores.rollback();
+                self.processor.rolled_back();
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 

@@ -8,6 +8,12 @@
 //! pipeline's source) are processed in turn, in the order they were written, partitioned by
 //! murmur2 of their key as a producer would.
 //!
+//! Time: the driver has its own wall clock, which starts at 0 and moves only with
+//! [`TestDriver::advance_wall_clock`]. After each record, and on each advance of the clock, every
+//! open task gets a tick, as on a worker's processing thread: wall-clock timers fire, and under
+//! `processing.idle_advance_ms` ([`TestDriver::idle_advance`]) an idle task's stream time moves
+//! with the clock, so a window closes and is emitted without another record.
+//!
 //! ```
 //! use tributary::config;
 //! use tributary::testkit::TestDriver;
@@ -133,6 +139,10 @@ pub struct TestDriver {
     metrics: Metrics,
     /// Shared by the driver's tasks, as a worker's tasks share it.
     memory: StateMemory,
+    /// `processing.idle_advance_ms` of every task.
+    idle_advance_ms: u64,
+    /// The driver's wall clock (epoch ms).
+    wall_clock: i64,
 }
 
 impl std::fmt::Debug for TestDriver {
@@ -167,6 +177,8 @@ impl TestDriver {
                 cache_max_entries: 10_000,
                 rocks: RocksMemory::default(),
             },
+            idle_advance_ms: 0,
+            wall_clock: 0,
         }
     }
 
@@ -177,7 +189,49 @@ impl TestDriver {
         let dlq = p.dlq_topic(&cfg.app.id);
         let dlq_used = (p.on_error == OnError::Dlq).then_some(dlq.as_str());
         let topologies = crate::pipeline::compile_all(&cfg.app.id, dlq_used, &cfg.pipelines)?;
-        Ok(Self::new(&cfg.app.id, topologies).on_error(p.on_error, &dlq))
+        Ok(Self::new(&cfg.app.id, topologies)
+            .on_error(p.on_error, &dlq)
+            .idle_advance(p.idle_advance_ms))
+    }
+
+    /// Sets `processing.idle_advance_ms` (default 0: off) for the tasks opened from now on.
+    pub fn idle_advance(mut self, ms: u64) -> Self {
+        self.idle_advance_ms = ms;
+        self
+    }
+
+    /// The driver's wall clock, epoch ms (starts at 0).
+    pub fn wall_clock(&self) -> i64 {
+        self.wall_clock
+    }
+
+    /// Moves the driver's wall clock forward by `by` and ticks every open task at the new time
+    /// (wall-clock timers, idle advance, and the stream-time timer that follows it); what they
+    /// send is routed like any output. To see a task idle for a while, advance in steps, as a
+    /// worker's thread ticks every few milliseconds.
+    pub fn advance_wall_clock(&mut self, by: std::time::Duration) -> Result<(), TaskError> {
+        self.wall_clock = self
+            .wall_clock
+            .saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
+        let mut pending = VecDeque::new();
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            let task = self.tasks.get_mut(&id).expect("invariant: listed above");
+            task.tick(self.wall_clock, &self.sink, &self.policy)?;
+            self.route(&mut pending);
+        }
+        self.run_pending(pending)
+    }
+
+    /// The stream time of the task of `pipeline` (topology) and `partition`, if it is open.
+    pub fn stream_time(&self, pipeline: &str, partition: i32) -> Option<i64> {
+        let topology = self.topologies.iter().position(|t| t.name == pipeline)?;
+        self.tasks
+            .get(&TaskId {
+                topology,
+                partition,
+            })?
+            .stream_time()
     }
 
     /// Sets the error policy.
@@ -219,37 +273,47 @@ impl TestDriver {
     /// it makes that a topology reads, to the end. A record failing under
     /// `on_error = "fail"` is the error.
     pub fn pipe_record(&mut self, record: TestRecord) -> Result<(), TaskError> {
-        let mut pending = VecDeque::from([record]);
+        self.run_pending(VecDeque::from([record]))
+    }
+
+    /// Processes `pending` and everything it makes that a topology reads, to the end.
+    fn run_pending(&mut self, mut pending: VecDeque<TestRecord>) -> Result<(), TaskError> {
         while let Some(rec) = pending.pop_front() {
             self.process(rec)?;
-            for (kind, out) in self.sink.records.borrow_mut().drain(..) {
-                match kind {
-                    SendKind::Changelog => {}
-                    SendKind::Output | SendKind::DeadLetter => {
-                        let mut out = out;
-                        if out.partition < 0 {
-                            // What the producer's murmur2 partitioner does (0 without a key).
-                            out.partition = out
-                                .key
-                                .as_deref()
-                                .map_or(0, |k| partition_for_key(k, self.partitions));
-                        }
-                        if self
-                            .topologies
-                            .iter()
-                            .any(|t| t.sources.contains(&out.topic))
-                        {
-                            pending.push_back(out.clone());
-                        }
-                        self.outputs
-                            .entry(out.topic.clone())
-                            .or_default()
-                            .push_back(out);
+            self.route(&mut pending);
+        }
+        Ok(())
+    }
+
+    /// Takes what the tasks sent: outputs go to their topics (and to `pending` when a topology
+    /// reads them), changelog records are dropped.
+    fn route(&mut self, pending: &mut VecDeque<TestRecord>) {
+        for (kind, out) in self.sink.records.borrow_mut().drain(..) {
+            match kind {
+                SendKind::Changelog => {}
+                SendKind::Output | SendKind::DeadLetter => {
+                    let mut out = out;
+                    if out.partition < 0 {
+                        // What the producer's murmur2 partitioner does (0 without a key).
+                        out.partition = out
+                            .key
+                            .as_deref()
+                            .map_or(0, |k| partition_for_key(k, self.partitions));
                     }
+                    if self
+                        .topologies
+                        .iter()
+                        .any(|t| t.sources.contains(&out.topic))
+                    {
+                        pending.push_back(out.clone());
+                    }
+                    self.outputs
+                        .entry(out.topic.clone())
+                        .or_default()
+                        .push_back(out);
                 }
             }
         }
-        Ok(())
     }
 
     fn process(&mut self, mut rec: TestRecord) -> Result<(), TaskError> {
@@ -290,7 +354,8 @@ impl TestDriver {
         if task.take(record.topic, record.offset) {
             task.process(&record, &self.sink, &self.policy)?;
         }
-        Ok(())
+        // A worker's processing thread ticks a task after each slice of records.
+        task.tick(self.wall_clock, &self.sink, &self.policy)
     }
 
     fn task(&mut self, id: TaskId) -> Result<&mut Task, StateError> {
@@ -327,6 +392,7 @@ impl TestDriver {
                 task.changelog_restored(c)?;
             }
             task.start_if_stateless();
+            task.set_idle_advance(self.idle_advance_ms);
             self.tasks.insert(id, task);
         }
         Ok(self.tasks.get_mut(&id).expect("invariant: inserted above"))
@@ -362,11 +428,17 @@ impl TestDriver {
         Ok(())
     }
 
-    /// Commits and closes every task, then reopens them from their stores on the next record,
-    /// as after a worker restart: task-local memory is gone, state is not.
+    /// Commits and closes every task, then reopens them from their stores, as after a worker
+    /// restart: task-local memory is gone (stream time included), state is not. The tasks
+    /// start (their processors' `init` runs) on their next record or tick.
     pub fn restart(&mut self) -> Result<(), TaskError> {
         self.commit()?;
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         self.tasks.clear();
+        for id in ids {
+            self.task(id)
+                .map_err(|source| TaskError::State { task: id, source })?;
+        }
         Ok(())
     }
 

@@ -584,6 +584,8 @@ pub struct TotalsConfig {
     pub extra: String,
     /// `processing.on_error`.
     pub on_error: String,
+    /// `processing.idle_advance_ms` (default: not set, the worker's default).
+    pub idle_advance_ms: Option<u64>,
     /// The inline keys of `source` after `topics` (default `, format = "json"`).
     pub source_keys: String,
     /// The inline keys of `sink` after `topic` (default `, format = "json"`).
@@ -637,6 +639,7 @@ impl TotalsConfig {
             assignment: None,
             extra: String::new(),
             on_error: "fail".to_string(),
+            idle_advance_ms: None,
             source_keys: ", format = \"json\"".to_string(),
             sink_keys: ", format = \"json\"".to_string(),
             steps: TOTALS_STEPS.to_string(),
@@ -697,6 +700,7 @@ impl TotalsConfig {
              guarantee = {guarantee}\n\
              commit_interval_ms = {commit}\n\
              on_error = {on_error}\n\
+             {idle}\
              \n\
              [state]\n\
              dir = {state}\n\
@@ -748,6 +752,10 @@ impl TotalsConfig {
                 .join(", "),
             output = toml_str(&self.output),
             on_error = toml_str(&self.on_error),
+            idle = self
+                .idle_advance_ms
+                .map(|ms| format!("idle_advance_ms = {ms}\n"))
+                .unwrap_or_default(),
             source_keys = self.source_keys,
             sink_keys = self.sink_keys,
             steps = self.steps,

@@ -644,6 +644,11 @@ pub struct ProcessingConfig {
     /// for the broker to acknowledge every record produced since the last one. A commit that
     /// waits longer fails (and with it the worker, committing nothing), rather than hang.
     pub commit_timeout_ms: u64,
+    /// `idle_advance_ms` (milliseconds, default 0: off): a running task that has received no
+    /// record for this long has its stream time advanced with the wall clock (to its stream
+    /// time at the last record plus the wall-clock time since), so that windows close and
+    /// dedup marks expire without further input. See [`crate::processor`].
+    pub idle_advance_ms: u64,
 }
 
 impl Default for ProcessingConfig {
@@ -656,6 +661,7 @@ impl Default for ProcessingConfig {
             max_buffered_records: 1_000,
             threads: default_threads(),
             commit_timeout_ms: 60_000,
+            idle_advance_ms: 0,
         }
     }
 }

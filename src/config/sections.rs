@@ -168,6 +168,9 @@ fn processing(cx: &mut Cx, top: &mut Table<'_>) -> ProcessingConfig {
         commit_timeout_ms: t
             .opt(cx, "commit_timeout_ms", read::positive)
             .unwrap_or(d.commit_timeout_ms),
+        idle_advance_ms: t
+            .opt(cx, "idle_advance_ms", read::non_negative)
+            .unwrap_or(d.idle_advance_ms),
     };
     t.finish(cx);
     processing

@@ -25,6 +25,7 @@ session_timeout_ms = 10000             # classic only (consumer: a broker settin
 [processing]
 guarantee = "at_least_once"            # or "exactly_once"
 commit_interval_ms = 1000
+idle_advance_ms = 0                    # >0: stream time of idle tasks advances with the wall clock
 on_error = "dlq"                       # "fail" | "skip" | "dlq": bad records and failing steps
 dlq_topic = "clicks-dlq"               # default "<app.id>-dlq"
 
@@ -165,6 +166,7 @@ fn full_example_loads() {
     assert_eq!(config.processing.commit_interval_ms, 1000);
     assert_eq!(config.processing.on_error, OnError::Dlq);
     assert_eq!(config.processing.dlq_topic("clicks"), "clicks-dlq");
+    assert_eq!(config.processing.idle_advance_ms, 0);
     assert_eq!(config.state.dir, PathBuf::from("/var/lib/tributary"));
     assert_eq!(config.state.standby_replicas, 0);
     assert_eq!(
@@ -219,6 +221,7 @@ fn defaults() {
     assert_eq!(config.processing.dlq_topic, None);
     assert_eq!(config.processing.dlq_topic("clicks"), "clicks-dlq");
     assert_eq!(config.processing.max_buffered_records, 1000);
+    assert_eq!(config.processing.idle_advance_ms, 0, "off by default");
     assert_eq!(config.state.dir, PathBuf::from("./tributary-state"));
     assert_eq!(config.state.standby_replicas, 0);
     assert_eq!(config.state.cache_max_entries, 20_000);
@@ -955,4 +958,31 @@ fn source_partitioner() {
         "pipeline[0].source.partitioner",
         &["\"murmur2\", \"crc32\"", "found string \"consistent\""],
     );
+}
+
+/// `processing.idle_advance_ms` is a number of milliseconds, 0 (off) or more; anything else is
+/// an issue naming the key.
+#[test]
+fn idle_advance_ms_is_read_and_checked() {
+    let with = |value: &str| {
+        load_str(&format!(
+            "{MINIMAL}\n[processing]\nidle_advance_ms = {value}\n"
+        ))
+    };
+    assert_eq!(
+        with("5000").expect("valid").processing.idle_advance_ms,
+        5_000
+    );
+    assert_eq!(with("0").expect("valid").processing.idle_advance_ms, 0);
+    for (bad, says) in [
+        ("-1", "expected a non-negative integer, found integer -1"),
+        (
+            "\"soon\"",
+            "expected a non-negative integer, found string \"soon\"",
+        ),
+        ("1.5", "expected a non-negative integer"),
+    ] {
+        let issues = with(bad).expect_err(bad);
+        assert_issue(&issues, "processing.idle_advance_ms", &[says]);
+    }
 }

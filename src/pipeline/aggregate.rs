@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 use super::expr::{Expr, Scope};
-use super::window::{keys, Timeline, Windows};
+use super::window::{keys, Expiry, Timeline, Windows};
 use super::Rec;
 use crate::config::Emit;
-use crate::processor::{Context, ProcessError};
+use crate::processor::{Context, ProcessError, Store};
 
 /// An aggregate function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +283,11 @@ impl Aggregate {
         self.timeline = Timeline::default();
     }
 
+    /// True for a windowed step (it keeps time).
+    pub fn windowed(&self) -> bool {
+        self.window.is_some()
+    }
+
     /// Tells the step that nothing reads its output.
     pub fn without_output(&mut self) {
         self.emits = false;
@@ -493,24 +498,66 @@ impl Aggregate {
                 }
                 store.put_owned(&entry, state)?;
             }
-            // Windows the new stream time closed: emit them (final) and purge them.
-            for (_, entry) in expiry.expired(now) {
-                if let Some(state) = store.get(&entry)? {
-                    if self.emits && self.emit == Emit::Final {
-                        let gkey = keys::split(&entry)
-                            .map(|(k, _)| k.to_vec())
-                            .unwrap_or_default();
-                        let gkey = match String::from_utf8(gkey) {
-                            Ok(s) => Value::String(Arc::new(s)),
-                            Err(e) => Value::Bytes(Arc::new(e.into_bytes())),
-                        };
-                        let end = state.window_end.unwrap_or(now);
-                        out.push(self.output(&gkey, &state, end - 1));
-                    }
+            self.expire(now, expiry, &mut store, out)
+        })();
+        self.timeline = timeline;
+        result
+    }
+
+    /// Emits (final) and purges the windows closed at stream time `now`.
+    fn expire(
+        &self,
+        now: i64,
+        expiry: &mut Expiry,
+        store: &mut Store<'_, AggState>,
+        out: &mut Vec<Rec>,
+    ) -> Result<(), ProcessError> {
+        for (_, entry) in expiry.expired(now) {
+            if let Some(state) = store.get(&entry)? {
+                if self.emits && self.emit == Emit::Final {
+                    let gkey = keys::split(&entry)
+                        .map(|(k, _)| k.to_vec())
+                        .unwrap_or_default();
+                    let gkey = match String::from_utf8(gkey) {
+                        Ok(s) => Value::String(Arc::new(s)),
+                        Err(e) => Value::Bytes(Arc::new(e.into_bytes())),
+                    };
+                    let end = state.window_end.unwrap_or(now);
+                    out.push(self.output(&gkey, &state, end - 1));
                 }
-                store.delete(&entry);
             }
-            Ok(())
+            store.delete(&entry);
+        }
+        Ok(())
+    }
+
+    /// The step's stream time, for a windowed step that has seen a record (`None` otherwise:
+    /// time means nothing to it, or nothing is open).
+    pub fn stream_time(&mut self, ctx: &mut Context<'_>) -> Result<Option<i64>, ProcessError> {
+        let Some(w) = self.window else {
+            return Ok(None);
+        };
+        let close = move |s: &AggState| w.close_at(s.window_end.unwrap_or(i64::MIN));
+        self.timeline.now(ctx, &self.store, close)
+    }
+
+    /// Advances the step's stream time to `t` without a record (a timer): closes, emits
+    /// (final) and purges the windows it closes, exactly as a record of time `t` would.
+    pub fn advance_to(
+        &mut self,
+        t: i64,
+        ctx: &mut Context<'_>,
+        out: &mut Vec<Rec>,
+    ) -> Result<(), ProcessError> {
+        let Some(w) = self.window else {
+            return Ok(());
+        };
+        let close = move |s: &AggState| w.close_at(s.window_end.unwrap_or(i64::MIN));
+        let mut timeline = std::mem::take(&mut self.timeline);
+        let result = (|| {
+            let (now, expiry) = timeline.advance(ctx, &self.store, t, close)?;
+            let mut store = ctx.store::<AggState>(&self.store)?;
+            self.expire(now, expiry, &mut store, out)
         })();
         self.timeline = timeline;
         result

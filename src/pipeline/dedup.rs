@@ -42,6 +42,28 @@ impl Dedup {
         self.timeline = Timeline::default();
     }
 
+    /// The step's stream time, `None` before its first record.
+    pub fn stream_time(&mut self, ctx: &mut Context<'_>) -> Result<Option<i64>, ProcessError> {
+        let within = self.within;
+        self.timeline
+            .now(ctx, &self.store, |seen: &i64| seen.saturating_add(within))
+    }
+
+    /// Advances the step's stream time to `t` without a record (a timer), purging the marks
+    /// it puts past the horizon.
+    pub fn advance_to(&mut self, t: i64, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let within = self.within;
+        let (now, expiry) = self.timeline.advance(ctx, &self.store, t, |seen: &i64| {
+            seen.saturating_add(within)
+        })?;
+        let expired = expiry.expired(now);
+        let mut store = ctx.store::<i64>(&self.store)?;
+        for (_, old) in expired {
+            store.delete(&old);
+        }
+        Ok(())
+    }
+
     /// Passes `rec` to `out` unless it repeats a value seen within the horizon.
     pub fn apply(
         &mut self,

@@ -13,6 +13,14 @@
 //! the record with the step's key path, and the worker's `processing.on_error` decides what
 //! happens to it. A record too late for its windows is not a failure: the aggregate drops it
 //! and counts it ([`crate::processor::Context::drop_late`]).
+//!
+//! Time: a stage gives each record's event time to its task as stream time
+//! ([`Context::advance_stream_time`]). Each windowed `aggregate` and each `dedup` keeps its own
+//! stream time in its store (the largest event time of the records it saw), and records move
+//! it. When the task's stream time moves without a record (`processing.idle_advance_ms`), the
+//! stage's stream-time timer moves every such step forward by as much, and the step closes,
+//! emits and purges exactly as if a record had moved it; what it emits runs through the rest
+//! of the stage like any output, with `partition` the task's, `offset` -1 and no headers.
 
 pub(crate) mod aggregate;
 pub(crate) mod dedup;
@@ -30,8 +38,8 @@ use std::sync::Arc;
 
 use cel::Value;
 
-use crate::processor::{Context, ProcessError, Processor};
-use crate::types::{OutputRecord, Record};
+use crate::processor::{Context, ProcessError, Processor, Punctuation};
+use crate::types::{Headers, OutputRecord, Record};
 use aggregate::Aggregate;
 use dedup::Dedup;
 use expr::{Expr, Scope};
@@ -91,6 +99,11 @@ pub(crate) struct StageProcessor {
     time: Option<Expr>,
     steps: Vec<Step>,
     end: End,
+    /// True when a step keeps time (a windowed aggregate, a dedup).
+    keeps_time: bool,
+    /// The task stream time the steps' own stream times are in step with: a record sets it,
+    /// and stream time that moved past it without a record moves the steps by the difference.
+    seen: Option<i64>,
 }
 
 fn key_value(key: Option<&[u8]>) -> Value {
@@ -147,7 +160,90 @@ impl Processor for StageProcessor {
                 )
             })?;
         }
+        ctx.advance_stream_time(rec.time);
+        if self.keeps_time {
+            self.seen = Some(ctx.stream_time().map_or(rec.time, |s| s.max(rec.time)));
+        }
         self.run(0, rec, record, ctx)
+    }
+
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        if !self.keeps_time {
+            return Ok(());
+        }
+        // Every advance of stream time, so a window closes exactly when it should.
+        ctx.schedule(Punctuation::StreamTime, std::time::Duration::from_millis(1));
+        // Stream time goes on from what the steps kept in their stores.
+        let mut latest = None;
+        for step in &mut self.steps {
+            let now = match step {
+                Step::Aggregate(a) => a.stream_time(ctx)?,
+                Step::Dedup(d) => d.stream_time(ctx)?,
+                Step::Filter { .. } | Step::Map { .. } => None,
+            };
+            latest = latest.max(now);
+        }
+        if let Some(t) = latest {
+            ctx.advance_stream_time(t);
+        }
+        self.seen = latest;
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        kind: Punctuation,
+        now: i64,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        if kind != Punctuation::StreamTime || !self.keeps_time {
+            return Ok(());
+        }
+        let Some(seen) = self.seen.replace(now) else {
+            return Ok(());
+        };
+        let moved = now.saturating_sub(seen);
+        if moved <= 0 {
+            // A record moved it, and the steps with it.
+            return Ok(());
+        }
+        // Each step moves from where it was before anything runs, so a step is not moved
+        // further because an earlier step's output reached it first.
+        let mut targets = Vec::with_capacity(self.steps.len());
+        for step in &mut self.steps {
+            let now = match step {
+                Step::Aggregate(a) => a.stream_time(ctx)?,
+                Step::Dedup(d) => d.stream_time(ctx)?,
+                Step::Filter { .. } | Step::Map { .. } => None,
+            };
+            targets.push(now.map(|t| t.saturating_add(moved)));
+        }
+        // No record caused this: what the steps emit sees the task's partition, no offset and
+        // no headers.
+        let record = Record {
+            topic: "",
+            partition: ctx.task().id.partition,
+            offset: -1,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: Headers::none(),
+        };
+        for (i, target) in targets.into_iter().enumerate() {
+            let Some(target) = target else {
+                continue;
+            };
+            let mut emitted = Vec::new();
+            match &mut self.steps[i] {
+                Step::Aggregate(a) => a.advance_to(target, ctx, &mut emitted)?,
+                Step::Dedup(d) => d.advance_to(target, ctx)?,
+                Step::Filter { .. } | Step::Map { .. } => {}
+            }
+            for out in emitted {
+                self.run(i + 1, out, &record, ctx)?;
+            }
+        }
+        Ok(())
     }
 
     fn rolled_back(&mut self) {
@@ -170,12 +266,19 @@ impl StageProcessor {
         if let (End::Nothing, Some(Step::Aggregate(a))) = (&end, steps.last_mut()) {
             a.without_output();
         }
+        let keeps_time = steps.iter().any(|s| match s {
+            Step::Aggregate(a) => a.windowed(),
+            Step::Dedup(_) => true,
+            Step::Filter { .. } | Step::Map { .. } => false,
+        });
         Self {
             codec,
             fields,
             time,
             steps,
             end,
+            keeps_time,
+            seen: None,
         }
     }
 

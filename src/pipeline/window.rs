@@ -242,16 +242,14 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Loads (once) and advances the stream time to `t`, persisting it when it moves; returns
-    /// the stream time and the expiry index. `expires_at` gives an entry's expiry from its
-    /// stored value.
-    pub fn advance<T>(
+    /// Loads (once) the stream time and the expiry index from the store. `expires_at` gives an
+    /// entry's expiry from its stored value.
+    fn load<T>(
         &mut self,
         ctx: &mut Context<'_>,
         store: &str,
-        t: i64,
         expires_at: impl Fn(&T) -> i64,
-    ) -> Result<(i64, &mut Expiry), ProcessError>
+    ) -> Result<&mut (i64, Expiry), ProcessError>
     where
         T: Serialize + DeserializeOwned + Clone + Send + 'static,
     {
@@ -266,7 +264,37 @@ impl Timeline {
             }
             self.loaded = Some((now, expiry));
         }
-        let (now, expiry) = self.loaded.as_mut().expect("invariant: loaded above");
+        Ok(self.loaded.as_mut().expect("invariant: loaded above"))
+    }
+
+    /// The step's stream time (loading it first), `None` before its first record.
+    pub fn now<T>(
+        &mut self,
+        ctx: &mut Context<'_>,
+        store: &str,
+        expires_at: impl Fn(&T) -> i64,
+    ) -> Result<Option<i64>, ProcessError>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + 'static,
+    {
+        let (now, _) = self.load(ctx, store, expires_at)?;
+        Ok((*now != i64::MIN).then_some(*now))
+    }
+
+    /// Loads (once) and advances the stream time to `t`, persisting it when it moves; returns
+    /// the stream time and the expiry index. `expires_at` gives an entry's expiry from its
+    /// stored value.
+    pub fn advance<T>(
+        &mut self,
+        ctx: &mut Context<'_>,
+        store: &str,
+        t: i64,
+        expires_at: impl Fn(&T) -> i64,
+    ) -> Result<(i64, &mut Expiry), ProcessError>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + 'static,
+    {
+        let (now, expiry) = self.load(ctx, store, expires_at)?;
         if t > *now {
             *now = t;
             ctx.store::<i64>(store)?.put(keys::STREAM_TIME, &t)?;

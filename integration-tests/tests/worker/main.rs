@@ -12,6 +12,7 @@ mod changelog;
 mod config;
 mod exactly_once;
 mod harness;
+mod idle;
 mod outage;
 mod pipelines;
 mod protocol;

@@ -224,6 +224,14 @@ impl TaskCell {
                 }
             }
         }
+        // Timers and idle advance come after the queues: a task with records waiting is not
+        // idle. On this thread and under the cell's lock, like the task's records.
+        let sink = self.collector.tagged(task.generation());
+        if let Err(e) = task.tick(crate::state::now_ms(), &sink, &self.policy) {
+            *active = false;
+            let _ = self.failures.send((self.id, e));
+            return true;
+        }
         self.wants_commit
             .store(task.wants_commit(), Ordering::Relaxed);
         taken > 0

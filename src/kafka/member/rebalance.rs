@@ -210,6 +210,7 @@ impl Core {
             }
             Err(e) => return Err(e.to_string()),
         };
+        task.set_idle_advance(self.setup.config.processing.idle_advance_ms);
         self.setup.status.register_db(id, task.db().clone());
         if !task.start_if_stateless() {
             start_task_restore(
