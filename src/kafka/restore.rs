@@ -36,7 +36,7 @@ use crate::task::Task;
 /// restored (see the module docs: harmless on Apache Kafka, needed on tansu).
 const QUIET: Duration = Duration::from_millis(100);
 /// Timeout of end-offset queries.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One changelog record.
 #[derive(Debug, Clone, Copy)]

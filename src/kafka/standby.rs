@@ -445,7 +445,7 @@ mod tests {
     use super::*;
     use crate::kafka::embedded::EmbeddedCluster;
     use crate::processor::{Context, ProcessError, Processor};
-    use crate::state::Checkpoint;
+    use crate::state::{now_ms, Checkpoint};
     use crate::types::Record;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::ClientConfig;
@@ -486,6 +486,202 @@ mod tests {
             assert!(Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The standbys' setup for app `sb` (one topology, `counts` over `in`, 2 partitions) on
+    /// `bootstrap`, with state under `dir` and `retention` as the changelog's tombstone
+    /// retention.
+    fn setup_for(
+        bootstrap: &str,
+        dir: &std::path::Path,
+        retention: Option<Duration>,
+    ) -> StandbySetup {
+        let config = crate::config::load_str(&format!(
+            "[app]\nid = \"sb\"\n[kafka]\nbootstrap_servers = {bootstrap:?}\n[state]\ndir = {dir:?}\nstandby_replicas = 1\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        ))
+        .unwrap();
+        let topologies = Arc::new(vec![
+            Topology::new("counts", ["in"], |_| Nothing).store("counts")
+        ]);
+        StandbySetup {
+            config: Arc::new(config),
+            bootstrap: bootstrap.to_string(),
+            topologies,
+            partitions: Arc::new([("in".to_string(), 2)].into_iter().collect()),
+            tombstone_retention: Arc::new(
+                retention
+                    .map(|r| (CHANGELOG.to_string(), r))
+                    .into_iter()
+                    .collect(),
+            ),
+            metrics: Metrics::new(),
+            status: Arc::new(StatusBoard::new(1)),
+            state_memory: StateMemory::new(100, 8, 8),
+        }
+    }
+
+    const TASK: TaskId = TaskId {
+        topology: 0,
+        partition: 1,
+    };
+
+    /// The standby of [`TASK`]'s checkpoint as written (after writing what it applied).
+    fn written_checkpoint(inner: &mut Inner) -> Option<Checkpoint> {
+        inner.write_all();
+        inner.tasks.get(&TASK)?.restore_points().unwrap()[0].1
+    }
+
+    /// Drives the standby (as its thread does) until it has applied the changelog to `next`.
+    fn apply_until(inner: &mut Inner, next: i64) {
+        wait("the standby applies the changelog", || {
+            inner.poll();
+            written_checkpoint(inner).is_some_and(|c| c.next >= next)
+        });
+    }
+
+    /// A member's claim (made from its rebalance callback, which the member's whole loop waits
+    /// for) does not wait for the brokers: while the standby thread is stuck asking an
+    /// unresponsive broker where a changelog ends, the claim returns at once, and the member
+    /// (which retries a task whose directory is still locked) gets the directory once the
+    /// standby lets go of it.
+    #[test]
+    fn a_claim_does_not_wait_for_an_unresponsive_broker() {
+        // A "broker" that accepts connections and never answers.
+        let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bootstrap = hole.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in hole.incoming() {
+                held.extend(conn.ok());
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let setup = setup_for(&bootstrap, dir.path(), None);
+        let standbys = Arc::new(Standbys::new(setup.clone()).unwrap());
+        let stop = CancellationToken::new();
+        let thread = {
+            let (standbys, stop) = (standbys.clone(), stop.clone());
+            std::thread::spawn(move || standbys.run(|| Some([TASK].into()), stop))
+        };
+        // The standby opens the task's RocksDB, then asks the broker for the changelog's
+        // watermarks: the directory existing means the thread is (about to be) waiting on it.
+        let task_dir = dir.path().join("sb").join(TASK.to_string());
+        wait("the standby opens its directory", || {
+            task_dir.join("CURRENT").exists()
+        });
+        let (done_tx, done) = std::sync::mpsc::channel();
+        {
+            let standbys = standbys.clone();
+            std::thread::spawn(move || {
+                standbys.claim(TASK, 0);
+                let _ = done_tx.send(());
+            });
+        }
+        // The broker never answers; the standby's own wait for it ends after
+        // WATERMARK_TIMEOUT. A claim that returns within half of that did not wait for it.
+        let claimed = done.recv_timeout(crate::kafka::restore::WATERMARK_TIMEOUT / 2);
+        stop.cancel();
+        assert!(
+            claimed.is_ok(),
+            "the claim waited for the standby thread's broker request"
+        );
+        thread.join().unwrap();
+    }
+
+    /// Under steady writes the changelog's end has always moved on by the time it is asked for
+    /// again, yet a standby that has applied everything up to an end it saw earlier holds every
+    /// change the changelog had then: its checkpoint says so. (Were its sync time left where it
+    /// opened, a takeover more than `delete.retention.ms` later would not trust the standby and
+    /// would restore in full.)
+    #[test]
+    fn a_standby_under_steady_writes_records_when_it_was_last_in_sync() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let standbys = Standbys::new(setup_for(cluster.bootstrap(), dir.path(), None)).unwrap();
+        let mut inner = standbys.lock();
+        inner.wanted = [TASK].into();
+        inner.reconcile();
+        apply_until(&mut inner, 500);
+        let opened = written_checkpoint(&mut inner)
+            .unwrap()
+            .synced_at_ms
+            .unwrap();
+
+        // Records arrive between every two looks at the end.
+        produce(cluster.bootstrap(), 1, 500, 600);
+        let first_look = now_ms();
+        assert!(first_look > opened);
+        inner.refresh_ends(); // end 600, applied to 500
+        apply_until(&mut inner, 600);
+        produce(cluster.bootstrap(), 1, 600, 700);
+        inner.refresh_ends(); // end 700, applied to 600: all the changelog had at the first look
+        let synced = written_checkpoint(&mut inner)
+            .unwrap()
+            .synced_at_ms
+            .unwrap();
+        assert!(
+            synced >= first_look,
+            "the standby holds everything written before {first_look}, but its checkpoint \
+             says it was last in sync at {synced} (when it opened: {opened})"
+        );
+    }
+
+    /// A standby that stalls (its worker paused, its broker away) for longer than the
+    /// changelog keeps tombstones may find, when it reads on, that compaction removed deletions
+    /// it never applied: it would keep the deleted keys. So, as a restore of a tail that took
+    /// that long, it does not vouch for what it read: it empties its store and reads the
+    /// changelog again from the start, and only then says it is in sync.
+    #[test]
+    fn a_standby_that_outlived_the_tombstone_retention_rebuilds() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(1);
+        let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
+        let standbys = Standbys::new(setup.clone()).unwrap();
+        let mut inner = standbys.lock();
+        inner.wanted = [TASK].into();
+        inner.reconcile();
+        apply_until(&mut inner, 500);
+        inner.refresh_ends();
+        let synced = written_checkpoint(&mut inner)
+            .unwrap()
+            .synced_at_ms
+            .unwrap();
+
+        // The standby reads nothing for longer than the retention while the owner writes.
+        produce(cluster.bootstrap(), 1, 500, 700);
+        wait("the tombstone retention passes", || {
+            now_ms() > synced + retention.as_millis() as i64
+        });
+        apply_until(&mut inner, 700);
+        inner.refresh_ends();
+        let records = || {
+            setup
+                .metrics
+                .standby_records
+                .with_label_values(&["counts"])
+                .get()
+        };
+        assert_eq!(records(), 700);
+        wait(
+            "the standby reads its changelog again from the start",
+            || {
+                inner.poll();
+                records() == 700 + 700
+            },
+        );
+        inner.refresh_ends();
+        let rebuilt = written_checkpoint(&mut inner).unwrap();
+        assert_eq!(rebuilt.next, 700);
+        assert!(rebuilt.synced_at_ms.unwrap() > synced + retention.as_millis() as i64);
+        let db = inner.tasks[&TASK].db().clone();
+        assert_eq!(db.get(0, b"k699").unwrap(), Some(b"699".to_vec()));
     }
 
     /// A standby copies its task's changelog with its checkpoint; when a member claims the task,
