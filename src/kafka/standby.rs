@@ -75,7 +75,13 @@ pub struct StandbySetup {
 /// The worker's standby replicas, shared between their thread and the members, which claim a
 /// task before they open it.
 pub struct Standbys {
+    /// The standbys, held by their thread while it works on them, which includes waiting for
+    /// the brokers: a claim never waits for it.
     inner: Mutex<Inner>,
+    /// Tasks members of this process run or are opening, by member: never a standby here.
+    /// (Two members may hold a claim on one task for a moment, while one hands it to the
+    /// other.)
+    claimed: Mutex<BTreeSet<(TaskId, usize)>>,
 }
 
 impl std::fmt::Debug for Standbys {
@@ -92,10 +98,6 @@ struct Inner {
     changelog_routes: HashMap<String, usize>,
     /// Open standbys.
     tasks: BTreeMap<TaskId, Task>,
-    /// Tasks members of this process run or are opening, by member: never a standby here.
-    /// (Two members may hold a claim on one task for a moment, while one hands it to the
-    /// other.)
-    claimed: BTreeSet<(TaskId, usize)>,
     /// The standbys the placement gives this worker.
     wanted: BTreeSet<TaskId>,
     /// Standbys that failed, and when they may be opened again.
@@ -121,12 +123,18 @@ impl Standbys {
                 restore,
                 changelog_routes,
                 tasks: BTreeMap::new(),
-                claimed: BTreeSet::new(),
                 wanted: BTreeSet::new(),
                 retry_at: HashMap::new(),
                 setup,
             }),
+            claimed: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// The tasks members of this process hold.
+    fn claimed(&self) -> BTreeSet<TaskId> {
+        let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        claimed.iter().map(|(id, _)| *id).collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -161,10 +169,20 @@ impl Standbys {
 
     /// Member `member` of this process is about to open task `id`: its standby, if any,
     /// writes what it applied and closes, so the member finds the directory free and its
-    /// checkpoint current.
+    /// checkpoint current. Never waits for the standby thread (a member claims from its
+    /// rebalance callback, and the thread may be waiting for the brokers): when the thread is
+    /// busy, it closes the standby at its next turn, and the member, finding the directory
+    /// still locked, opens the task a moment later.
     pub fn claim(&self, id: TaskId, member: usize) {
-        let mut inner = self.lock();
-        inner.claimed.insert((id, member));
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((id, member));
+        let mut inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if inner.tasks.contains_key(&id) {
             tracing::info!(task = %id, member, "standby becomes active");
             inner.close(id);
@@ -174,7 +192,10 @@ impl Standbys {
     /// Member `member` closed task `id`: unless another member holds it, it may be a standby
     /// here again.
     pub fn unclaim(&self, id: TaskId, member: usize) {
-        self.lock().claimed.remove(&(id, member));
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(id, member));
     }
 
     /// Keeps the standbys `placement` gives this worker (asked again every second; `None`:
@@ -199,10 +220,18 @@ impl Standbys {
                         inner.wanted = wanted;
                     }
                 }
-                self.lock().reconcile();
+                let claimed = self.claimed();
+                self.lock().reconcile(&claimed);
             }
             let idle = {
                 let mut inner = self.lock();
+                // Claims made while this thread was busy.
+                for id in self.claimed() {
+                    if inner.tasks.contains_key(&id) {
+                        tracing::info!(task = %id, "standby becomes active");
+                        inner.close(id);
+                    }
+                }
                 if inner.tasks.is_empty() {
                     true
                 } else {
@@ -237,9 +266,8 @@ impl Standbys {
 
 impl Inner {
     /// Opens the wanted standbys and closes the others.
-    fn reconcile(&mut self) {
-        let claimed: BTreeSet<TaskId> = self.claimed.iter().map(|(id, _)| *id).collect();
-        let keep: BTreeSet<TaskId> = self.wanted.difference(&claimed).copied().collect();
+    fn reconcile(&mut self, claimed: &BTreeSet<TaskId>) {
+        let keep: BTreeSet<TaskId> = self.wanted.difference(claimed).copied().collect();
         let open: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in open {
             if !keep.contains(&id) {
@@ -603,7 +631,7 @@ mod tests {
         let standbys = Standbys::new(setup_for(cluster.bootstrap(), dir.path(), None)).unwrap();
         let mut inner = standbys.lock();
         inner.wanted = [TASK].into();
-        inner.reconcile();
+        inner.reconcile(&BTreeSet::new());
         apply_until(&mut inner, 500);
         let opened = written_checkpoint(&mut inner)
             .unwrap()
@@ -646,7 +674,7 @@ mod tests {
         let standbys = Standbys::new(setup.clone()).unwrap();
         let mut inner = standbys.lock();
         inner.wanted = [TASK].into();
-        inner.reconcile();
+        inner.reconcile(&BTreeSet::new());
         apply_until(&mut inner, 500);
         inner.refresh_ends();
         let synced = written_checkpoint(&mut inner)
@@ -762,17 +790,29 @@ mod tests {
         );
 
         // A member takes the task over: the directory is free, and current.
+        // (As a member does, it tries again while the standby thread has not let go yet.)
         standbys.claim(task, 0);
-        let opened = Task::open_for(
-            &topologies[0],
-            task,
-            "sb",
-            &partitions,
-            &dir.path().join("sb"),
-            &setup.state_memory,
-            &metrics,
-        )
-        .expect("the standby let go of the directory");
+        let open = || {
+            Task::open_for(
+                &topologies[0],
+                task,
+                "sb",
+                &partitions,
+                &dir.path().join("sb"),
+                &setup.state_memory,
+                &metrics,
+            )
+        };
+        let mut opened = None;
+        wait("the standby lets go of the directory", || {
+            match open() {
+                Ok(task) => opened = Some(task),
+                Err(crate::state::StateError::Locked { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            opened.is_some()
+        });
+        let opened = opened.unwrap();
         let points = opened.restore_points().unwrap();
         assert_eq!(points.len(), 1);
         let checkpoint: Checkpoint = points[0].1.expect("a checkpoint");
