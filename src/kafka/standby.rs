@@ -397,7 +397,7 @@ impl Inner {
     }
 
     /// Refreshes the changelogs' end offsets: the lag metrics, and the sync time of the
-    /// standbys read to the end.
+    /// standbys that have read to an end (this one, or one asked for earlier).
     fn refresh_ends(&mut self) {
         for (changelog, partition, asked_at) in self.restore.refresh_ends() {
             let Some(&topology) = self.changelog_routes.get(&*changelog) else {
