@@ -27,9 +27,9 @@ use super::ClientError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
-use crate::state::{StateError, StateMemory};
+use crate::state::{now_ms, StateError, StateMemory};
 use crate::status::{StatusBoard, TaskStatus};
-use crate::task::Task;
+use crate::task::{Outlived, Task};
 use crate::types::TaskId;
 
 /// Changelog records applied per poll.
@@ -399,6 +399,7 @@ impl Inner {
     /// Refreshes the changelogs' end offsets: the lag metrics, and the sync time of the
     /// standbys that have read to an end (this one, or one asked for earlier).
     fn refresh_ends(&mut self) {
+        let mut failed = Vec::new();
         for (changelog, partition, asked_at) in self.restore.refresh_ends() {
             let Some(&topology) = self.changelog_routes.get(&*changelog) else {
                 continue;
@@ -407,11 +408,42 @@ impl Inner {
                 topology,
                 partition,
             };
-            if let Some(task) = self.tasks.get_mut(&id) {
-                if let Err(e) = task.mark_synced(&changelog, asked_at) {
-                    tracing::warn!(task = %id, error = %e, "writing a standby's checkpoint failed");
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let retention = self.setup.tombstone_retention.get(&*changelog).copied();
+            match retention.and_then(|r| task.standby_outlived(&changelog, r, now_ms())) {
+                Some(Outlived::Rebuild(why)) => {
+                    tracing::warn!(task = %id, changelog = %changelog, reason = %why, "a standby read its changelog's tail too late to trust it; emptying it to read the changelog again");
+                    let restart = task
+                        .clear_store(&changelog)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            self.restore
+                                .start(&changelog, partition, None, retention)
+                                .map_err(|e| e.to_string())
+                        });
+                    match restart {
+                        Ok(start) => task.restore_started(&changelog, start.remaining),
+                        Err(e) => {
+                            tracing::warn!(task = %id, error = %e, "rebuilding a standby failed; closing it");
+                            failed.push(id);
+                        }
+                    }
+                    continue;
                 }
+                Some(Outlived::Accept(why)) => {
+                    tracing::error!(task = %id, changelog = %changelog, reason = %why, "a standby's first read of its changelog took longer than the changelog keeps tombstones: keys deleted meanwhile may be back; raise the changelog's delete.retention.ms");
+                }
+                None => {}
             }
+            if let Err(e) = task.mark_synced(&changelog, asked_at) {
+                tracing::warn!(task = %id, error = %e, "writing a standby's checkpoint failed");
+            }
+        }
+        for id in failed {
+            self.close(id);
+            self.retry_at.insert(id, Instant::now() + RETRY_AFTER);
         }
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in ids {
@@ -473,7 +505,7 @@ mod tests {
     use super::*;
     use crate::kafka::embedded::EmbeddedCluster;
     use crate::processor::{Context, ProcessError, Processor};
-    use crate::state::{now_ms, Checkpoint};
+    use crate::state::Checkpoint;
     use crate::types::Record;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::ClientConfig;
