@@ -744,6 +744,75 @@ mod tests {
         assert_eq!(db.get(0, b"k699").unwrap(), Some(b"699".to_vec()));
     }
 
+    /// Two workers may share one state directory (each task directory's lock keeps them from
+    /// using one at once). A standby of a task that the other worker runs must then not keep
+    /// the task's directory: the other worker's member, given the task back after a rebalance
+    /// that took it away for a moment, would wait for it for as long as the placement stands.
+    #[test]
+    fn a_standby_does_not_keep_a_task_from_a_worker_sharing_the_state_directory() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 100);
+        let dir = tempfile::tempdir().unwrap();
+        // Worker A runs the task; worker B, on the same state directory, is to keep its standby.
+        let a = setup_for(cluster.bootstrap(), dir.path(), None);
+        let a_standbys = Arc::new(Standbys::new(a.clone()).unwrap());
+        let b = setup_for(cluster.bootstrap(), dir.path(), None);
+        let b_standbys = Arc::new(Standbys::new(b.clone()).unwrap());
+        let open = || {
+            Task::open_for(
+                &a.topologies[0],
+                TASK,
+                "sb",
+                &a.partitions,
+                &dir.path().join("sb"),
+                &a.state_memory,
+                &a.metrics,
+            )
+        };
+        let b_has_standby = || {
+            b.status.tasks().iter().any(|t| {
+                t.partition == TASK.partition && t.state == crate::task::TaskState::Standby
+            })
+        };
+        // A's member runs the task; a rebalance takes it away and, a moment later, gives it
+        // back (as an eager assignor does with every partition).
+        a_standbys.claim(TASK, 0);
+        let running = open().unwrap();
+        let stop = CancellationToken::new();
+        let threads: Vec<_> = [(a_standbys.clone(), None), (b_standbys.clone(), Some(TASK))]
+            .into_iter()
+            .map(|(standbys, wanted)| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    standbys.run(move || Some(wanted.into_iter().collect()), stop)
+                })
+            })
+            .collect();
+        drop(running);
+        a_standbys.unclaim(TASK, 0);
+        wait("B's standby opens the directory A let go of", b_has_standby);
+        a_standbys.claim(TASK, 0);
+        let mut reopened = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reopened.is_none() && Instant::now() < deadline {
+            match open() {
+                Ok(task) => reopened = Some(task),
+                Err(StateError::Locked { .. }) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        stop.cancel();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(
+            reopened.is_some(),
+            "A's member could not open its task: B's standby kept the shared directory"
+        );
+    }
+
     /// A standby copies its task's changelog with its checkpoint; when a member claims the task,
     /// it closes, and the task opens on the same directory with nothing left to restore.
     #[test]
