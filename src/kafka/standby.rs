@@ -27,6 +27,7 @@ use super::ClientError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::processor::{changelog_topic, Topology};
+use crate::state::presence::Presence;
 use crate::state::{now_ms, StateError, StateMemory};
 use crate::status::{StatusBoard, TaskStatus};
 use crate::task::{Outlived, Task};
@@ -70,6 +71,9 @@ pub struct StandbySetup {
     pub status: Arc<StatusBoard>,
     /// The memory task state shares.
     pub state_memory: StateMemory,
+    /// This worker's announcement in its state directory: while another worker shares the
+    /// directory, no standby is kept (it would keep a directory the other may need).
+    pub presence: Arc<Presence>,
 }
 
 /// The worker's standby replicas, shared between their thread and the members, which claim a
@@ -209,11 +213,26 @@ impl Standbys {
         let mut next_write = Instant::now() + WRITE_INTERVAL;
         let mut next_ends = Instant::now();
         let mut next_status = Instant::now();
+        let presence = self.lock().setup.presence.clone();
+        let mut shared = false;
         while !shutdown.is_cancelled() {
             let now = Instant::now();
             if now >= next_place {
                 next_place = now + PLACE_INTERVAL;
-                if let Some(wanted) = placement() {
+                let sharing = presence.others().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot tell whether another worker shares the state directory; keeping no standbys");
+                    true
+                });
+                if sharing != shared {
+                    shared = sharing;
+                    if shared {
+                        tracing::warn!("another worker runs on this state directory (state.dir): keeping no standbys, which would hold task directories it may need; give each worker a state.dir of its own");
+                    }
+                }
+                let wanted = placement()
+                    .filter(|_| !shared)
+                    .or(shared.then(BTreeSet::new));
+                if let Some(wanted) = wanted {
                     let mut inner = self.lock();
                     if wanted != inner.wanted {
                         tracing::info!(standbys = ?wanted.iter().map(ToString::to_string).collect::<Vec<_>>(), "standby placement");
@@ -577,6 +596,7 @@ mod tests {
             metrics: Metrics::new(),
             status: Arc::new(StatusBoard::new(1)),
             state_memory: StateMemory::new(100, 8, 8),
+            presence: Arc::new(crate::state::presence::announce(&dir.join("sb")).unwrap()),
         }
     }
 
@@ -781,18 +801,31 @@ mod tests {
         a_standbys.claim(TASK, 0);
         let running = open().unwrap();
         let stop = CancellationToken::new();
-        let threads: Vec<_> = [(a_standbys.clone(), None), (b_standbys.clone(), Some(TASK))]
-            .into_iter()
-            .map(|(standbys, wanted)| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    standbys.run(move || Some(wanted.into_iter().collect()), stop)
-                })
-            })
-            .collect();
+        let b_placements = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = [
+            (a_standbys.clone(), None, None),
+            (b_standbys.clone(), Some(TASK), Some(b_placements.clone())),
+        ]
+        .into_iter()
+        .map(|(standbys, wanted, count)| {
+            let stop = stop.clone();
+            let placement = move || {
+                if let Some(c) = &count {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Some(wanted.into_iter().collect())
+            };
+            std::thread::spawn(move || standbys.run(placement, stop))
+        })
+        .collect();
         drop(running);
         a_standbys.unclaim(TASK, 0);
-        wait("B's standby opens the directory A let go of", b_has_standby);
+        // B opens the standbys of a placement before it asks for the next one.
+        let asked = b_placements.load(std::sync::atomic::Ordering::SeqCst);
+        wait("B places its standbys twice more", || {
+            b_placements.load(std::sync::atomic::Ordering::SeqCst) >= asked + 2
+        });
+        let b_took_it = b_has_standby();
         a_standbys.claim(TASK, 0);
         let mut reopened = None;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -808,7 +841,7 @@ mod tests {
             t.join().unwrap();
         }
         assert!(
-            reopened.is_some(),
+            reopened.is_some() && !b_took_it,
             "A's member could not open its task: B's standby kept the shared directory"
         );
     }
@@ -844,6 +877,7 @@ mod tests {
             metrics: metrics.clone(),
             status: status.clone(),
             state_memory: StateMemory::new(100, 8, 8),
+            presence: Arc::new(crate::state::presence::announce(&dir.path().join("sb")).unwrap()),
         };
         let standbys = Arc::new(Standbys::new(setup.clone()).unwrap());
         let task = TaskId {
