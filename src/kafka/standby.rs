@@ -846,6 +846,61 @@ mod tests {
         );
     }
 
+    /// The same stall, but the standby is handed over (a member claims the task) after it read
+    /// the tail and before it looked at the end again: the member must not trust a checkpoint
+    /// at the changelog's end that was reached too late, so the standby hands over an empty
+    /// store, and the member restores in full.
+    #[test]
+    fn a_standby_handed_over_after_it_outlived_the_tombstone_retention_is_not_trusted() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(1);
+        let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
+        let standbys = Standbys::new(setup.clone()).unwrap();
+        let mut inner = standbys.lock();
+        inner.wanted = [TASK].into();
+        inner.reconcile(&BTreeSet::new());
+        apply_until(&mut inner, 500);
+        inner.refresh_ends();
+        let synced = written_checkpoint(&mut inner)
+            .unwrap()
+            .synced_at_ms
+            .unwrap();
+        produce(cluster.bootstrap(), 1, 500, 700);
+        wait("the tombstone retention passes", || {
+            now_ms() > synced + retention.as_millis() as i64
+        });
+        apply_until(&mut inner, 700);
+        inner.close(TASK); // what a claim does
+        drop(inner);
+        let task = Task::open_for(
+            &setup.topologies[0],
+            TASK,
+            "sb",
+            &setup.partitions,
+            &dir.path().join("sb"),
+            &setup.state_memory,
+            &setup.metrics,
+        )
+        .unwrap();
+        let checkpoint = task.restore_points().unwrap()[0].1;
+        let start = crate::kafka::restore::RestoreStart::decide(
+            checkpoint,
+            0,
+            700,
+            Some(retention),
+            now_ms(),
+        );
+        assert_eq!(
+            (start.from, start.remaining),
+            (0, 700),
+            "the member trusts the standby's checkpoint {checkpoint:?}"
+        );
+    }
+
     /// A standby copies its task's changelog with its checkpoint; when a member claims the task,
     /// it closes, and the task opens on the same directory with nothing left to restore.
     #[test]
