@@ -356,6 +356,21 @@ impl Inner {
         if let Err(e) = task.write_restore_batch() {
             tracing::warn!(task = %id, error = %e, "writing a standby's last batch failed");
         }
+        // What it read since its last sync came too late to trust (see `refresh_ends`): the
+        // next owner of the directory must not take a checkpoint at the changelog's end for
+        // in sync.
+        let retention = &self.setup.tombstone_retention;
+        for changelog in task.changelogs().cloned().collect::<Vec<_>>() {
+            let outlived = retention
+                .get(&*changelog)
+                .and_then(|r| task.standby_outlived(&changelog, *r, now_ms()));
+            if let Some(Outlived::Rebuild(why)) = outlived {
+                tracing::warn!(task = %id, changelog = %changelog, reason = %why, "a standby read its changelog's tail too late to trust it; emptying it");
+                if let Err(e) = task.clear_store(&changelog) {
+                    tracing::warn!(task = %id, error = %e, "emptying a standby's store failed");
+                }
+            }
+        }
         tracing::info!(task = %id, "standby closed");
     }
 
