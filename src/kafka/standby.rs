@@ -331,7 +331,23 @@ impl Inner {
             Err(e) => return Err(e.to_string()),
         };
         task.become_standby();
-        if let Err(e) = start_task_restore(&mut self.restore, &mut task, &s.tombstone_retention) {
+        let asked_at = now_ms();
+        let started = start_task_restore(&mut self.restore, &mut task, &s.tombstone_retention)
+            .and_then(|()| {
+                // A store at its changelog's end holds everything the changelog had when the
+                // end was asked for, however long ago it was last written: what follows is a
+                // fresh tail.
+                let synced: Vec<_> = task
+                    .changelogs()
+                    .filter(|c| self.restore.remaining(c, id.partition) == 0)
+                    .cloned()
+                    .collect();
+                synced
+                    .iter()
+                    .try_for_each(|c| task.mark_synced(c, asked_at))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = started {
             for changelog in task.changelogs() {
                 self.restore.stop(changelog, id.partition);
             }
@@ -858,6 +874,51 @@ mod tests {
         assert!(
             reopened.is_some() && !b_took_it,
             "A's member could not open its task: B's standby kept the shared directory"
+        );
+    }
+
+    /// A store that was at its changelog's end when its standby opened holds everything the
+    /// changelog had then, however long ago it was last written: the records that follow are
+    /// a fresh tail, not one read too late.
+    #[test]
+    fn a_standby_opened_at_the_end_of_its_changelog_is_in_sync_then() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(1);
+        let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
+        let standbys = Standbys::new(setup.clone()).unwrap();
+        let mut inner = standbys.lock();
+        inner.wanted = [TASK].into();
+        inner.reconcile(&BTreeSet::new());
+        apply_until(&mut inner, 500);
+        inner.close(TASK);
+        // The store was last known in sync long ago (its task idle, or its worker away).
+        let mut task = Task::open_for(
+            &setup.topologies[0],
+            TASK,
+            "sb",
+            &setup.partitions,
+            &dir.path().join("sb"),
+            &setup.state_memory,
+            &setup.metrics,
+        )
+        .unwrap();
+        task.mark_synced(CHANGELOG, now_ms() - 10 * retention.as_millis() as i64)
+            .unwrap();
+        drop(task);
+
+        inner.reconcile(&BTreeSet::new());
+        produce(cluster.bootstrap(), 1, 500, 501);
+        apply_until(&mut inner, 501);
+        inner.refresh_ends();
+        let checkpoint = written_checkpoint(&mut inner);
+        assert_eq!(
+            checkpoint.map(|c| c.next),
+            Some(501),
+            "the standby emptied a store that was in sync when it opened"
         );
     }
 
