@@ -7,8 +7,13 @@
 //! checkpoint go into RocksDB together in batches (as in a restore), and a standby that has
 //! read its changelogs to their end also records when, so a takeover can trust the tail it
 //! reads. When a task is assigned to a member of this process, the member [claims](Standbys::claim)
-//! it first: the standby writes what it applied and closes, and the member opens the same
-//! directory, whose checkpoint lets its restore read only the changelog records written since.
+//! it first: the standby writes what it applied and closes (at once, or at the standby thread's
+//! next turn if it is busy; the member retries the directory meanwhile), and the member opens
+//! the same directory, whose checkpoint lets its restore read only the changelog records
+//! written since. A standby that fell behind for longer than the changelog keeps tombstones
+//! does not vouch for what it reads next: it empties its store (see
+//! [`Task::standby_outlived`]). While another worker runs on the same state directory, no
+//! standby is kept ([`crate::state::presence`]).
 //!
 //! A standby reads the changelogs as the restore does (`read_committed` under exactly once),
 //! so it holds only committed state. It never writes a changelog and never commits offsets.
