@@ -745,6 +745,49 @@ mod tests {
         );
     }
 
+    /// The same stall, and the standby's worker is killed (SIGKILL) once the standby wrote the
+    /// tail it read, before it looked at the end again: what it left on disk must not be
+    /// trusted at the changelog's end unless it read the changelog again from the start.
+    #[test]
+    fn a_standby_killed_after_reading_a_late_tail_leaves_nothing_trusted() {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(1);
+        let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
+        let standbys = Standbys::new(setup.clone()).unwrap();
+        let mut inner = standbys.lock();
+        inner.wanted = [TASK].into();
+        inner.reconcile(&BTreeSet::new());
+        apply_until(&mut inner, 500);
+        inner.refresh_ends();
+        let synced = written_checkpoint(&mut inner)
+            .unwrap()
+            .synced_at_ms
+            .unwrap();
+        produce(cluster.bootstrap(), 1, 500, 700);
+        wait("the tombstone retention passes", || {
+            now_ms() > synced + retention.as_millis() as i64
+        });
+        apply_until(&mut inner, 700);
+        // Killed here: the checkpoint as written is what a restart or a takeover finds.
+        let on_disk = written_checkpoint(&mut inner);
+        let read = setup
+            .metrics
+            .standby_records
+            .with_label_values(&["counts"])
+            .get();
+        let start =
+            crate::kafka::restore::RestoreStart::decide(on_disk, 0, 700, Some(retention), now_ms());
+        assert!(
+            start.from < 700 || read >= 500 + 700,
+            "{on_disk:?} is trusted at the end, but the standby read only the late tail \
+             ({read} records in all)"
+        );
+    }
+
     /// A standby that stalls (its worker paused, its broker away) for longer than the
     /// changelog keeps tombstones may find, when it reads on, that compaction removed deletions
     /// it never applied: it would keep the deleted keys. So, as a restore of a tail that took
