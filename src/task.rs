@@ -471,6 +471,24 @@ impl Task {
         })
     }
 
+    /// Why the standby store with changelog `changelog`, in sync with it before, would read
+    /// its changelog's tail too late to trust it from now on, if it would: it was last in sync
+    /// longer ago than the changelog's tombstone `retention` allows ([`stale_since`]; its
+    /// worker was paused, its brokers away). Checked before reading on, so that no record read
+    /// that late is ever written with the store's checkpoint.
+    pub fn standby_stale(
+        &self,
+        changelog: &str,
+        retention: std::time::Duration,
+        now_ms: i64,
+    ) -> Option<String> {
+        let c = self
+            .changelogs
+            .iter()
+            .find(|c| *c.changelog == *changelog && c.resumed)?;
+        stale_since(c.synced_at_ms, retention, now_ms)
+    }
+
     /// Marks the store with changelog `topic` restored; returns true when every store is, and the
     /// task is now running.
     pub fn changelog_restored(&mut self, topic: &str) -> Result<bool, StateError> {
