@@ -60,7 +60,8 @@
 //!   formats, partitioners ([`pipeline::partitioner::partition_for_key`] is Kafka's default).
 //! - [`testkit`]: runs topologies without a broker, for tests (like Kafka Streams'
 //!   `TopologyTestDriver`).
-//! - [`metrics`], [`status`]: what a running worker reports (`/metrics`, `/tasks`, `/ready`).
+//! - [`metrics`], [`status`]: what a running worker reports (`/metrics`, `/tasks`, `/ready`);
+//!   [`cluster`]: who runs what in the group, as every worker sees it.
 //! - [`kafka`]: the errors of the Kafka layer, and plain Kafka access for tools and tests (the
 //!   embedded cluster, reading a topic, the worker's client settings).
 //!
@@ -73,7 +74,9 @@
 //! - `task`: one partition's processor, stores, queue and offsets.
 //! - `state`: RocksDB per task, the write-back cache and typed stores; no Kafka types.
 //! - `avro`: the Avro record format, plain or in the Confluent Schema Registry wire format.
-//! - `http`: `/health`, `/ready`, `/metrics`, `/tasks`, `/state`.
+//! - `http`: `/health`, `/ready`, `/metrics`, `/tasks`, `/state` (any worker answers for any
+//!   key, forwarding to the owner) and `/cluster`; `kafka::group` reads the group's members
+//!   and assignments for it.
 //! - `validate`: the checks of expressions, partitioners and properties that loading a config
 //!   borrows from `pipeline` and `kafka` (the config module imports neither).
 //!

@@ -199,3 +199,83 @@ impl StatusBoard {
         Some((state, db))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(topology: usize, partition: i32, state: TaskState) -> TaskStatus {
+        TaskStatus {
+            id: TaskId {
+                topology,
+                partition,
+            }
+            .to_string(),
+            topology: format!("t{topology}"),
+            partition,
+            state,
+            positions: BTreeMap::new(),
+            queued: 0,
+            restore_remaining: 0,
+            lag: 0,
+            checkpoints: BTreeMap::new(),
+            member: 0,
+            guarantee: Guarantee::default(),
+        }
+    }
+
+    /// Queries read active tasks only: a running one with its database, a restoring one
+    /// without an answer, and never a standby's copy.
+    #[test]
+    fn active_tasks_are_found_with_their_state_and_database() {
+        let board = StatusBoard::new(2);
+        let id = |p| TaskId {
+            topology: 1,
+            partition: p,
+        };
+        board.publish(
+            0,
+            MemberStatus {
+                joined: true,
+                tasks: vec![task(1, 0, TaskState::Running)],
+                ..MemberStatus::default()
+            },
+        );
+        board.publish(
+            1,
+            MemberStatus {
+                joined: true,
+                tasks: vec![task(1, 1, TaskState::Restoring)],
+                ..MemberStatus::default()
+            },
+        );
+        board.publish_standbys(vec![task(1, 2, TaskState::Standby)]);
+        let dir = tempfile::tempdir().unwrap();
+        for p in 0..3 {
+            let db = TaskDb::open(
+                &dir.path().join(p.to_string()),
+                &["s".to_string()],
+                &crate::state::RocksMemory::default(),
+            )
+            .unwrap();
+            board.register_db(id(p), Arc::new(db));
+        }
+        let (state, db) = board.active_task(id(0)).expect("running task");
+        assert_eq!((state, db.is_some()), (TaskState::Running, true));
+        assert_eq!(
+            board.active_task(id(1)).map(|(s, _)| s),
+            Some(TaskState::Restoring)
+        );
+        assert!(
+            board.active_task(id(2)).is_none(),
+            "a standby is not active"
+        );
+        assert!(board.active_task(id(3)).is_none());
+        assert!(board
+            .active_task(TaskId {
+                topology: 0,
+                partition: 0
+            })
+            .is_none());
+    }
+}

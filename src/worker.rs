@@ -407,6 +407,8 @@ impl Worker {
                 Some(format!("{}-{worker}", self.config.app.id))
             }
         };
+        let group_reader =
+            GroupReader::new(&self.config, &bootstrap).map_err(WorkerError::GroupReader)?;
         let pool = Pool::start(self.config.processing.threads).map_err(WorkerError::Threads)?;
         let stop = shutdown.child_token();
         let http_stop = CancellationToken::new();
@@ -431,9 +433,9 @@ impl Worker {
             }
             _ => self.config.clone(),
         };
+        // Who runs what in the group, read from the broker every second: `/state` routes with
+        // it and `/cluster` shows it (kept without HTTP too, for anything placing work).
         let watch = Arc::new(ClusterWatch::new(advertised.unwrap_or_default()));
-        let group_reader =
-            GroupReader::new(&config, &bootstrap).map_err(WorkerError::GroupReader)?;
         let group_stop = CancellationToken::new();
         let group_refresher = tokio::spawn(crate::kafka::group::refresh(
             group_reader,

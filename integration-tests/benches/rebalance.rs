@@ -21,7 +21,7 @@
 //! 3. **kill -9**: after a delay of 3 s × rep / reps (so that the kills of the repetitions fall
 //!    at different points of the heartbeat cycle, which the join has just aligned), the first
 //!    worker is killed with SIGKILL; timed from the kill until the two survivors' running tasks
-//!    sum to 6. "assigned" is when their tasks in any state first sum to 6 (the group has handed
+//!    sum to 6. "assigned" is when their active tasks (restoring or running) first sum to 6 (the group has handed
 //!    out the victim's partitions; the rest is restore, whose size is printed).
 //!
 //! Classic: `assignment = "cooperative-sticky"`, `session_timeout_ms = 10000` (the broker's
@@ -55,7 +55,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// Bound for anything that should take seconds.
 const LONG: Duration = Duration::from_secs(300);
 const RUNNING: &str = "tributary_tasks{state=\"running\"}";
-const TASKS: &str = "tributary_tasks";
+const RESTORING: &str = "tributary_tasks{state=\"restoring\"}";
 const RESTORED: &str = "tributary_restored_records_total";
 const STANDBY_TASKS: &str = "tributary_tasks{state=\"standby\"}";
 const STANDBY_LAG: &str = "tributary_standby_lag_records";
@@ -138,6 +138,11 @@ fn metric(w: &WorkerProcess, q: &str) -> f64 {
 
 fn sum(ws: &[&WorkerProcess], q: &str) -> f64 {
     ws.iter().map(|w| metric(w, q)).sum()
+}
+
+/// Active tasks (restoring or running, not standbys) of `ws`.
+fn active(ws: &[&WorkerProcess]) -> f64 {
+    sum(ws, RESTORING) + sum(ws, RUNNING)
 }
 
 /// Polls every [`POLL`] until `cond`, panicking after [`LONG`]; returns the seconds since
@@ -233,7 +238,7 @@ fn repetition(
     let up = time_until(start, "w3 answers /health", || {
         matches!(w3.get("/health"), Ok((200, _)))
     });
-    let assigned = time_until(start, "w3 gets tasks", || metric(&w3, TASKS) > 0.0);
+    let assigned = time_until(start, "w3 gets tasks", || active(&[&w3]) > 0.0);
     let running = time_until(start, "three workers share the partitions", || {
         let r = [
             metric(&w1, RUNNING),
@@ -268,7 +273,7 @@ fn repetition(
     let start = Instant::now();
     w1.kill9();
     let assigned = time_until(start, "the survivors get every partition", || {
-        sum(&[&w2, &w3], TASKS) == PARTITIONS as f64
+        active(&[&w2, &w3]) == PARTITIONS as f64
     });
     let running = time_until(start, "the survivors run every partition", || {
         sum(&[&w2, &w3], RUNNING) == PARTITIONS as f64

@@ -457,6 +457,12 @@ impl Broker {
             .unwrap_or_else(|e| panic!("produce to {topic}: {e:#}"));
     }
 
+    /// [`crate::produce_json_murmur2`]: partitioned as the Java client does.
+    pub fn produce_json_murmur2(&self, topic: &str, records: &[(String, serde_json::Value)]) {
+        crate::produce_json_murmur2(&self.bootstrap(), topic, records)
+            .unwrap_or_else(|e| panic!("produce to {topic}: {e:#}"));
+    }
+
     pub fn produce_raw(&self, topic: &str, records: &[(String, Vec<u8>)]) {
         crate::kafka::produce_raw(&self.bootstrap(), topic, records).expect("produce");
     }

@@ -152,8 +152,15 @@ impl ProducerContext for CountingContext {
 }
 
 fn producer(bootstrap: &str) -> Result<BaseProducer<CountingContext>> {
+    producer_with(bootstrap, "consistent_random")
+}
+
+/// A producer with librdkafka's `partitioner` (its default: `consistent_random`, CRC32 of the
+/// key; the Java client's default: `murmur2_random`).
+fn producer_with(bootstrap: &str, partitioner: &str) -> Result<BaseProducer<CountingContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        .set("partitioner", partitioner)
         // Idempotent: a send retried across a broker restart (its first attempt written, the
         // acknowledgement lost) must not put a record into the input twice, where the expected
         // totals count it once.
@@ -221,6 +228,17 @@ fn send_raw(
 /// Produces JSON records (key, value) to `topic` and waits until all are acknowledged.
 pub fn produce_json(bootstrap: &str, topic: &str, records: &[(String, Value)]) -> Result<()> {
     let p = producer(bootstrap)?;
+    send_all(&p, topic, records)
+}
+
+/// [`produce_json`], partitioned as the Java client does by default (murmur2 of the key), which
+/// is where Tributary looks for a key of a source topic (`/state` routing).
+pub fn produce_json_murmur2(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, Value)],
+) -> Result<()> {
+    let p = producer_with(bootstrap, "murmur2_random")?;
     send_all(&p, topic, records)
 }
 

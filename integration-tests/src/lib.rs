@@ -33,11 +33,13 @@ pub use group::{describe_group, GroupDescription};
 pub use kafka::{
     committed_offsets, consume_all, create_compacted_topic, create_configured_topic, create_topic,
     delete_topic, describe_topic_config, last_value_per_key, open_transaction, open_transaction_as,
-    produce_json, produce_transaction, watermarks, ContinuousProducer, KeyedView, Rec, TopicReader,
+    produce_json, produce_json_murmur2, produce_transaction, watermarks, ContinuousProducer,
+    KeyedView, Rec, TopicReader,
 };
 pub use registry::{registry_home, SchemaRegistry};
 pub use worker::{
-    http_get, parse_metric, run_cli, run_cli_timeout, tributary_bin, TotalsConfig, WorkerProcess,
+    http_get, http_get_with_headers, parse_metric, run_cli, run_cli_timeout, tributary_bin,
+    HttpAnswer, TotalsConfig, WorkerProcess,
 };
 pub use workload::{
     check_at_least, check_exact, duplicates, expected_totals, reached, RecordGen, Totals, Workload,

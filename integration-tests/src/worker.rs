@@ -108,6 +108,31 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
 
 /// A plain HTTP/1.0 GET (the worker's HTTP server is on loopback): (status, body).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    http_get_with_headers(addr, path, timeout).map(|r| (r.status, r.body))
+}
+
+/// An HTTP answer with its headers.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// (lower-case name, value), in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// [`http_get`], with the response headers.
+pub fn http_get_with_headers(addr: &str, path: &str, timeout: Duration) -> Result<HttpAnswer> {
     let sock: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address {addr}"))?;
@@ -139,7 +164,17 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Strin
     if chunked {
         body = dechunk(&body)?;
     }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
@@ -406,6 +441,11 @@ impl WorkerProcess {
     /// GET on this worker's HTTP listener.
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
         http_get(&self.http, path, Duration::from_secs(10))
+    }
+
+    /// GET on this worker's HTTP listener, with the response headers.
+    pub fn get_with_headers(&self, path: &str) -> Result<HttpAnswer> {
+        http_get_with_headers(&self.http, path, Duration::from_secs(10))
     }
 
     /// True when `GET /ready` answers 200.

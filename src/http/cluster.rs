@@ -42,6 +42,7 @@ struct PartitionEntry {
     partition: i32,
 }
 
+/// `GET /cluster`.
 pub(crate) async fn cluster(State(s): State<AppState>) -> Response {
     let own = s.cluster.watch.own_address().to_string();
     let view = s.cluster.watch.current();
@@ -69,7 +70,10 @@ pub(crate) async fn cluster(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({
         "group": s.cluster.group,
         "served_by": own,
-        "problem": s.cluster.watch.problem(),
+        "problem": s.cluster.watch.problem().or_else(|| {
+            (s.cluster.watch.current().is_none())
+                .then(|| "the group has not been read yet".to_string())
+        }),
         "workers": entries,
     }))
     .into_response()

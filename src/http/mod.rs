@@ -145,6 +145,219 @@ pub(crate) fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{ClusterView, ClusterWatch, GroupMember};
+    use crate::processor::{Nothing, Topology};
+    use crate::status::{MemberStatus, TaskState, TaskStatus};
+    use crate::types::TaskId;
+
+    /// One worker's HTTP server, in process: its status board, its view of the group.
+    struct Server {
+        addr: String,
+        status: Arc<StatusBoard>,
+        watch: Arc<ClusterWatch>,
+        _stop: tokio_util::sync::DropGuard,
+    }
+
+    async fn server() -> Server {
+        let (listener, bound) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = advertised(None, bound);
+        let status = Arc::new(StatusBoard::new(1));
+        let watch = Arc::new(ClusterWatch::new(addr.clone()));
+        let topology = Topology::new("t", ["in"], |_: &crate::TaskInfo| Nothing).store("s");
+        let cluster = Arc::new(Cluster {
+            watch: watch.clone(),
+            keys: KeyRouter::new(&[topology], &[("in".to_string(), 4)].into()),
+            agent: agent(),
+            group: "app".into(),
+        });
+        let stop = CancellationToken::new();
+        serve(
+            listener,
+            status.clone(),
+            Metrics::new(),
+            cluster,
+            stop.clone(),
+        );
+        Server {
+            addr,
+            status,
+            watch,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Every worker's view: `owner` holds partition `p` of `in`.
+    fn owned_by(owner: &str, p: i32) -> ClusterView {
+        ClusterView::from_members([GroupMember {
+            member_id: "m".into(),
+            client_id: crate::cluster::client_id("app", 0, Some(owner)),
+            assignment: vec![("in".into(), p)],
+        }])
+    }
+
+    fn running(server: &Server, p: i32, dir: &std::path::Path, value: &[u8]) {
+        let db = crate::state::TaskDb::open(
+            dir,
+            &["s".to_string()],
+            &crate::state::RocksMemory::default(),
+        )
+        .unwrap();
+        let mut batch = db.batch();
+        db.batch_put(&mut batch, 0, b"k", value);
+        db.write(batch).unwrap();
+        let id = TaskId {
+            topology: 0,
+            partition: p,
+        };
+        server.status.register_db(id, Arc::new(db));
+        server.status.publish(
+            0,
+            MemberStatus {
+                joined: true,
+                tasks: vec![TaskStatus {
+                    id: id.to_string(),
+                    topology: "t".into(),
+                    partition: p,
+                    state: TaskState::Running,
+                    positions: Default::default(),
+                    queued: 0,
+                    restore_remaining: 0,
+                    lag: 7,
+                    checkpoints: Default::default(),
+                    member: 0,
+                    guarantee: Default::default(),
+                }],
+                ..MemberStatus::default()
+            },
+        );
+    }
+
+    fn get(addr: &str, path: &str) -> (u16, Option<String>, String) {
+        let mut r = agent().get(&format!("http://{addr}{path}")).call().unwrap();
+        let by = r
+            .headers()
+            .get(query::SERVED_BY)
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status().as_u16(),
+            by,
+            r.body_mut().read_to_string().unwrap(),
+        )
+    }
+
+    /// A query for another worker's key is forwarded there once; the owner's answer comes
+    /// back with its address. When two views disagree, the forwarded query is refused rather
+    /// than bounced back.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn queries_are_forwarded_to_the_owner_once() {
+        let (a, b) = (server().await, server().await);
+        let p = crate::pipeline::partitioner::partition_for_key(b"k", 4);
+        let dir = tempfile::tempdir().unwrap();
+        running(&b, p, dir.path(), br#"{"count":3}"#);
+        a.watch.publish(owned_by(&b.addr, p));
+        b.watch.publish(owned_by(&b.addr, p));
+
+        // A key that b's task would hold, but does not.
+        let absent = (0..)
+            .map(|i| format!("absent-{i}"))
+            .find(|k| crate::pipeline::partitioner::partition_for_key(k.as_bytes(), 4) == p)
+            .unwrap();
+        let (a_addr, b_addr) = (a.addr.clone(), b.addr.clone());
+        let answers = tokio::task::spawn_blocking(move || {
+            [
+                get(&a_addr, "/state/s/k"),
+                get(&b_addr, "/state/s/k"),
+                get(&a_addr, &format!("/state/s/{absent}")),
+            ]
+        })
+        .await
+        .unwrap();
+        let value = (200, Some(b.addr.clone()), r#"{"count":3}"#.to_string());
+        assert_eq!(answers[0], value, "forwarded from a");
+        assert_eq!(answers[1], value, "answered by b");
+        assert_eq!(
+            (answers[2].0, answers[2].1.clone()),
+            (404, Some(b.addr.clone())),
+            "{}",
+            answers[2].2
+        );
+
+        // b no longer runs the task and believes a owns it; a believes b does.
+        b.status.publish(0, MemberStatus::default());
+        b.watch.publish(owned_by(&a.addr, p));
+        let a_addr = a.addr.clone();
+        let (status, by, body) = tokio::task::spawn_blocking(move || get(&a_addr, "/state/s/k"))
+            .await
+            .unwrap();
+        assert_eq!((status, by), (503, Some(b.addr.clone())), "{body}");
+        assert!(body.contains("not the owner"), "{body}");
+    }
+
+    /// `/cluster` lists the workers of the view with their tasks, this worker's read in place
+    /// and the others' fetched from them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cluster_lists_every_worker_with_its_tasks() {
+        let (a, b) = (server().await, server().await);
+        let dir = tempfile::tempdir().unwrap();
+        running(&b, 1, dir.path(), b"{}");
+        let view = ClusterView::from_members([
+            GroupMember {
+                member_id: "ma".into(),
+                client_id: crate::cluster::client_id("app", 0, Some(&a.addr)),
+                assignment: vec![("in".into(), 0), ("in".into(), 2)],
+            },
+            GroupMember {
+                member_id: "mb".into(),
+                client_id: crate::cluster::client_id("app", 0, Some(&b.addr)),
+                assignment: vec![("in".into(), 1)],
+            },
+            GroupMember {
+                member_id: "mc".into(),
+                client_id: crate::cluster::client_id("app", 0, Some("127.0.0.1:9")),
+                assignment: vec![("in".into(), 3)],
+            },
+        ]);
+        a.watch.publish(view);
+        let a_addr = a.addr.clone();
+        let (status, by, body) = tokio::task::spawn_blocking(move || get(&a_addr, "/cluster"))
+            .await
+            .unwrap();
+        assert_eq!((status, by), (200, None));
+        let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(c["group"], "app");
+        assert_eq!(c["served_by"], a.addr.as_str());
+        let workers = c["workers"].as_array().unwrap();
+        let find = |addr: &str| {
+            workers
+                .iter()
+                .find(|w| w["address"] == addr)
+                .unwrap_or_else(|| panic!("{addr} in {body}"))
+        };
+        let (wa, wb, wc) = (find(&a.addr), find(&b.addr), find("127.0.0.1:9"));
+        assert_eq!(wa["active"], serde_json::json!(["0_0", "0_2"]));
+        assert_eq!(wa["member_ids"], serde_json::json!(["ma"]));
+        assert_eq!(
+            wa["partitions"],
+            serde_json::json!([{"topic": "in", "partition": 0}, {"topic": "in", "partition": 2}])
+        );
+        assert_eq!(
+            (wa["tasks"].clone(), wa["lag"].clone()),
+            (serde_json::json!([]), 0.into())
+        );
+        assert_eq!(wb["active"], serde_json::json!(["0_1"]));
+        assert_eq!(wb["tasks"][0]["id"], "0_1");
+        assert_eq!(wb["lag"], 7);
+        assert_eq!(wb["error"], serde_json::Value::Null);
+        assert_eq!(wc["active"], serde_json::json!(["0_3"]));
+        assert_eq!(
+            (wc["tasks"].clone(), wc["lag"].clone()),
+            (serde_json::Value::Null, serde_json::Value::Null)
+        );
+        assert!(
+            wc["error"].as_str().unwrap().contains("127.0.0.1:9"),
+            "{body}"
+        );
+    }
 
     #[test]
     fn the_advertised_address_defaults_to_the_bound_one() {

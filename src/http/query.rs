@@ -66,6 +66,7 @@ fn bounds(w: &Window) -> Result<Option<(i64, i64)>, String> {
     Ok(Some((from, to)))
 }
 
+/// `GET /state/<store>/<key>[?from=<ms>&to=<ms>]`.
 pub(crate) async fn state_value(
     State(s): State<AppState>,
     Path((store, key)): Path<(String, String)>,

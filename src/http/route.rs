@@ -137,9 +137,13 @@ pub(crate) fn route<D>(
     problem: Option<&str>,
 ) -> Route<D> {
     let task = at.task;
-    let with_problem = |reason: String| match problem {
-        Some(p) => Route::Unavailable(format!("{reason} ({p})")),
-        None => Route::Unavailable(reason),
+    let unknown = |reason: String| {
+        Route::Unavailable(match problem {
+            Some(p) => {
+                format!("this worker does not run task {task} and cannot tell who does: {p}")
+            }
+            None => reason,
+        })
     };
     match local {
         Local::Running(db) => return Route::Here(db),
@@ -151,7 +155,7 @@ pub(crate) fn route<D>(
         Local::Absent => {}
     }
     let Some(view) = view else {
-        return with_problem(format!(
+        return unknown(format!(
             "this worker does not run task {task} and has not learnt the group's members yet"
         ));
     };
@@ -165,7 +169,7 @@ pub(crate) fn route<D>(
             w.address
         )),
         Some(w) => Route::Forward(w.address.clone()),
-        None => with_problem(format!(
+        None => unknown(format!(
             "no worker owns partition {} of {} (task {task}) right now: the group is \
              rebalancing or its members are not known yet",
             at.partition, at.topic
@@ -324,8 +328,19 @@ mod tests {
             false,
             Some("rebalancing"),
         ));
+        assert_eq!(
+            r,
+            "this worker does not run task 1_5 and cannot tell who does: rebalancing"
+        );
+        let r = reason(route::<()>(
+            &at(5),
+            Local::Absent,
+            Some(&v),
+            "me:1",
+            false,
+            None,
+        ));
         assert!(r.contains("no worker owns partition 5 of rep"), "{r}");
-        assert!(r.ends_with("(rebalancing)"), "{r}");
         let r = reason(route::<()>(
             &at(5),
             Local::Absent,

@@ -12,7 +12,7 @@
 //! the same directory, whose checkpoint lets its restore read only the changelog records
 //! written since. A standby that fell behind for longer than the changelog keeps tombstones
 //! does not vouch for what it reads next: it empties its store (see
-//! [`Task::standby_outlived`]). While another worker runs on the same state directory, no
+//! [`Task::standby_stale`]). While another worker runs on the same state directory, no
 //! standby is kept ([`crate::state::presence`]).
 //!
 //! A standby reads the changelogs as the restore does (`read_committed` under exactly once),
@@ -89,7 +89,8 @@ pub struct Standbys {
     inner: Mutex<Inner>,
     /// Tasks members of this process run or are opening, by member: never a standby here.
     /// (Two members may hold a claim on one task for a moment, while one hands it to the
-    /// other.)
+    /// other.) Apart from `inner`, so that a claim never waits for the standbys' thread, which
+    /// holds `inner` while it reads from the brokers.
     claimed: Mutex<BTreeSet<(TaskId, usize)>>,
 }
 
@@ -136,14 +137,8 @@ impl Standbys {
                 retry_at: HashMap::new(),
                 setup,
             }),
-            claimed: Mutex::new(BTreeSet::new()),
+            claimed: Mutex::default(),
         })
-    }
-
-    /// The tasks members of this process hold.
-    fn claimed(&self) -> BTreeSet<TaskId> {
-        let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
-        claimed.iter().map(|(id, _)| *id).collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -176,25 +171,33 @@ impl Standbys {
         tasks
     }
 
+    /// The tasks members of this process hold.
+    fn claimed(&self) -> BTreeSet<TaskId> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Member `member` of this process is about to open task `id`: its standby, if any,
     /// writes what it applied and closes, so the member finds the directory free and its
-    /// checkpoint current. Never waits for the standby thread (a member claims from its
-    /// rebalance callback, and the thread may be waiting for the brokers): when the thread is
-    /// busy, it closes the standby at its next turn, and the member, finding the directory
-    /// still locked, opens the task a moment later.
+    /// checkpoint current. Never waits: while the standbys' thread is busy, the standby closes
+    /// on that thread's next turn, and the member's open finds the directory locked and tries
+    /// again.
     pub fn claim(&self, id: TaskId, member: usize) {
         self.claimed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((id, member));
-        let mut inner = match self.inner.try_lock() {
-            Ok(inner) => inner,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
+        let inner = match self.inner.try_lock() {
+            Ok(inner) => Some(inner),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        if inner.tasks.contains_key(&id) {
-            tracing::info!(task = %id, member, "standby becomes active");
-            inner.close(id);
+        if let Some(mut inner) = inner {
+            inner.release(&[id].into());
         }
     }
 
@@ -248,14 +251,9 @@ impl Standbys {
                 self.lock().reconcile(&claimed);
             }
             let idle = {
+                let claimed = self.claimed();
                 let mut inner = self.lock();
-                // Claims made while this thread was busy.
-                for id in self.claimed() {
-                    if inner.tasks.contains_key(&id) {
-                        tracing::info!(task = %id, "standby becomes active");
-                        inner.close(id);
-                    }
-                }
+                inner.release(&claimed);
                 if inner.tasks.is_empty() {
                     true
                 } else {
@@ -290,7 +288,18 @@ impl Standbys {
 }
 
 impl Inner {
-    /// Opens the wanted standbys and closes the others.
+    /// Closes the standbys of tasks a member claimed.
+    fn release(&mut self, claimed: &BTreeSet<TaskId>) {
+        for &id in claimed {
+            if self.tasks.contains_key(&id) {
+                tracing::info!(task = %id, "standby becomes active");
+                self.close(id);
+            }
+        }
+    }
+
+    /// Opens the wanted standbys of tasks no member here holds (`claimed`), and closes the
+    /// others.
     fn reconcile(&mut self, claimed: &BTreeSet<TaskId>) {
         let keep: BTreeSet<TaskId> = self.wanted.difference(claimed).copied().collect();
         let open: Vec<TaskId> = self.tasks.keys().copied().collect();
@@ -1075,9 +1084,12 @@ mod tests {
             0
         );
 
-        // A member takes the task over: the directory is free, and current.
-        // (As a member does, it tries again while the standby thread has not let go yet.)
-        standbys.claim(task, 0);
+        // A member takes the task over. Its claim does not wait while the standbys' thread is
+        // busy (here: holds the lock); the thread lets go of the task on its next turn.
+        {
+            let _busy = standbys.lock();
+            standbys.claim(task, 0);
+        }
         let open = || {
             Task::open_for(
                 &topologies[0],
@@ -1090,13 +1102,13 @@ mod tests {
             )
         };
         let mut opened = None;
-        wait("the standby lets go of the directory", || {
-            match open() {
-                Ok(task) => opened = Some(task),
-                Err(crate::state::StateError::Locked { .. }) => {}
-                Err(e) => panic!("{e}"),
+        wait("the standby lets go of the directory", || match open() {
+            Ok(t) => {
+                opened = Some(t);
+                true
             }
-            opened.is_some()
+            Err(StateError::Locked { .. }) => false,
+            Err(e) => panic!("opening the task: {e}"),
         });
         let opened = opened.unwrap();
         let points = opened.restore_points().unwrap();

@@ -15,6 +15,7 @@ mod harness;
 mod outage;
 mod pipelines;
 mod protocol;
+mod queries;
 mod rebalance;
 mod recovery;
 mod standby;
