@@ -157,6 +157,9 @@ struct StoreRestore {
     resumed: bool,
     /// True when the changelog held records past where the restore started.
     tail: bool,
+    /// True when records were applied since the store was last known in sync (a standby's:
+    /// see [`Task::standby_outlived`]).
+    applied_since_sync: bool,
     /// When the store's current restore began (ms since the Unix epoch): the task opened, or
     /// the store was emptied.
     began_ms: i64,
@@ -307,6 +310,7 @@ impl Task {
                     },
                     resumed: checkpoint.is_some(),
                     tail: false,
+                    applied_since_sync: false,
                     began_ms: opened_ms,
                 })
             })
@@ -429,6 +433,7 @@ impl Task {
                 c.began_ms = now;
                 c.resumed = false;
                 c.tail = false;
+                c.applied_since_sync = false;
                 self.stores.db().clear_store(store)
             }
             None => Ok(()),
@@ -439,12 +444,13 @@ impl Task {
     pub fn apply_changelog(&mut self, rec: ChangelogRecord<'_>) -> Result<(), StateError> {
         let Some((store, c)) = self
             .changelogs
-            .iter()
+            .iter_mut()
             .enumerate()
             .find(|(_, c)| *c.changelog == *rec.topic)
         else {
             return Ok(());
         };
+        c.applied_since_sync = true;
         let checkpoint = Checkpoint {
             next: rec.offset + 1,
             synced_at_ms: c.synced_at_ms,
@@ -497,6 +503,48 @@ impl Task {
         })
     }
 
+    /// Whether the standby store with changelog `changelog`, which has just read its changelog
+    /// to an end, read records after its last sync for longer than the changelog's tombstone
+    /// `retention` allows ([`stale_since`]): a deletion among them may have been compacted away
+    /// before it got there (a stall: its worker paused, its brokers away). As for a restore
+    /// ([`Task::restore_outlived`]): rebuild a store that had been in sync (or resumed from a
+    /// checkpoint); one still reading from empty would take as long again.
+    pub fn standby_outlived(
+        &self,
+        changelog: &str,
+        retention: std::time::Duration,
+        now_ms: i64,
+    ) -> Option<Outlived> {
+        let c = self
+            .changelogs
+            .iter()
+            .find(|c| *c.changelog == *changelog && c.applied_since_sync)?;
+        let why = stale_since(c.synced_at_ms, retention, now_ms)?;
+        Some(if c.resumed {
+            Outlived::Rebuild(why)
+        } else {
+            Outlived::Accept(why)
+        })
+    }
+
+    /// Why the standby store with changelog `changelog`, in sync with it before, would read
+    /// its changelog's tail too late to trust it from now on, if it would: it was last in sync
+    /// longer ago than the changelog's tombstone `retention` allows ([`stale_since`]; its
+    /// worker was paused, its brokers away). Checked before reading on, so that no record read
+    /// that late is ever written with the store's checkpoint.
+    pub fn standby_stale(
+        &self,
+        changelog: &str,
+        retention: std::time::Duration,
+        now_ms: i64,
+    ) -> Option<String> {
+        let c = self
+            .changelogs
+            .iter()
+            .find(|c| *c.changelog == *changelog && c.resumed)?;
+        stale_since(c.synced_at_ms, retention, now_ms)
+    }
+
     /// Marks the store with changelog `topic` restored; returns true when every store is, and the
     /// task is now running.
     pub fn changelog_restored(&mut self, topic: &str) -> Result<bool, StateError> {
@@ -537,6 +585,9 @@ impl Task {
             .filter(|(_, c)| *c.changelog == *topic)
         {
             c.synced_at_ms = Some(at_ms);
+            // In sync: whatever is applied next is a tail, as after a checkpoint.
+            c.resumed = true;
+            c.applied_since_sync = false;
             if let Some(checkpoint) = db.checkpoint(&db.stores()[store])? {
                 let mut batch = db.batch();
                 let synced = Checkpoint {

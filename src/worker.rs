@@ -52,7 +52,7 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
-    /// The worker's identity in its state directory could not be claimed (exactly once).
+    /// The worker's identity or announcement in its state directory could not be made.
     #[error("claiming a worker id in {dir} (state.dir): {source}")]
     Identity {
         /// The application's state directory.
@@ -376,6 +376,14 @@ impl Worker {
         let bootstrap = prepared.bootstrap;
         // Exactly once: the worker's transactional producers are named after an id kept in
         // its state directory (or its instance id), held while it runs.
+        // Announced to other workers sharing the state directory (see `state::presence`).
+        let app_dir = self.config.state.dir.join(&self.config.app.id);
+        let presence = Arc::new(
+            crate::state::presence::announce(&app_dir).map_err(|source| WorkerError::Identity {
+                dir: app_dir.clone(),
+                source,
+            })?,
+        );
         let identity = match self.config.processing.guarantee {
             Guarantee::ExactlyOnce if self.config.app.instance_id.is_none() => {
                 let app_dir = self.config.state.dir.join(&self.config.app.id);
@@ -478,6 +486,7 @@ impl Worker {
                         metrics: self.metrics.clone(),
                         status: self.status.clone(),
                         state_memory: state_memory.clone(),
+                        presence: presence.clone(),
                     })
                     .map_err(WorkerError::Standbys)?,
                 );

@@ -36,7 +36,7 @@ use crate::task::Task;
 /// restored (see the module docs: harmless on Apache Kafka, needed on tansu).
 const QUIET: Duration = Duration::from_millis(100);
 /// Timeout of end-offset queries.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One changelog record.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +64,10 @@ struct Progress {
     /// A record of it was read in the current [`RestoreConsumer::poll`] (whose end then counts
     /// as its last activity: one clock read per poll, not per record).
     read: bool,
+    /// An end offset not reached yet when it was asked for, with when (ms since the Unix
+    /// epoch): once the position reaches it, everything the changelog held then was read
+    /// ([`RestoreConsumer::refresh_ends`]).
+    target: Option<(i64, i64)>,
 }
 
 /// Where a changelog partition's restore starts.
@@ -217,6 +221,7 @@ impl RestoreConsumer {
                 end: high,
                 last_activity: Instant::now(),
                 read: false,
+                target: None,
             },
         );
         Ok(start)
@@ -321,7 +326,10 @@ impl RestoreConsumer {
     }
 
     /// Asks for the end offset of every partition being read (a standby's never finish): the
-    /// partitions read to their end are returned, each with when its end was asked for.
+    /// partitions read to an end are returned, each with when that end was asked for. Under
+    /// steady writes the end has moved on whenever it is asked for, so an end not reached yet
+    /// is remembered, and reaching it later counts: everything written before it was asked for
+    /// has then been read.
     pub fn refresh_ends(&mut self) -> Vec<(Arc<str>, i32, i64)> {
         let mut caught_up = Vec::new();
         for ((topic, partition), p) in self.parts.iter_mut() {
@@ -332,8 +340,21 @@ impl RestoreConsumer {
             {
                 Ok((_, high)) => {
                     p.end = high;
-                    if p.position >= high {
-                        caught_up.push((topic.clone(), *partition, asked_at));
+                    let synced_at = if p.position >= high {
+                        p.target = None;
+                        Some(asked_at)
+                    } else {
+                        let reached = p
+                            .target
+                            .filter(|(end, _)| p.position >= *end)
+                            .map(|(_, at)| at);
+                        if reached.is_some() || p.target.is_none() {
+                            p.target = Some((high, asked_at));
+                        }
+                        reached
+                    };
+                    if let Some(at) = synced_at {
+                        caught_up.push((topic.clone(), *partition, at));
                     }
                 }
                 Err(e) => {

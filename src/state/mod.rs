@@ -14,6 +14,7 @@
 pub mod cleaner;
 pub mod identity;
 pub mod lock;
+pub mod presence;
 pub mod restore;
 pub mod rocks;
 

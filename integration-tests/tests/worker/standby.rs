@@ -207,3 +207,100 @@ fn settle_exact_enough(
         );
     }
 }
+
+/// Exactly once, two workers of two members each, one standby per task (so each survivor holds
+/// every task warm), the state cleaner running often: the owner of half the tasks is killed
+/// with SIGKILL under load and the survivor takes its tasks over from its standbys (reading
+/// `read_committed`, over the victim's open transaction); the victim comes back on its state
+/// directory, where its former tasks become standbys, catches up, and then the other worker is
+/// killed. Every takeover restores only a tail, and the totals are exact.
+#[test]
+fn exactly_once_takeovers_from_standbys_keep_totals_exact() {
+    let _serial = serial();
+    let UnderLoad {
+        broker,
+        input,
+        output,
+        app,
+        producer,
+    } = UnderLoad::start("standby-eos", PARTITIONS, 0x5eed_5b02);
+    let bootstrap = broker.bootstrap();
+    let state: Vec<(String, Value)> = state_records().into_iter().take(20_000).collect();
+    integration_tests::produce_json(&bootstrap, &input, &state).unwrap();
+
+    let dirs = [state_dir(), state_dir()];
+    let mut c = TotalsConfig::new(&app, &bootstrap, &input, &output, dirs[0].path()).exactly_once();
+    c.standby_replicas = Some(1);
+    c.threads = 2;
+    c.cleanup_delay_ms = Some(1_000);
+    let c2 = c.for_another_worker(dirs[1].path());
+    let mut w1 = WorkerProcess::spawn_named("w1", &c.to_toml());
+    let mut w2 = WorkerProcess::spawn_named("w2", &c2.to_toml());
+    for w in [&mut w1, &mut w2] {
+        w.wait_ready(READY);
+    }
+    wait_all_running(&[&w1, &w2], PARTITIONS, "two workers");
+    let warm = |ws: &[&WorkerProcess], what: &str| {
+        assert!(
+            wait_until(LONG, Duration::from_millis(500), || standbys_caught_up(ws)),
+            "{what}: standbys did not catch up: {}",
+            describe(ws)
+        );
+    };
+    warm(&[&w1, &w2], "two workers");
+    let changelog = c.changelog_topic();
+    let changelog_size = || -> i64 {
+        (0..PARTITIONS)
+            .map(|p| watermarks(&bootstrap, &changelog, p).unwrap().1)
+            .sum()
+    };
+
+    // w2 dies; w1 takes its tasks over from its standbys.
+    let_records_flow(&producer, 1_000);
+    let restored_before = w1.metric_or_zero(RESTORED);
+    w2.kill9();
+    let_records_flow(&producer, 1_000);
+    wait_all_running(&[&w1], PARTITIONS, "after w2 was killed");
+    let restored = w1.metric_or_zero(RESTORED) - restored_before;
+    let size = changelog_size();
+    assert!(
+        restored * 10.0 < size as f64,
+        "w1's takeover restored {restored} of the changelog's {size} records: not a tail; {}",
+        describe(&[&w1])
+    );
+
+    // w2 comes back on its directory, gets tasks and standbys, and catches up; then w1 dies.
+    let mut w2 = WorkerProcess::spawn_named("w2-again", &c2.restarted().to_toml());
+    w2.wait_ready(READY);
+    wait_all_running(&[&w1, &w2], PARTITIONS, "w2 back");
+    warm(&[&w1, &w2], "w2 back");
+    let_records_flow(&producer, 1_000);
+    let restored_before = w2.metric_or_zero(RESTORED);
+    w1.kill9();
+    let_records_flow(&producer, 1_000);
+    wait_all_running(&[&w2], PARTITIONS, "after w1 was killed");
+    let restored = w2.metric_or_zero(RESTORED) - restored_before;
+    let size = changelog_size();
+    assert!(
+        restored * 10.0 < size as f64,
+        "w2's takeover restored {restored} of the changelog's {size} records: not a tail; {}",
+        describe(&[&w2])
+    );
+    let_records_flow(&producer, 1_000);
+
+    let mut all = state.clone();
+    all.extend(producer.stop());
+    let expected = integration_tests::expected_totals(&all);
+    let mut view = KeyedView::open(&bootstrap, &output).unwrap();
+    wait_for_totals(&mut view, &expected, LONG, &mut [&mut w2]);
+    wait_all_committed(&bootstrap, &app, &input, PARTITIONS);
+    view.refresh().unwrap();
+    if let Err(e) = integration_tests::check_exact(&expected, &view.map) {
+        panic!(
+            "exactly once, after two takeovers from standbys ({} records): {e}",
+            all.len()
+        );
+    }
+    let status = w2.terminate();
+    assert_eq!(status.code(), Some(0), "w2 clean exit: {status}");
+}

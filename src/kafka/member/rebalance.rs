@@ -191,7 +191,8 @@ impl Core {
     /// Opens a task and starts its restore. `Ok(false)`: its directory is locked, try again later.
     fn open_task(&mut self, id: TaskId) -> Result<bool, String> {
         if let Some(standbys) = &self.setup.standbys {
-            // A standby of the task in this process closes first, leaving its state here.
+            // A standby of the task in this process closes first, leaving its state here (at
+            // once, or soon: until then the directory is locked, and the open is retried).
             standbys.claim(id, self.setup.index);
         }
         let mut task = match Task::open_for(
