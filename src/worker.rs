@@ -580,8 +580,21 @@ fn standby_placement(
     replicas: u32,
 ) -> impl FnMut() -> Option<BTreeSet<crate::types::TaskId>> {
     let tasks = Standbys::stateful_tasks(&topologies, partitions);
+    let mut warned = false;
     move || {
         let view = watch.current()?;
+        // A member that advertises no address (a worker without HTTP, or another client in
+        // the group) holds partitions no placement can account for.
+        let unaddressed = !view.unaddressed.is_empty();
+        if unaddressed && !warned {
+            let clients: Vec<&str> = view
+                .unaddressed
+                .iter()
+                .map(|m| m.client_id.as_str())
+                .collect();
+            tracing::warn!(?clients, "group members without an advertised HTTP address (client.id `<app.id>-<member>@<host:port>`) hold partitions: standby replicas are not placed until they leave or are upgraded");
+        }
+        warned = unaddressed;
         let workers = crate::placement::workers_of(&view, &topologies, &tasks)?;
         let mut placed = crate::placement::standbys(&workers, &tasks, replicas as usize);
         Some(placed.remove(watch.own_address()).unwrap_or_default())

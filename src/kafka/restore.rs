@@ -358,7 +358,10 @@ impl RestoreConsumer {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(topic = %topic, partition, error = %e, "end offset query failed; will retry")
+                    // The brokers are away: asking for the others would only wait as long
+                    // again, each (with the standbys' lock held).
+                    tracing::debug!(topic = %topic, partition, error = %e, "end offset query failed; will retry");
+                    break;
                 }
             }
         }

@@ -461,10 +461,12 @@ impl Inner {
             // Records deleted under a standby's position, or the changelog may not be read:
             // which partition is not said, so every standby starts again from its checkpoint
             // (one whose checkpoint is now before the log start is rebuilt).
-            tracing::warn!(error = %e, "standbys: reading changelogs failed; reopening them");
+            tracing::warn!(error = %e, "standbys: reading changelogs failed; reopening them in a while");
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            let retry = Instant::now() + RETRY_AFTER;
             for id in ids {
                 self.close(id);
+                self.retry_at.insert(id, retry);
             }
             return;
         }
