@@ -75,8 +75,10 @@
 //!
 //! - `kafka::member` (`src/kafka/member/`): a group member's loop, rebalance handling, commits
 //!   and restores; `kafka::collector` the producer with acknowledgement tracking;
-//!   `kafka::restore` the changelog reader; `kafka::admin` topic creation; `kafka::properties`
-//!   the checks of `[kafka.properties]`. No rdkafka type leaves `kafka`.
+//!   `kafka::restore` the changelog reader; `kafka::standby` the standby replicas, which tail
+//!   changelogs into warm copies of other workers' tasks, where `placement` puts them;
+//!   `kafka::admin` topic creation; `kafka::properties` the checks of `[kafka.properties]`. No
+//!   rdkafka type leaves `kafka`.
 //! - `task`: one partition's processor, stores, queue and offsets; `timers` its stream time,
 //!   timers and idle advance.
 //! - `state`: RocksDB per task, the write-back cache and typed stores; no Kafka types.

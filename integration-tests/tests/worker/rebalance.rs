@@ -322,13 +322,21 @@ fn two_topics_two_workers_with_range() {
 
 /// Names in a worker's state directory for its app: task directories and their lock files.
 fn state_entries(state: &std::path::Path, app: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    // Task entries only: `<topology>_<partition>`, not the worker's own files beside them
+    // (its presence lock, an exactly-once identity).
+    let is_task = |name: &str| {
+        name.split_once('_')
+            .is_some_and(|(t, p)| t.parse::<u32>().is_ok() && p.parse::<u32>().is_ok())
+    };
     let mut dirs = BTreeSet::new();
     let mut locks = BTreeSet::new();
     for entry in std::fs::read_dir(state.join(app)).into_iter().flatten() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         match name.strip_suffix(".lock") {
-            Some(task) => locks.insert(task.to_string()),
-            None => dirs.insert(name),
+            Some(task) if is_task(task) => locks.insert(task.to_string()),
+            Some(_) => false,
+            None if is_task(&name) => dirs.insert(name),
+            None => false,
         };
     }
     (dirs, locks)
