@@ -209,6 +209,24 @@ mod tests {
         assert_eq!(advertised_of("clicks-2@"), None);
     }
 
+    /// A member whose client id has an '@' but no address after it (a worker with
+    /// `http.listen = "off"` and a user `client.id` such as "team@billing", or another client
+    /// in the group) is no worker: nothing is forwarded to "billing-0".
+    #[test]
+    fn an_at_sign_without_an_address_is_not_a_worker() {
+        let id = client_id("team@billing", 0, None);
+        assert_eq!(advertised_of(&id), None, "{id}");
+        assert_eq!(advertised_of("consumer@host/path:1"), None);
+        let view = ClusterView::from_members([
+            member("m-a", &id, &[("in", 0)]),
+            member("m-b", "app-0@h1:1", &[("in", 1)]),
+        ]);
+        let addrs: Vec<&str> = view.workers.iter().map(|w| w.address.as_str()).collect();
+        assert_eq!(addrs, ["h1:1"]);
+        assert_eq!(view.unaddressed.len(), 1);
+        assert_eq!(view.owner("in", 0), None);
+    }
+
     #[test]
     fn members_of_one_process_make_one_worker() {
         let view = ClusterView::from_members([
