@@ -105,10 +105,13 @@ pub fn client_id(prefix: &str, member: usize, advertised: Option<&str>) -> Strin
     }
 }
 
-/// The worker address in a client id written by [`client_id`], if any.
+/// The worker address in a client id written by [`client_id`], if any. What follows the last
+/// separator must be a `host:port` as [`check_advertised`] accepts: a user's `client.id` may
+/// contain the separator too (a worker without HTTP, or another client of the group), and its
+/// tail is then no address to forward queries to.
 pub fn advertised_of(client_id: &str) -> Option<&str> {
     let (_, addr) = client_id.rsplit_once(ADDRESS_SEPARATOR)?;
-    (!addr.is_empty()).then_some(addr)
+    check_advertised(addr).is_ok().then_some(addr)
 }
 
 /// Checks an `http.advertised` value: `host:port`, as other workers will connect to it.
