@@ -569,3 +569,58 @@ fn a_dedup_mark_is_found_where_the_record_was_processed() {
     );
     assert_eq!(w.terminate().code(), Some(0), "clean exit");
 }
+
+/// Two workers advertising one address (the default `http.listen = "127.0.0.1:9464"` on two
+/// hosts, or a copied `http.advertised`) look like one worker to the group's readers: keys
+/// of the other one answer "assigned to this worker, which has not opened it yet" and
+/// standbys are never placed. `/cluster` must say so.
+#[test]
+fn workers_sharing_an_advertised_address_are_reported() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("qa-in");
+    let output = unique_name("qa-out");
+    for t in [&input, &output] {
+        broker.create_topic(t, 2);
+    }
+    let (s1, s2) = (state_dir(), state_dir());
+    let c1 = TotalsConfig::new(
+        &unique_name("app-qa"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        s1.path(),
+    );
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    w1.wait_ready(READY);
+    // w2 advertises w1's address.
+    let c2 = c1.for_another_worker(s2.path());
+    let listen = format!("listen = \"{}\"\n", c2.http_listen);
+    let toml = c2.to_toml().replacen(
+        &listen,
+        &format!("{listen}advertised = \"{}\"\n", w1.http_addr()),
+        1,
+    );
+    assert!(toml.contains("advertised"), "{toml}");
+    let mut w2 = WorkerProcess::spawn_named("w2", &toml);
+    w2.wait_ready(READY);
+
+    let mut last = Value::Null;
+    let reported = wait_until(LONG, Duration::from_millis(200), || {
+        let (_, body) = w1.get("/cluster").expect("GET /cluster");
+        last = serde_json::from_str(&body).expect("JSON");
+        let members = last["workers"][0]["member_ids"]
+            .as_array()
+            .map_or(0, Vec::len);
+        members == 2
+            && last["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains(w1.http_addr()))
+    });
+    assert!(
+        reported,
+        "/cluster names the shared address as a problem: {last}"
+    );
+    assert_eq!(w2.terminate().code(), Some(0), "w2 clean exit");
+    assert_eq!(w1.terminate().code(), Some(0), "w1 clean exit");
+}
