@@ -88,6 +88,23 @@ impl ClusterView {
     pub fn worker(&self, address: &str) -> Option<&WorkerView> {
         self.workers.iter().find(|w| w.address == address)
     }
+
+    /// Why this view cannot tell the worker at `own`, which runs `members` members, from
+    /// others: more members advertise its address than it runs. Another process then
+    /// advertises the same address (the default `http.listen = "127.0.0.1:9464"` on several
+    /// hosts, or a copied `http.advertised`), and its tasks look like this worker's: its keys
+    /// are never forwarded to it and standbys are not placed apart from it.
+    pub fn shared_address(&self, own: &str, members: usize) -> Option<String> {
+        let found = self.worker(own)?.member_ids.len();
+        (found > members).then(|| {
+            format!(
+                "{found} members of the group advertise this worker's address {own}, which runs \
+                 {members}: another worker advertises the same address (set a distinct \
+                 http.advertised on each), or this worker restarted and its old members have \
+                 not timed out yet"
+            )
+        })
+    }
 }
 
 /// The separator between a consumer's name and its worker's address in its client id. It may
@@ -257,6 +274,20 @@ mod tests {
         );
         assert_eq!(view.unaddressed.len(), 1);
         assert_eq!(view.owner("other", 0), None);
+    }
+
+    #[test]
+    fn an_address_advertised_by_more_members_than_its_worker_runs_is_reported() {
+        let view = ClusterView::from_members([
+            member("m-a", "app-0@h1:1", &[("in", 0)]),
+            member("m-b", "app-0@h1:1", &[("in", 1)]),
+            member("m-c", "app-0@h2:1", &[("in", 2)]),
+        ]);
+        let p = view.shared_address("h1:1", 1).expect("two members at h1:1");
+        assert!(p.contains("2 members") && p.contains("h1:1"), "{p}");
+        assert_eq!(view.shared_address("h1:1", 2), None, "two threads");
+        assert_eq!(view.shared_address("h2:1", 1), None);
+        assert_eq!(view.shared_address("h3:1", 1), None, "not in the group yet");
     }
 
     #[test]

@@ -432,6 +432,7 @@ impl Worker {
         let group_refresher = tokio::spawn(crate::kafka::group::refresh(
             group_reader,
             config.group.protocol,
+            config.app.threads,
             watch.clone(),
             GROUP_REFRESH,
             group_stop.clone(),

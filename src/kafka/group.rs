@@ -96,14 +96,18 @@ impl GroupReader {
 }
 
 /// Describes the group every `period` and publishes the view to `watch` until `stop` fires.
+/// `members` is how many members this worker runs (`app.threads`): more at its address means
+/// another worker advertises the same one.
 pub(crate) async fn refresh(
     reader: GroupReader,
     protocol: GroupProtocol,
+    members: usize,
     watch: Arc<ClusterWatch>,
     period: Duration,
     stop: CancellationToken,
 ) {
     let reader = Arc::new(reader);
+    let mut warned = false;
     loop {
         let r = reader.clone();
         let describe = tokio::task::spawn_blocking(move || {
@@ -120,8 +124,18 @@ pub(crate) async fn refresh(
         };
         match described {
             Ok(Ok(described)) => {
-                let problem = state_problem(protocol, &described.state);
-                watch.publish(ClusterView::from_members(described.members));
+                let view = ClusterView::from_members(described.members);
+                let shared = view.shared_address(watch.own_address(), members);
+                // Once per spell, not every second.
+                match &shared {
+                    Some(p) if !warned => {
+                        tracing::warn!(problem = %p, "workers cannot be told apart")
+                    }
+                    _ => {}
+                }
+                warned = shared.is_some();
+                let problem = state_problem(protocol, &described.state).or(shared);
+                watch.publish(view);
                 if let Some(p) = problem {
                     watch.report_problem(p);
                 }
