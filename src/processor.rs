@@ -172,6 +172,10 @@ pub struct Topology {
     pub sources: Vec<String>,
     /// Store names; each gets a column family and the changelog `<app.id>-<store>-changelog`.
     pub stores: Vec<String>,
+    /// Those of `stores` whose keys are not the records' keys (a pipeline's `dedup` marks,
+    /// keyed by the step's `key` expression): a store key says nothing of the task holding
+    /// it, so `/state` cannot route them and refuses.
+    pub unkeyed_stores: Vec<String>,
     /// Topics the processor writes to, created by the worker if missing.
     pub sinks: Vec<String>,
     /// Creates the processor of each task.
@@ -204,6 +208,7 @@ impl Topology {
             name: name.into(),
             sources: sources.into_iter().map(Into::into).collect(),
             stores: Vec::new(),
+            unkeyed_stores: Vec::new(),
             sinks: Vec::new(),
             factory: Arc::new(move |info: &TaskInfo| {
                 Box::new(processor(info)) as Box<dyn Processor>
@@ -214,6 +219,15 @@ impl Topology {
     /// Declares a store.
     pub fn store(mut self, name: impl Into<String>) -> Self {
         self.stores.push(name.into());
+        self
+    }
+
+    /// Declares a store whose keys are not the records' keys (see
+    /// [`Topology::unkeyed_stores`]).
+    pub fn unkeyed_store(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.unkeyed_stores.push(name.clone());
+        self.stores.push(name);
         self
     }
 

@@ -79,6 +79,20 @@ pub(crate) async fn state_value(
         Ok(b) => b,
         Err(e) => return served_by(json_error(StatusCode::BAD_REQUEST, e), &own),
     };
+    if s.cluster.keys.unkeyed(&store) {
+        // Its keys (a dedup step's ids) are not the records' keys: the task holding one is
+        // the task of a record key nobody asked about, so any task's answer may be wrong.
+        return served_by(
+            json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "store {store:?} is keyed by a dedup step's key expression, not by the \
+                     records' keys, so a key cannot be routed to the task holding it"
+                ),
+            ),
+            &own,
+        );
+    }
     let Some(at) = s.cluster.keys.locate(&store, key.as_bytes()) else {
         return served_by(
             json_error(
