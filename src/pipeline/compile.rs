@@ -23,6 +23,10 @@ pub fn repartition_topic(app_id: &str, pipeline: &str, n: usize) -> String {
     }
 }
 
+/// A store of a stage, and whether its keys are the records' keys (false for a dedup step's
+/// marks, keyed by the step's `key` expression).
+type StageStore = (String, bool);
+
 /// The store of each stateful step of a pipeline, by step index: the first `aggregate` gets the
 /// pipeline's name (so `/state/<pipeline>/<key>` reads a running aggregate), any other stateful
 /// step `<pipeline>-<step index>`.
@@ -179,7 +183,7 @@ pub fn compile(
     });
 
     // Stages, cut at each key_by.
-    let mut stages: Vec<(Vec<Step>, Vec<(String, bool)>)> = vec![(Vec::new(), Vec::new())];
+    let mut stages: Vec<(Vec<Step>, Vec<StageStore>)> = vec![(Vec::new(), Vec::new())];
     let mut ends: Vec<End> = Vec::new();
     let store_of = store_names(p);
     for (j, step) in p.steps.iter().enumerate() {
