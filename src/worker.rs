@@ -443,6 +443,7 @@ impl Worker {
                 keys: crate::http::KeyRouter::new(&self.topologies, &partitions),
                 agent: crate::http::agent(),
                 group: config.app.id.clone(),
+                outbound: Arc::new(tokio::sync::Semaphore::new(crate::http::MAX_OUTBOUND)),
             });
             crate::http::serve(
                 listener,
