@@ -88,6 +88,23 @@ impl ClusterView {
     pub fn worker(&self, address: &str) -> Option<&WorkerView> {
         self.workers.iter().find(|w| w.address == address)
     }
+
+    /// Why this view cannot tell the worker at `own`, which runs `members` members, from
+    /// others: more members advertise its address than it runs. Another process then
+    /// advertises the same address (the default `http.listen = "127.0.0.1:9464"` on several
+    /// hosts, or a copied `http.advertised`), and its tasks look like this worker's: its keys
+    /// are never forwarded to it and standbys are not placed apart from it.
+    pub fn shared_address(&self, own: &str, members: usize) -> Option<String> {
+        let found = self.worker(own)?.member_ids.len();
+        (found > members).then(|| {
+            format!(
+                "{found} members of the group advertise this worker's address {own}, which runs \
+                 {members}: another worker advertises the same address (set a distinct \
+                 http.advertised on each), or this worker restarted and its old members have \
+                 not timed out yet"
+            )
+        })
+    }
 }
 
 /// The separator between a consumer's name and its worker's address in its client id. It may
@@ -105,10 +122,13 @@ pub fn client_id(prefix: &str, member: usize, advertised: Option<&str>) -> Strin
     }
 }
 
-/// The worker address in a client id written by [`client_id`], if any.
+/// The worker address in a client id written by [`client_id`], if any. What follows the last
+/// separator must be a `host:port` as [`check_advertised`] accepts: a user's `client.id` may
+/// contain the separator too (a worker without HTTP, or another client of the group), and its
+/// tail is then no address to forward queries to.
 pub fn advertised_of(client_id: &str) -> Option<&str> {
     let (_, addr) = client_id.rsplit_once(ADDRESS_SEPARATOR)?;
-    (!addr.is_empty()).then_some(addr)
+    check_advertised(addr).is_ok().then_some(addr)
 }
 
 /// Checks an `http.advertised` value: `host:port`, as other workers will connect to it.
@@ -209,6 +229,24 @@ mod tests {
         assert_eq!(advertised_of("clicks-2@"), None);
     }
 
+    /// A member whose client id has an '@' but no address after it (a worker with
+    /// `http.listen = "off"` and a user `client.id` such as "team@billing", or another client
+    /// in the group) is no worker: nothing is forwarded to "billing-0".
+    #[test]
+    fn an_at_sign_without_an_address_is_not_a_worker() {
+        let id = client_id("team@billing", 0, None);
+        assert_eq!(advertised_of(&id), None, "{id}");
+        assert_eq!(advertised_of("consumer@host/path:1"), None);
+        let view = ClusterView::from_members([
+            member("m-a", &id, &[("in", 0)]),
+            member("m-b", "app-0@h1:1", &[("in", 1)]),
+        ]);
+        let addrs: Vec<&str> = view.workers.iter().map(|w| w.address.as_str()).collect();
+        assert_eq!(addrs, ["h1:1"]);
+        assert_eq!(view.unaddressed.len(), 1);
+        assert_eq!(view.owner("in", 0), None);
+    }
+
     #[test]
     fn members_of_one_process_make_one_worker() {
         let view = ClusterView::from_members([
@@ -236,6 +274,20 @@ mod tests {
         );
         assert_eq!(view.unaddressed.len(), 1);
         assert_eq!(view.owner("other", 0), None);
+    }
+
+    #[test]
+    fn an_address_advertised_by_more_members_than_its_worker_runs_is_reported() {
+        let view = ClusterView::from_members([
+            member("m-a", "app-0@h1:1", &[("in", 0)]),
+            member("m-b", "app-0@h1:1", &[("in", 1)]),
+            member("m-c", "app-0@h2:1", &[("in", 2)]),
+        ]);
+        let p = view.shared_address("h1:1", 1).expect("two members at h1:1");
+        assert!(p.contains("2 members") && p.contains("h1:1"), "{p}");
+        assert_eq!(view.shared_address("h1:1", 2), None, "two threads");
+        assert_eq!(view.shared_address("h2:1", 1), None);
+        assert_eq!(view.shared_address("h3:1", 1), None, "not in the group yet");
     }
 
     #[test]

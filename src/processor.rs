@@ -275,6 +275,10 @@ pub struct Topology {
     pub sources: Vec<String>,
     /// Store names; each gets a column family and the changelog `<app.id>-<store>-changelog`.
     pub stores: Vec<String>,
+    /// Those of `stores` whose keys are not the records' keys (a pipeline's `dedup` marks,
+    /// keyed by the step's `key` expression): a store key says nothing of the task holding
+    /// it, so `/state` cannot route them and refuses.
+    pub unkeyed_stores: Vec<String>,
     /// Topics the processor writes to, created by the worker if missing.
     pub sinks: Vec<String>,
     /// How the sources' producers partitioned records by key: where `/state` looks for a
@@ -310,6 +314,7 @@ impl Topology {
             name: name.into(),
             sources: sources.into_iter().map(Into::into).collect(),
             stores: Vec::new(),
+            unkeyed_stores: Vec::new(),
             sinks: Vec::new(),
             key_partitioner: KeyPartitioner::default(),
             factory: Arc::new(move |info: &TaskInfo| {
@@ -321,6 +326,15 @@ impl Topology {
     /// Declares a store.
     pub fn store(mut self, name: impl Into<String>) -> Self {
         self.stores.push(name.into());
+        self
+    }
+
+    /// Declares a store whose keys are not the records' keys (see
+    /// [`Topology::unkeyed_stores`]).
+    pub fn unkeyed_store(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.unkeyed_stores.push(name.clone());
+        self.stores.push(name);
         self
     }
 

@@ -440,6 +440,7 @@ impl Worker {
         let group_refresher = tokio::spawn(crate::kafka::group::refresh(
             group_reader,
             config.group.protocol,
+            config.app.threads,
             watch.clone(),
             GROUP_REFRESH,
             group_stop.clone(),
@@ -450,6 +451,7 @@ impl Worker {
                 keys: crate::http::KeyRouter::new(&self.topologies, &partitions),
                 agent: crate::http::agent(),
                 group: config.app.id.clone(),
+                outbound: Arc::new(tokio::sync::Semaphore::new(crate::http::MAX_OUTBOUND)),
             });
             crate::http::serve(
                 listener,

@@ -55,10 +55,18 @@ pub(crate) async fn cluster(State(s): State<AppState>) -> Response {
             if addr == own {
                 return serde_json::to_value(s.status.tasks()).map_err(|e| e.to_string());
             }
+            let permit = s
+                .cluster
+                .outbound()
+                .map_err(|_| "too many requests to other workers under way".to_string())?;
             let agent = s.cluster.agent.clone();
-            tokio::task::spawn_blocking(move || fetch_tasks(&agent, &addr))
-                .await
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || {
+                let tasks = fetch_tasks(&agent, &addr);
+                drop(permit);
+                tasks
+            })
+            .await
+            .map_err(|e| e.to_string())?
         }
     });
     let tasks = futures::future::join_all(fetches).await;

@@ -6,7 +6,7 @@ mod cluster;
 mod query;
 mod route;
 
-pub(crate) use query::{agent, Cluster};
+pub(crate) use query::{agent, Cluster, MAX_OUTBOUND};
 pub(crate) use route::KeyRouter;
 
 use std::net::SocketAddr;
@@ -169,6 +169,7 @@ mod tests {
             keys: KeyRouter::new(&[topology], &[("in".to_string(), 4)].into()),
             agent: agent(),
             group: "app".into(),
+            outbound: Arc::new(tokio::sync::Semaphore::new(super::query::MAX_OUTBOUND)),
         });
         let stop = CancellationToken::new();
         serve(

@@ -79,6 +79,20 @@ pub(crate) async fn state_value(
         Ok(b) => b,
         Err(e) => return served_by(json_error(StatusCode::BAD_REQUEST, e), &own),
     };
+    if s.cluster.keys.unkeyed(&store) {
+        // Its keys (a dedup step's ids) are not the records' keys: the task holding one is
+        // the task of a record key nobody asked about, so any task's answer may be wrong.
+        return served_by(
+            json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "store {store:?} is keyed by a dedup step's key expression, not by the \
+                     records' keys, so a key cannot be routed to the task holding it"
+                ),
+            ),
+            &own,
+        );
+    }
     let Some(at) = s.cluster.keys.locate(&store, key.as_bytes()) else {
         return served_by(
             json_error(
@@ -196,9 +210,34 @@ fn windows(key: &[u8], entries: crate::state::Entries) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// Requests to other workers (forwarded queries, `/cluster`'s fetches) under way at most at
+/// once. Each holds a blocking thread for up to [`FORWARD_TIMEOUT`]: without a bound, queries
+/// for the keys of a hung worker would take every thread of the pool that local reads and the
+/// group reader also need.
+pub(crate) const MAX_OUTBOUND: usize = 64;
+
+impl Cluster {
+    /// A permit to call another worker, or the 503 to answer when [`MAX_OUTBOUND`] calls are
+    /// under way.
+    pub(crate) fn outbound(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+        self.outbound.clone().try_acquire_owned().map_err(|_| {
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{MAX_OUTBOUND} requests to other workers are under way (one may not                      answer); try again"
+                ),
+            )
+        })
+    }
+}
+
 /// Forwards the query (`path`, with its query string) to the worker at `addr`, passing its
 /// status, body and `tributary-served-by` through.
 async fn forward(s: &AppState, addr: String, path: String, own: String) -> Response {
+    let permit = match s.cluster.outbound() {
+        Ok(p) => p,
+        Err(busy) => return served_by(busy, &own),
+    };
     let agent = s.cluster.agent.clone();
     let url = format!("http://{addr}{path}");
     let from = own.clone();
@@ -208,6 +247,7 @@ async fn forward(s: &AppState, addr: String, path: String, own: String) -> Respo
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let by = resp.headers().get(SERVED_BY).cloned();
         let body = resp.body_mut().read_to_vec()?;
+        drop(permit);
         Ok::<_, ureq::Error>((status, content_type, by, body))
     })
     .await;
@@ -259,11 +299,33 @@ pub(crate) struct Cluster {
     pub agent: ureq::Agent,
     /// The group (`app.id`).
     pub group: String,
+    /// Bounds the requests to other workers under way (see [`MAX_OUTBOUND`]).
+    pub outbound: Arc<tokio::sync::Semaphore>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Calls to other workers are bounded: past [`MAX_OUTBOUND`] under way, a query answers
+    /// 503 at once instead of taking another blocking thread.
+    #[test]
+    fn calls_to_other_workers_are_bounded() {
+        let cluster = Cluster {
+            watch: Arc::new(crate::cluster::ClusterWatch::new("a:1")),
+            keys: super::super::route::KeyRouter::default(),
+            agent: agent(),
+            group: "g".into(),
+            outbound: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND)),
+        };
+        let held: Vec<_> = (0..MAX_OUTBOUND)
+            .map(|_| cluster.outbound().expect("a permit"))
+            .collect();
+        let busy = cluster.outbound().expect_err("all taken");
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert!(cluster.outbound().is_ok());
+    }
 
     async fn body(r: Response) -> (StatusCode, serde_json::Value) {
         let status = r.status();

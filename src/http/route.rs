@@ -35,6 +35,8 @@ pub(crate) struct KeyRouter {
     stores: BTreeMap<String, Home>,
     /// Source topic -> topology index.
     sources: BTreeMap<String, usize>,
+    /// Stores whose keys are not the records' keys (`Topology::unkeyed_stores`).
+    unkeyed: std::collections::BTreeSet<String>,
 }
 
 /// The task of a key, and the source partition whose owner runs it.
@@ -54,6 +56,7 @@ impl KeyRouter {
             for s in &t.sources {
                 router.sources.insert(s.clone(), index);
             }
+            router.unkeyed.extend(t.unkeyed_stores.iter().cloned());
             let Some(topic) = t.sources.first() else {
                 continue;
             };
@@ -70,6 +73,12 @@ impl KeyRouter {
             }
         }
         router
+    }
+
+    /// True for a store whose keys are not the records' keys, so that no key can be routed to
+    /// the task holding it (a `dedup` step's marks).
+    pub(crate) fn unkeyed(&self, store: &str) -> bool {
+        self.unkeyed.contains(store)
     }
 
     /// The task holding `key` of `store`; `None` for an unknown store.
@@ -196,7 +205,9 @@ mod tests {
         KeyRouter::new(
             &[
                 t("first", &["in"]),
-                t("second", &["rep", "other"]).store("totals"),
+                t("second", &["rep", "other"])
+                    .store("totals")
+                    .unkeyed_store("marks"),
             ],
             &BTreeMap::from([
                 ("in".to_string(), 3),
@@ -266,6 +277,7 @@ mod tests {
             })
         );
         assert_eq!(r.task_of("sink", 0), None);
+        assert!(r.unkeyed("marks") && !r.unkeyed("totals") && !r.unkeyed("nope"));
     }
 
     fn view() -> ClusterView {

@@ -1,17 +1,16 @@
 //! Reads the consumer group's description from its coordinator and keeps a [`ClusterWatch`] up
 //! to date with it, about once a second.
 //!
-//! Classic groups (`group.protocol = "classic"`): ListGroups + DescribeGroups, through
-//! librdkafka's `rd_kafka_list_groups`, give every member with its client id and, once the
-//! group is stable, its assignment in the consumer protocol's `ConsumerProtocolAssignment`
-//! encoding, parsed here by hand. While the group rebalances the broker sends no assignments,
-//! so the view then has workers without partitions (queries answer 503 until it settles).
-//!
-//! Consumer-protocol groups (KIP-848): Apache Kafka's DescribeGroups does not describe them
-//! (`GroupMetadataManager#describeGroups` reads the group with `classicGroup(..)`, which
-//! refuses any other type), so they are read with the ConsumerGroupDescribe RPC instead,
-//! through librdkafka's `rd_kafka_DescribeConsumerGroups` admin call (which rust-rdkafka does
-//! not wrap): each member's current assignment, already decoded.
+//! One call serves both group protocols: librdkafka's `rd_kafka_DescribeConsumerGroups` admin
+//! call (which rust-rdkafka does not wrap) asks the group's coordinator with
+//! ConsumerGroupDescribe and, for a classic group, falls back to DescribeGroups, decoding the
+//! members' assignments either way. Only the coordinator is asked: the older
+//! `rd_kafka_list_groups` asked every broker and waited for all of them, so one broker down
+//! made every description fail. Apache Kafka's DescribeGroups does not describe a
+//! consumer-protocol (KIP-848) group (`GroupMetadataManager#describeGroups` reads the group
+//! with `classicGroup(..)`, which refuses any other type), hence ConsumerGroupDescribe first.
+//! While a classic group rebalances the broker sends no assignments, so the view then has
+//! workers without partitions (queries answer 503 until it settles).
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::Arc;
@@ -60,58 +59,26 @@ impl GroupReader {
         // Never a message: the client is assigned nothing.
         let _ = self.consumer.poll(Duration::ZERO);
     }
-
-    /// The group's current description.
-    pub(crate) fn describe(&self) -> Result<Described, ClientError> {
-        let list = self
-            .consumer
-            .fetch_group_list(Some(&self.group), DESCRIBE_TIMEOUT)?;
-        let Some(group) = list.groups().iter().find(|g| g.name() == self.group) else {
-            // The group has no coordinator record yet (no member joined).
-            return Ok(Described {
-                state: "Dead".into(),
-                members: Vec::new(),
-            });
-        };
-        let mut members = Vec::new();
-        for m in group.members() {
-            let assignment = match m.assignment() {
-                Some(bytes) => parse_assignment(bytes).unwrap_or_else(|e| {
-                    tracing::warn!(member = m.id(), error = %e, "unreadable assignment in the group description");
-                    Vec::new()
-                }),
-                None => Vec::new(),
-            };
-            members.push(GroupMember {
-                member_id: m.id().to_string(),
-                client_id: m.client_id().to_string(),
-                assignment,
-            });
-        }
-        Ok(Described {
-            state: group.state().to_string(),
-            members,
-        })
-    }
 }
 
 /// Describes the group every `period` and publishes the view to `watch` until `stop` fires.
+/// `members` is how many members this worker runs (`app.threads`): more at its address means
+/// another worker advertises the same one.
 pub(crate) async fn refresh(
     reader: GroupReader,
     protocol: GroupProtocol,
+    members: usize,
     watch: Arc<ClusterWatch>,
     period: Duration,
     stop: CancellationToken,
 ) {
     let reader = Arc::new(reader);
+    let mut warned = false;
     loop {
         let r = reader.clone();
         let describe = tokio::task::spawn_blocking(move || {
             r.serve_events();
-            match protocol {
-                GroupProtocol::Classic => r.describe().map_err(|e| e.to_string()),
-                GroupProtocol::Consumer => r.describe_consumer_group(),
-            }
+            r.describe()
         });
         // Shutdown does not wait for a description under way (it ends within its timeout).
         let described = tokio::select! {
@@ -120,8 +87,18 @@ pub(crate) async fn refresh(
         };
         match described {
             Ok(Ok(described)) => {
-                let problem = state_problem(protocol, &described.state);
-                watch.publish(ClusterView::from_members(described.members));
+                let view = ClusterView::from_members(described.members);
+                let shared = view.shared_address(watch.own_address(), members);
+                // Once per spell, not every second.
+                match &shared {
+                    Some(p) if !warned => {
+                        tracing::warn!(problem = %p, "workers cannot be told apart")
+                    }
+                    _ => {}
+                }
+                warned = shared.is_some();
+                let problem = state_problem(protocol, &described.state).or(shared);
+                watch.publish(view);
                 if let Some(p) = problem {
                     watch.report_problem(p);
                 }
@@ -137,9 +114,9 @@ pub(crate) async fn refresh(
 }
 
 impl GroupReader {
-    /// The group's current description through `rd_kafka_DescribeConsumerGroups`
-    /// (ConsumerGroupDescribe for a consumer-protocol group): each member's current assignment.
-    pub(crate) fn describe_consumer_group(&self) -> Result<Described, String> {
+    /// The group's current description through `rd_kafka_DescribeConsumerGroups` (see the
+    /// module docs): each member's client id and current assignment.
+    pub(crate) fn describe(&self) -> Result<Described, String> {
         use rdkafka::bindings as rd;
 
         let group = CString::new(self.group.as_str()).map_err(|e| e.to_string())?;
@@ -271,116 +248,9 @@ fn state_problem(protocol: GroupProtocol, state: &str) -> Option<String> {
     }
 }
 
-/// Parses the consumer protocol's `ConsumerProtocolAssignment` (any version 0-3, which share
-/// the prefix read here): `int16 version`, then `[ string topic, [int32 partition] ]`; the
-/// user data after it is ignored. Empty bytes are an empty assignment.
-pub(crate) fn parse_assignment(bytes: &[u8]) -> Result<Vec<(String, i32)>, String> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut r = Reader { bytes, at: 0 };
-    let version = r.i16()?;
-    if version < 0 {
-        return Err(format!("assignment version {version}"));
-    }
-    let mut out = Vec::new();
-    let topics = r.len("topic count")?;
-    for _ in 0..topics {
-        let name_len = usize::try_from(r.i16()?).map_err(|_| "null topic name".to_string())?;
-        let name = std::str::from_utf8(r.take(name_len)?)
-            .map_err(|_| "topic name is not UTF-8".to_string())?
-            .to_string();
-        let partitions = r.len("partition count")?;
-        for _ in 0..partitions {
-            out.push((name.clone(), r.i32()?));
-        }
-    }
-    Ok(out)
-}
-
-/// Big-endian reads over a byte slice.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("truncated at byte {}", self.at))?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-
-    fn i16(&mut self) -> Result<i16, String> {
-        Ok(i16::from_be_bytes(
-            self.take(2)?.try_into().expect("two bytes"),
-        ))
-    }
-
-    fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_be_bytes(
-            self.take(4)?.try_into().expect("four bytes"),
-        ))
-    }
-
-    /// An array length; a null array (-1) is empty.
-    fn len(&mut self, what: &str) -> Result<usize, String> {
-        let n = self.i32()?;
-        if n < -1 {
-            return Err(format!("{what} {n}"));
-        }
-        Ok(n.max(0) as usize)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Encodes an assignment as the Java client and librdkafka do.
-    fn encode(version: i16, topics: &[(&str, &[i32])], user_data: Option<&[u8]>) -> Vec<u8> {
-        let mut b = version.to_be_bytes().to_vec();
-        b.extend((topics.len() as i32).to_be_bytes());
-        for (t, ps) in topics {
-            b.extend((t.len() as i16).to_be_bytes());
-            b.extend(t.as_bytes());
-            b.extend((ps.len() as i32).to_be_bytes());
-            for p in *ps {
-                b.extend(p.to_be_bytes());
-            }
-        }
-        match user_data {
-            Some(d) => {
-                b.extend((d.len() as i32).to_be_bytes());
-                b.extend(d);
-            }
-            None => b.extend((-1i32).to_be_bytes()),
-        }
-        b
-    }
-
-    #[test]
-    fn parses_assignments_of_every_version() {
-        for version in 0..=3 {
-            let bytes = encode(
-                version,
-                &[("clicks", &[0, 3]), ("app-p-repartition", &[5])],
-                Some(b"sticky"),
-            );
-            assert_eq!(
-                parse_assignment(&bytes).unwrap(),
-                [
-                    ("clicks".to_string(), 0),
-                    ("clicks".to_string(), 3),
-                    ("app-p-repartition".to_string(), 5)
-                ]
-            );
-        }
-        assert_eq!(parse_assignment(&encode(0, &[], None)).unwrap(), []);
-        assert_eq!(parse_assignment(&[]).unwrap(), []);
-    }
 
     #[test]
     fn only_settled_groups_give_a_complete_view() {
@@ -395,18 +265,5 @@ mod tests {
             let p = state_problem(protocol, "Dead").unwrap();
             assert!(p.contains("no members"), "{p}");
         }
-    }
-
-    #[test]
-    fn refuses_damaged_assignments() {
-        let bytes = encode(1, &[("clicks", &[0, 3])], None);
-        // Cut inside the partitions.
-        let err = parse_assignment(&bytes[..bytes.len() - 6]).unwrap_err();
-        assert!(err.contains("truncated"), "{err}");
-        assert!(parse_assignment(&[0]).is_err());
-        let mut negative = encode(0, &[], None);
-        negative[2..6].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(parse_assignment(&negative).is_err());
-        assert!(parse_assignment(&(-1i16).to_be_bytes()).is_err());
     }
 }

@@ -23,6 +23,10 @@ pub fn repartition_topic(app_id: &str, pipeline: &str, n: usize) -> String {
     }
 }
 
+/// A store of a stage, and whether its keys are the records' keys (false for a dedup step's
+/// marks, keyed by the step's `key` expression).
+type StageStore = (String, bool);
+
 /// The store of each stateful step of a pipeline, by step index: the first `aggregate` gets the
 /// pipeline's name (so `/state/<pipeline>/<key>` reads a running aggregate), any other stateful
 /// step `<pipeline>-<step index>`.
@@ -179,7 +183,7 @@ pub fn compile(
     });
 
     // Stages, cut at each key_by.
-    let mut stages: Vec<(Vec<Step>, Vec<String>)> = vec![(Vec::new(), Vec::new())];
+    let mut stages: Vec<(Vec<Step>, Vec<StageStore>)> = vec![(Vec::new(), Vec::new())];
     let mut ends: Vec<End> = Vec::new();
     let store_of = store_names(p);
     for (j, step) in p.steps.iter().enumerate() {
@@ -224,7 +228,7 @@ pub fn compile(
                 if agg.window.is_none() && agg.emit == Emit::Final {
                     issues.push(ConfigIssue::new(format!("{path}.emit"), "\"final\" needs a window (a running aggregate never closes); use \"update\" or add a window"));
                 }
-                stores.push(store.clone());
+                stores.push((store.clone(), true));
                 steps.push(Step::Aggregate(Aggregate::new(
                     label,
                     store,
@@ -240,7 +244,8 @@ pub fn compile(
                     .ok();
                 if let Some(key) = key {
                     let within = i64::try_from(d.within.as_millis()).unwrap_or(i64::MAX);
-                    stores.push(store.clone());
+                    // Keyed by the dedup id, not the record key.
+                    stores.push((store.clone(), false));
                     steps.push(Step::Dedup(Dedup::new(label, store, key, within)));
                 }
             }
@@ -267,8 +272,12 @@ pub fn compile(
         let mut t = Topology::new(p.name.clone(), sources.clone(), move |_: &TaskInfo| {
             processor.clone()
         });
-        for s in stores {
-            t = t.store(s);
+        for (s, keyed) in stores {
+            t = if keyed {
+                t.store(s)
+            } else {
+                t.unkeyed_store(s)
+            };
         }
         if k == 0 {
             // Later stages read the repartition topic, which the workers write with murmur2.

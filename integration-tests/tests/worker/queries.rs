@@ -508,3 +508,127 @@ fn keys_of_a_restoring_task_answer_503_until_it_runs() {
     );
     assert_eq!(w2.terminate().code(), Some(0), "w2 clean exit");
 }
+
+/// A `dedup` store is keyed by the step's `key` expression, not by the record key: its marks
+/// live in the task of the record's partition. `/state/<store>/<id>?from=0&to=0` for an id
+/// seen must find its mark (or say that the store cannot be queried by key), never answer an
+/// empty list from the task that murmur2 of the id names.
+#[test]
+fn a_dedup_mark_is_found_where_the_record_was_processed() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("qd-in");
+    let output = unique_name("qd-out");
+    for t in [&input, &output] {
+        broker.create_topic(t, 4);
+    }
+    let state = state_dir();
+    let mut cfg = TotalsConfig::new(
+        &unique_name("app-qd"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        state.path(),
+    );
+    cfg.pipeline = "marks".into();
+    cfg.steps = "[[pipeline.steps]]\ndedup = { key = \"id\", within = \"1h\" }\n".into();
+    // Records in every partition (so that each has a commit to wait for), each with its own
+    // dedup id, some of which fall in another partition than their record's key.
+    let records: Vec<(String, Value)> = (0..16)
+        .map(|i| (format!("user-{i}"), json!({ "id": format!("order-{i}") })))
+        .collect();
+    let elsewhere = records
+        .iter()
+        .filter(|(key, v)| {
+            let id = v["id"].as_str().unwrap();
+            partition_for_key(id.as_bytes(), 4) != partition_for_key(key.as_bytes(), 4)
+        })
+        .count();
+    assert!(elsewhere > 0, "some ids fall in another partition");
+    broker.produce_json_murmur2(&input, &records);
+    let mut w = WorkerProcess::spawn_named("w", &cfg.to_toml());
+    w.wait_ready(READY);
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &input, 4);
+
+    // Each id's mark is in the store (named `<pipeline>-<step index>`, as the first stateful
+    // step that is not an aggregate).
+    let mut missing = Vec::new();
+    for (key, v) in &records {
+        let id = v["id"].as_str().unwrap();
+        let a = query(&w, &format!("/state/marks-0/{id}?from=0&to=0"));
+        let marks: Option<Value> = serde_json::from_str(&a.body).ok();
+        let found =
+            a.status == 200 && marks.as_ref().and_then(Value::as_array).map(Vec::len) == Some(1);
+        let refused = a.status == 400 && a.body.contains("cannot be routed");
+        if !found && !refused {
+            missing.push(format!(
+                "{id} (record key {key}, task 0_{}; asked task 0_{}): {} {}",
+                partition_for_key(key.as_bytes(), 4),
+                partition_for_key(id.as_bytes(), 4),
+                a.status,
+                a.body
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "marks neither found nor refused:\n{}",
+        missing.join("\n")
+    );
+    assert_eq!(w.terminate().code(), Some(0), "clean exit");
+}
+
+/// Two workers advertising one address (the default `http.listen = "127.0.0.1:9464"` on two
+/// hosts, or a copied `http.advertised`) look like one worker to the group's readers: keys
+/// of the other one answer "assigned to this worker, which has not opened it yet" and
+/// standbys are never placed. `/cluster` must say so.
+#[test]
+fn workers_sharing_an_advertised_address_are_reported() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("qa-in");
+    let output = unique_name("qa-out");
+    for t in [&input, &output] {
+        broker.create_topic(t, 2);
+    }
+    let (s1, s2) = (state_dir(), state_dir());
+    let c1 = TotalsConfig::new(
+        &unique_name("app-qa"),
+        &broker.bootstrap(),
+        &input,
+        &output,
+        s1.path(),
+    );
+    let mut w1 = WorkerProcess::spawn_named("w1", &c1.to_toml());
+    w1.wait_ready(READY);
+    // w2 advertises w1's address.
+    let c2 = c1.for_another_worker(s2.path());
+    let listen = format!("listen = \"{}\"\n", c2.http_listen);
+    let toml = c2.to_toml().replacen(
+        &listen,
+        &format!("{listen}advertised = \"{}\"\n", w1.http_addr()),
+        1,
+    );
+    assert!(toml.contains("advertised"), "{toml}");
+    let mut w2 = WorkerProcess::spawn_named("w2", &toml);
+    w2.wait_ready(READY);
+
+    let mut last = Value::Null;
+    let reported = wait_until(LONG, Duration::from_millis(200), || {
+        let (_, body) = w1.get("/cluster").expect("GET /cluster");
+        last = serde_json::from_str(&body).expect("JSON");
+        let members = last["workers"][0]["member_ids"]
+            .as_array()
+            .map_or(0, Vec::len);
+        members == 2
+            && last["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains(w1.http_addr()))
+    });
+    assert!(
+        reported,
+        "/cluster names the shared address as a problem: {last}"
+    );
+    assert_eq!(w2.terminate().code(), Some(0), "w2 clean exit");
+    assert_eq!(w1.terminate().code(), Some(0), "w1 clean exit");
+}
