@@ -390,3 +390,35 @@ fn a_pipeline_whose_idle_emission_fails_follows_the_error_policy() {
         "the window and the stream time"
     );
 }
+
+/// A worker that stops running for a while (SIGSTOP, a frozen VM, a long pause of the whole
+/// process) or whose system clock steps forward did not see its input as quiet meanwhile: its
+/// fetcher stopped too, and the records produced during the gap are still in Kafka. A single
+/// tick that comes long after the previous one (here 10 minutes; a worker ticks every few tens
+/// of milliseconds) must not count the gap as idle time, or the windows close before those
+/// records are fetched, and they are dropped as late.
+#[test]
+fn a_stalled_worker_does_not_count_the_stall_as_idle_time() {
+    let mut d = driver(1_000, FINAL_WINDOWS);
+    d.pipe("in", Some("a"), "{}", 1_000).unwrap();
+    d.advance_wall_clock(Duration::from_millis(500)).unwrap();
+    // The worker is stopped for 10 minutes; the first tick after it runs again.
+    d.advance_wall_clock(Duration::from_secs(600)).unwrap();
+    assert_eq!(
+        d.stream_time("p", 0),
+        Some(1_000),
+        "the stall is not quiet input"
+    );
+    assert!(d.read("out").is_empty(), "[0,10s) must not close yet");
+    // A record produced during the stall arrives with the next fetch.
+    d.pipe("in", Some("a"), "{}", 5_000).unwrap();
+    idle_for(&mut d, Duration::from_secs(12));
+    assert_eq!(
+        keyed(&d.read("out")),
+        [(
+            "a".into(),
+            json!({"n":2,"window_start":0,"window_end":10000})
+        )],
+        "the record produced during the stall counts"
+    );
+}
