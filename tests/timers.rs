@@ -422,3 +422,33 @@ fn a_stalled_worker_does_not_count_the_stall_as_idle_time() {
         "the record produced during the stall counts"
     );
 }
+
+/// A record that fails after it gave its event time (here the filter in front of the window
+/// fails on it) leaves nothing behind under on_error = "skip", stream time included: the
+/// window still closes after `end + grace - t` = 11 s of quiet from the last good record at
+/// `t` = 1 s, not later by the idle threshold.
+#[test]
+fn a_skipped_record_does_not_hold_back_idle_time() {
+    let toml = format!(
+        "[app]\nid = \"t\"\n[kafka]\nbootstrap_servers = \"embedded\"\n\
+         [processing]\nidle_advance_ms = 1000\non_error = \"skip\"\n\
+         [[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n\
+         sink = {{ topic = \"out\" }}\nsteps = [ {{ filter = \"x > 0\" }}, {FINAL_WINDOWS} ]\n"
+    );
+    let cfg = config::load_str(&toml).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut d = TestDriver::from_config(&cfg).unwrap();
+    d.pipe("in", Some("a"), r#"{"x":1}"#, 1_000).unwrap();
+    // Fails in the filter (`x` is not a number), skipped.
+    d.pipe("in", Some("a"), r#"{"x":"no"}"#, 5_000).unwrap();
+    assert_eq!(d.stream_time("p", 0), Some(1_000));
+    idle_for(&mut d, Duration::from_secs(11));
+    assert_eq!(d.stream_time("p", 0), Some(12_000));
+    assert_eq!(
+        keyed(&d.read("out")),
+        [(
+            "a".into(),
+            json!({"n":1,"window_start":0,"window_end":10000})
+        )],
+        "stream time is past the window's end plus grace"
+    );
+}
