@@ -452,3 +452,36 @@ fn a_skipped_record_does_not_hold_back_idle_time() {
         "stream time is past the window's end plus grace"
     );
 }
+
+/// Its `init` fails with a bad-record error; otherwise it schedules a wall-clock timer.
+struct FailingInit;
+
+impl Processor for FailingInit {
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        ctx.schedule(Punctuation::WallClock, Duration::from_millis(100));
+        Err(ProcessError::record("init", "not ready"))
+    }
+
+    fn process(&mut self, _: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        ctx.send(OutputRecord::new("out", None, Some(b"processed".to_vec())));
+        Ok(())
+    }
+}
+
+/// A failing `init` has no record to skip or dead-letter, and is never called again: under
+/// every on_error the task stops with an error naming it, rather than process records without
+/// the timers (and the stream time) its processor set up there.
+#[test]
+fn a_failing_init_stops_the_task_whatever_on_error_says() {
+    for policy in [OnError::Fail, OnError::Skip, OnError::Dlq] {
+        let topology = Topology::new("init", ["in"], |_| FailingInit).sink("out");
+        let mut d = TestDriver::new("app", vec![topology]).on_error(policy, "app-dlq");
+        let err = d.pipe("in", None, "x", 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task 0_0 failed in pipeline init at init, step init: not ready",
+            "{policy:?}"
+        );
+        assert!(d.read("out").is_empty(), "{policy:?}: no record processed");
+    }
+}
