@@ -122,8 +122,9 @@ pub trait Processor: Send {
     /// Called once when the task starts running (its stores restored), before its first record
     /// or timer: schedule timers here ([`Context::schedule`]) and, for a processor that keeps
     /// its stream time in a store, carry it on with [`Context::advance_stream_time`] (the
-    /// task's own stream time is not kept across restarts). An error fails the task like a
-    /// failing punctuation.
+    /// task's own stream time is not kept across restarts). An error stops the task whatever
+    /// `processing.on_error` says: `init` is not called again, and the processor must not run
+    /// without what it sets up here.
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let _ = ctx;
         Ok(())

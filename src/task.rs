@@ -771,9 +771,9 @@ impl Task {
     }
 
     /// Runs `init` or a punctuation like a record: its state writes and sent records take
-    /// effect when it returns `Ok` and are undone on an error. A bad-record error stops the
-    /// task under `on_error = "fail"` and is logged otherwise (there is no record to skip or
-    /// dead-letter).
+    /// effect when it returns `Ok` and are undone on an error. A bad-record error of a
+    /// punctuation stops the task under `on_error = "fail"` and is logged otherwise (there is
+    /// no record to skip or dead-letter); one of `init` always stops it.
     fn run_hook(
         &mut self,
         hook: Hook,
@@ -815,7 +815,9 @@ impl Task {
             Err(ProcessError::Record { step, reason }) => {
                 self.stores.rollback();
                 self.processor.rolled_back();
-                if policy.on_error == OnError::Fail {
+                // An init is not called again: a task whose init failed would run without the
+                // timers (and stream time) its processor sets up there.
+                if policy.on_error == OnError::Fail || matches!(hook, Hook::Init) {
                     return Err(TaskError::Timer {
                         task: self.info.id,
                         pipeline: self.info.topology.clone(),

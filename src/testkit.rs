@@ -208,7 +208,9 @@ impl TestDriver {
     /// Moves the driver's wall clock forward by `by` and ticks every open task at the new time
     /// (wall-clock timers, idle advance, and the stream-time timer that follows it); what they
     /// send is routed like any output. To see a task idle for a while, advance in steps, as a
-    /// worker's thread ticks every few milliseconds.
+    /// worker's thread ticks every few milliseconds:
+    /// an advance of more than a second is a worker that stalled (or whose clock stepped), and
+    /// does not count as idle time.
     pub fn advance_wall_clock(&mut self, by: std::time::Duration) -> Result<(), TaskError> {
         self.wall_clock = self
             .wall_clock

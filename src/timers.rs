@@ -25,6 +25,13 @@ impl Timer {
     }
 }
 
+/// The longest gap between two ticks that counts as idle time. A task is ticked every few tens
+/// of milliseconds (more on a busy processing thread); a longer gap means the worker did not
+/// run (SIGSTOP, a frozen VM: its fetcher stopped too, so records produced meanwhile are still
+/// in Kafka) or the system clock stepped. Neither is quiet input: the quiet spell resumes
+/// after the gap rather than counting it, so stream time does not jump by the stall.
+pub(crate) const MAX_TICK_GAP_MS: i64 = 1_000;
+
 /// Where idle time is counted from: the stream time and the wall-clock time of the tick that
 /// last saw input (or of the task's first tick).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +51,8 @@ pub(crate) struct TaskClock {
     moved: bool,
     stream_timer: Option<Timer>,
     wall_timer: Option<Timer>,
+    /// The wall-clock time of the last tick.
+    last_tick: Option<i64>,
 }
 
 impl TaskClock {
@@ -91,9 +100,18 @@ impl TaskClock {
 
     /// One tick of the wall clock at `now` (epoch ms): re-anchors the idle count if input
     /// arrived since the last tick, else advances stream time once the task has been idle for
-    /// `idle_advance_ms` (to its value at the anchor plus the wall-clock time since). True when
+    /// `idle_advance_ms` (to its value at the anchor plus the wall-clock time since, not
+    /// counting gaps between ticks longer than [`MAX_TICK_GAP_MS`] or going back). True when
     /// stream time moved.
     pub(crate) fn tick(&mut self, now: i64) -> bool {
+        let gap = self.last_tick.map_or(0, |last| now.saturating_sub(last));
+        self.last_tick = Some(now);
+        if !(0..=MAX_TICK_GAP_MS).contains(&gap) {
+            // Not watched (a stall) or a clock step: the gap does not count as idle.
+            if let Some(a) = self.anchor.as_mut() {
+                a.wall = a.wall.saturating_add(gap);
+            }
+        }
         let anchor = match self.anchor {
             Some(a) if !self.moved => a,
             _ => {
@@ -191,6 +209,30 @@ mod tests {
         assert!(!c.tick(2_000));
         assert!(!c.tick(2_050));
         assert_eq!(c.stream_time(), Some(5_450));
+    }
+
+    /// A gap between ticks longer than MAX_TICK_GAP_MS (the worker stalled, the clock stepped
+    /// forward) or going back (the clock stepped back) does not count as idle time.
+    #[test]
+    fn gaps_between_ticks_are_not_idle_time() {
+        let mut c = TaskClock::new(100);
+        c.observe(5_000);
+        c.tick(1_000);
+        assert!(!c.tick(1_050));
+        assert!(!c.tick(601_050), "a 10-minute stall");
+        assert_eq!(c.stream_time(), Some(5_000));
+        assert!(
+            c.tick(601_100),
+            "quiet 50 ms before and 50 ms after the stall"
+        );
+        assert_eq!(c.stream_time(), Some(5_100));
+        // The clock steps back an hour: idle time goes on from there.
+        assert!(!c.tick(601_100 - 3_600_000));
+        assert!(c.tick(601_150 - 3_600_000));
+        assert_eq!(c.stream_time(), Some(5_150));
+        // A tick gap of exactly the limit counts.
+        assert!(c.tick(601_150 - 3_600_000 + MAX_TICK_GAP_MS));
+        assert_eq!(c.stream_time(), Some(5_150 + MAX_TICK_GAP_MS));
     }
 
     #[test]

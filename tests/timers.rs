@@ -390,3 +390,98 @@ fn a_pipeline_whose_idle_emission_fails_follows_the_error_policy() {
         "the window and the stream time"
     );
 }
+
+/// A worker that stops running for a while (SIGSTOP, a frozen VM, a long pause of the whole
+/// process) or whose system clock steps forward did not see its input as quiet meanwhile: its
+/// fetcher stopped too, and the records produced during the gap are still in Kafka. A single
+/// tick that comes long after the previous one (here 10 minutes; a worker ticks every few tens
+/// of milliseconds) must not count the gap as idle time, or the windows close before those
+/// records are fetched, and they are dropped as late.
+#[test]
+fn a_stalled_worker_does_not_count_the_stall_as_idle_time() {
+    let mut d = driver(1_000, FINAL_WINDOWS);
+    d.pipe("in", Some("a"), "{}", 1_000).unwrap();
+    d.advance_wall_clock(Duration::from_millis(500)).unwrap();
+    // The worker is stopped for 10 minutes; the first tick after it runs again.
+    d.advance_wall_clock(Duration::from_secs(600)).unwrap();
+    assert_eq!(
+        d.stream_time("p", 0),
+        Some(1_000),
+        "the stall is not quiet input"
+    );
+    assert!(d.read("out").is_empty(), "[0,10s) must not close yet");
+    // A record produced during the stall arrives with the next fetch.
+    d.pipe("in", Some("a"), "{}", 5_000).unwrap();
+    idle_for(&mut d, Duration::from_secs(12));
+    assert_eq!(
+        keyed(&d.read("out")),
+        [(
+            "a".into(),
+            json!({"n":2,"window_start":0,"window_end":10000})
+        )],
+        "the record produced during the stall counts"
+    );
+}
+
+/// A record that fails after it gave its event time (here the filter in front of the window
+/// fails on it) leaves nothing behind under on_error = "skip", stream time included: the
+/// window still closes after `end + grace - t` = 11 s of quiet from the last good record at
+/// `t` = 1 s, not later by the idle threshold.
+#[test]
+fn a_skipped_record_does_not_hold_back_idle_time() {
+    let toml = format!(
+        "[app]\nid = \"t\"\n[kafka]\nbootstrap_servers = \"embedded\"\n\
+         [processing]\nidle_advance_ms = 1000\non_error = \"skip\"\n\
+         [[pipeline]]\nname = \"p\"\nsource = {{ topics = [\"in\"] }}\n\
+         sink = {{ topic = \"out\" }}\nsteps = [ {{ filter = \"x > 0\" }}, {FINAL_WINDOWS} ]\n"
+    );
+    let cfg = config::load_str(&toml).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut d = TestDriver::from_config(&cfg).unwrap();
+    d.pipe("in", Some("a"), r#"{"x":1}"#, 1_000).unwrap();
+    // Fails in the filter (`x` is not a number), skipped.
+    d.pipe("in", Some("a"), r#"{"x":"no"}"#, 5_000).unwrap();
+    assert_eq!(d.stream_time("p", 0), Some(1_000));
+    idle_for(&mut d, Duration::from_secs(11));
+    assert_eq!(d.stream_time("p", 0), Some(12_000));
+    assert_eq!(
+        keyed(&d.read("out")),
+        [(
+            "a".into(),
+            json!({"n":1,"window_start":0,"window_end":10000})
+        )],
+        "stream time is past the window's end plus grace"
+    );
+}
+
+/// Its `init` fails with a bad-record error; otherwise it schedules a wall-clock timer.
+struct FailingInit;
+
+impl Processor for FailingInit {
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        ctx.schedule(Punctuation::WallClock, Duration::from_millis(100));
+        Err(ProcessError::record("init", "not ready"))
+    }
+
+    fn process(&mut self, _: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        ctx.send(OutputRecord::new("out", None, Some(b"processed".to_vec())));
+        Ok(())
+    }
+}
+
+/// A failing `init` has no record to skip or dead-letter, and is never called again: under
+/// every on_error the task stops with an error naming it, rather than process records without
+/// the timers (and the stream time) its processor set up there.
+#[test]
+fn a_failing_init_stops_the_task_whatever_on_error_says() {
+    for policy in [OnError::Fail, OnError::Skip, OnError::Dlq] {
+        let topology = Topology::new("init", ["in"], |_| FailingInit).sink("out");
+        let mut d = TestDriver::new("app", vec![topology]).on_error(policy, "app-dlq");
+        let err = d.pipe("in", None, "x", 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task 0_0 failed in pipeline init at init, step init: not ready",
+            "{policy:?}"
+        );
+        assert!(d.read("out").is_empty(), "{policy:?}: no record processed");
+    }
+}

@@ -104,6 +104,9 @@ pub(crate) struct StageProcessor {
     /// The task stream time the steps' own stream times are in step with: a record sets it,
     /// and stream time that moved past it without a record moves the steps by the difference.
     seen: Option<i64>,
+    /// `seen` before the record or punctuation being handled, put back if it is rolled back
+    /// (the steps' stream times go back with their undone writes).
+    seen_before: Option<i64>,
 }
 
 fn key_value(key: Option<&[u8]>) -> Value {
@@ -133,6 +136,7 @@ fn event_time(v: &Value) -> Option<i64> {
 
 impl Processor for StageProcessor {
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        self.seen_before = self.seen;
         let value = self
             .codec
             .decode(record.value, self.fields.as_deref())
@@ -168,6 +172,7 @@ impl Processor for StageProcessor {
     }
 
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        self.seen_before = self.seen;
         if !self.keeps_time {
             return Ok(());
         }
@@ -196,6 +201,7 @@ impl Processor for StageProcessor {
         now: i64,
         ctx: &mut Context<'_>,
     ) -> Result<(), ProcessError> {
+        self.seen_before = self.seen;
         if kind != Punctuation::StreamTime || !self.keeps_time {
             return Ok(());
         }
@@ -247,7 +253,9 @@ impl Processor for StageProcessor {
     }
 
     fn rolled_back(&mut self) {
-        // The stream time and expiry indexes may have moved with the undone writes.
+        // The stream time and expiry indexes may have moved with the undone writes; the task's
+        // stream time did not move (a failed record or punctuation leaves it as it was).
+        self.seen = self.seen_before;
         for step in &mut self.steps {
             match step {
                 Step::Aggregate(a) => a.forget_timeline(),
@@ -279,6 +287,7 @@ impl StageProcessor {
             end,
             keeps_time,
             seen: None,
+            seen_before: None,
         }
     }
 

@@ -260,3 +260,44 @@ fn a_failing_idle_emission_stops_the_worker_with_a_clear_error() {
         "nothing reached the sink"
     );
 }
+
+/// A worker stopped for a while (SIGSTOP here; a frozen VM or a long pause of the process
+/// alike) does not take the stop for quiet input: its fetcher stopped too, and a record
+/// produced meanwhile is still in Kafka when it runs again. Its window must count that
+/// record, not close at the first tick after the stop (stream time jumping by the stop) and
+/// drop it as late.
+#[test]
+fn a_stopped_worker_does_not_close_windows_for_the_time_it_was_stopped() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let input = unique_name("idle-stop-in");
+    let output = unique_name("idle-stop-out");
+    broker.create_topic(&input, 1);
+    broker.create_topic(&output, 1);
+    let base = base();
+    let record = |i: u64| ("u".to_string(), json!({"amount": i, "ts": base + i * 100}));
+    let before = vec![record(0), record(1)];
+    broker.produce_json(&input, &before);
+
+    let state = state_dir();
+    let mut cfg = config(&broker, "app-idle-stop", (&input, &output), state.path());
+    cfg.idle_advance_ms = Some(1_000);
+    cfg.session_timeout_ms = cfg.session_timeout_ms.max(30_000);
+    let mut worker = WorkerProcess::spawn_named("idle", &cfg.to_toml());
+    worker.wait_ready(READY);
+    wait_all_committed(&broker.bootstrap(), &cfg.app_id, &input, 1);
+    assert!(windows(&broker, &output).is_empty(), "the window is open");
+
+    worker.signal(integration_tests::sig::SIGSTOP);
+    // The stop lasts longer than the window's rest and grace plus idle_advance_ms (stream time
+    // would be past the window's close at the first tick after it); the record is produced
+    // at its end, after the worker's last fetch request has been answered.
+    std::thread::sleep(Duration::from_millis(SIZE_MS + GRACE_MS + 1_500));
+    let during = vec![record(2)];
+    broker.produce_json(&input, &during);
+    worker.signal(integration_tests::sig::SIGCONT);
+
+    let all: Vec<_> = before.into_iter().chain(during).collect();
+    wait_for_windows(&broker, &output, &expected(&all), &mut worker);
+    assert_eq!(worker.terminate().code(), Some(0));
+}
