@@ -17,6 +17,7 @@ mod pipelines;
 mod protocol;
 mod rebalance;
 mod recovery;
+mod top;
 mod totals;
 
 use std::collections::HashMap;
