@@ -89,8 +89,8 @@
 //! - `validate`: the checks of expressions, partitioners and properties that loading a config
 //!   borrows from `pipeline` and `kafka` (the config module imports neither).
 //!
-//! The command line (`src/main.rs`, with `generate` and `demo` in `src/cli/`) is built on this
-//! library; the records `generate` writes are the `tributary-generator` crate (`generator/`),
+//! The command line (`src/main.rs`, with `generate`, `demo` and `top` in `src/cli/`) is built
+//! on this library; the records `generate` writes are the `tributary-generator` crate (`generator/`),
 //! which the benchmarks share.
 //!
 //! ## Guarantees (at least once)

@@ -1,4 +1,4 @@
-//! The `tributary` command line: `run`, `validate`, `generate`, `demo`.
+//! The `tributary` command line: `run`, `validate`, `generate`, `demo`, `top`.
 
 mod cli;
 
@@ -14,6 +14,7 @@ use tributary_generator::KeyDistribution;
 
 use crate::cli::demo::{self, DemoOptions};
 use crate::cli::generate::{self, GenerateOptions};
+use crate::cli::top::{self, TopOptions};
 
 /// The worker allocates and frees small values per record on several processing threads;
 /// jemalloc's per-thread caches make that markedly cheaper than the system allocator (see
@@ -98,6 +99,16 @@ enum Command {
         /// Distinct keys.
         #[arg(long, default_value_t = 1000)]
         keys: u64,
+    },
+    /// A live view of a whole group from any worker's HTTP address: workers, their tasks,
+    /// records/s, lag, restores, dead letters. `q` quits.
+    Top {
+        /// A worker's HTTP address (its `http.listen`, or `http.advertised`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        http: String,
+        /// Time between refreshes, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
     },
 }
 
@@ -227,6 +238,17 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { http, interval_ms } => {
+            let opts = TopOptions {
+                http,
+                interval: std::time::Duration::from_millis(interval_ms),
+            };
+            // The terminal loop blocks: it runs off the runtime's worker threads.
+            tokio::task::spawn_blocking(move || top::run(opts))
+                .await
+                .context("the top view panicked")??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { records, keys } => {

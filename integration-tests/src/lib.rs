@@ -15,6 +15,8 @@
 //! * [`Workload`]: deterministic input records and their expected per-key totals.
 //! * [`WorkerProcess`]: the built `tributary` binary run as a child process (`run -c FILE`),
 //!   with kill -9, SIGTERM, `/ready` and `/metrics` helpers; [`run_cli`] for one-shot commands.
+//! * [`TerminalProcess`]: the binary in a pseudo-terminal (`tributary top`), its screen read
+//!   through a terminal emulator and keys typed into it.
 //! * [`procstat`]: peak RSS and CPU time per thread of a process, for the benches.
 //!
 //! Only loopback addresses (127.0.0.1) are ever used.
@@ -23,6 +25,7 @@ mod broker;
 mod group;
 mod kafka;
 pub mod procstat;
+mod pty;
 mod registry;
 pub mod sig;
 mod worker;
@@ -36,6 +39,7 @@ pub use kafka::{
     produce_json, produce_json_murmur2, produce_transaction, watermarks, ContinuousProducer,
     KeyedView, Rec, TopicReader,
 };
+pub use pty::TerminalProcess;
 pub use registry::{registry_home, SchemaRegistry};
 pub use worker::{
     http_get, http_get_with_headers, parse_metric, run_cli, run_cli_timeout, tributary_bin,
