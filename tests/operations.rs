@@ -30,6 +30,10 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     m.commit_failures.inc();
     m.transactions.with_label_values(&["committed"]).inc();
     m.restored_records.with_label_values(&["totals"]).inc();
+    m.standby_records.with_label_values(&["totals"]).inc();
+    m.standby_lag
+        .with_label_values(&["0_0", "app-totals-changelog"])
+        .set(1);
     m.restore_remaining
         .with_label_values(&["totals_0", "app-totals-changelog"])
         .set(1);
