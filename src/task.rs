@@ -491,16 +491,7 @@ impl Task {
         retention: std::time::Duration,
         now_ms: i64,
     ) -> Option<Outlived> {
-        let c = self
-            .changelogs
-            .iter()
-            .find(|c| *c.changelog == *changelog && c.tail)?;
-        let why = stale_since(c.synced_at_ms, retention, now_ms)?;
-        Some(if c.resumed {
-            Outlived::Rebuild(why)
-        } else {
-            Outlived::Accept(why)
-        })
+        self.outlived(changelog, retention, now_ms, |c| c.tail)
     }
 
     /// Whether the standby store with changelog `changelog`, which has just read its changelog
@@ -515,10 +506,23 @@ impl Task {
         retention: std::time::Duration,
         now_ms: i64,
     ) -> Option<Outlived> {
+        self.outlived(changelog, retention, now_ms, |c| c.applied_since_sync)
+    }
+
+    /// Whether the store with changelog `changelog`, if `read` says it read records since its
+    /// last sync, read them later than `retention` allows: rebuild it if it had been in sync
+    /// (or resumed from a checkpoint), accept it if it was reading from empty.
+    fn outlived(
+        &self,
+        changelog: &str,
+        retention: std::time::Duration,
+        now_ms: i64,
+        read: impl Fn(&StoreRestore) -> bool,
+    ) -> Option<Outlived> {
         let c = self
             .changelogs
             .iter()
-            .find(|c| *c.changelog == *changelog && c.applied_since_sync)?;
+            .find(|c| *c.changelog == *changelog && read(c))?;
         let why = stale_since(c.synced_at_ms, retention, now_ms)?;
         Some(if c.resumed {
             Outlived::Rebuild(why)
