@@ -58,7 +58,7 @@ pub(crate) async fn cluster(State(s): State<AppState>) -> Response {
             let permit = s
                 .cluster
                 .outbound()
-                .map_err(|_| "too many requests to other workers under way".to_string())?;
+                .ok_or_else(|| "too many requests to other workers under way".to_string())?;
             let agent = s.cluster.agent.clone();
             tokio::task::spawn_blocking(move || {
                 let tasks = fetch_tasks(&agent, &addr);

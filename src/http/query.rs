@@ -217,26 +217,26 @@ fn windows(key: &[u8], entries: crate::state::Entries) -> Vec<serde_json::Value>
 pub(crate) const MAX_OUTBOUND: usize = 64;
 
 impl Cluster {
-    /// A permit to call another worker, or the 503 to answer when [`MAX_OUTBOUND`] calls are
-    /// under way.
-    pub(crate) fn outbound(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-        self.outbound.clone().try_acquire_owned().map_err(|_| {
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{MAX_OUTBOUND} requests to other workers are under way (one may not                      answer); try again"
-                ),
-            )
-        })
+    /// A permit to call another worker, or `None` when [`MAX_OUTBOUND`] calls are under way
+    /// ([`busy`] is the answer then).
+    pub(crate) fn outbound(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.outbound.clone().try_acquire_owned().ok()
     }
+}
+
+/// The 503 answered when [`MAX_OUTBOUND`] calls to other workers are under way.
+fn busy() -> Response {
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{MAX_OUTBOUND} requests to other workers are under way (one may not answer); try again"),
+    )
 }
 
 /// Forwards the query (`path`, with its query string) to the worker at `addr`, passing its
 /// status, body and `tributary-served-by` through.
 async fn forward(s: &AppState, addr: String, path: String, own: String) -> Response {
-    let permit = match s.cluster.outbound() {
-        Ok(p) => p,
-        Err(busy) => return served_by(busy, &own),
+    let Some(permit) = s.cluster.outbound() else {
+        return served_by(busy(), &own);
     };
     let agent = s.cluster.agent.clone();
     let url = format!("http://{addr}{path}");
@@ -321,10 +321,10 @@ mod tests {
         let held: Vec<_> = (0..MAX_OUTBOUND)
             .map(|_| cluster.outbound().expect("a permit"))
             .collect();
-        let busy = cluster.outbound().expect_err("all taken");
-        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(cluster.outbound().is_none(), "all taken");
+        assert_eq!(busy().status(), StatusCode::SERVICE_UNAVAILABLE);
         drop(held);
-        assert!(cluster.outbound().is_ok());
+        assert!(cluster.outbound().is_some());
     }
 
     async fn body(r: Response) -> (StatusCode, serde_json::Value) {

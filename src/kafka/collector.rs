@@ -8,6 +8,7 @@
 //! restore point written into RocksDB.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -108,6 +109,11 @@ pub enum TxnError {
     /// The transaction must be aborted; the producer can go on with the next one.
     #[error("{0}")]
     Abort(String),
+    /// The call ran out of time while librdkafka carries it on in the background (a broker
+    /// away, a coordinator moving): the same producer must be asked again, and it answers for
+    /// the call already under way ([`Collector::abort_transaction`] resumes it).
+    #[error("{0}")]
+    TimedOut(String),
     /// The producer cannot go on (fenced by a newer producer with its `transactional.id`, or a
     /// fatal error): it must be replaced.
     #[error("{0}")]
@@ -126,26 +132,25 @@ impl TxnError {
     }
 }
 
-/// Runs a transactional call until it succeeds, fails for good, or `timeout` has passed;
-/// librdkafka marks errors worth retrying (a coordinator that is moving, a request that timed
-/// out) as retriable.
-fn retrying(
-    what: &str,
-    timeout: Duration,
-    mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
-) -> Result<(), TxnError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match call(left) {
-            Ok(()) => return Ok(()),
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && !left.is_zero() => {
-                tracing::debug!(what, error = %e, "retrying");
-                std::thread::sleep(Duration::from_millis(100).min(left));
-            }
-            Err(e) => return Err(TxnError::from_kafka(what, &e)),
-        }
-    }
+/// How [`Collector::abort_transaction`] ended the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Aborted: none of its records is visible to `read_committed` readers.
+    Aborted,
+    /// Its commit had timed out and went through when resumed: all of it is visible.
+    Committed,
+}
+
+/// A transactional call librdkafka can resume. One that ran out of time goes on in the
+/// background, and until the same call is made again librdkafka refuses every other
+/// transactional call; destroying the producer meanwhile can crash the process (a failed
+/// assertion in librdkafka's queue code). The collector remembers it
+/// ([`Collector::abort_transaction`] resumes it, and dropping the collector settles it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resumable {
+    Init,
+    Commit,
+    Abort,
 }
 
 /// Bits of a record's delivery opaque that hold its [`SendKind`]; the bit above them holds the
@@ -236,7 +241,10 @@ impl ProducerContext for CollectorContext {
 
 /// The member's producer.
 pub struct Collector {
-    producer: ThreadedProducer<CollectorContext>,
+    /// Dropped by hand ([`Collector`]'s `Drop`): never while a transactional call is under way.
+    producer: ManuallyDrop<ThreadedProducer<CollectorContext>>,
+    /// The transactional call that ran out of time and goes on in the background.
+    pending: Mutex<Option<Resumable>>,
     /// True once a record was sent since the last transaction began (exactly once).
     sent: AtomicBool,
     /// Set when a send gave up on a queue that stayed full: the producer acknowledges nothing,
@@ -272,7 +280,8 @@ impl Collector {
             .create_with_context(ctx)
             .map_err(|e| CollectorError::Create(e.into()))?;
         Ok(Self {
-            producer,
+            producer: ManuallyDrop::new(producer),
+            pending: Mutex::new(None),
             sent: AtomicBool::new(false),
             stuck: AtomicBool::new(false),
             send_timeout,
@@ -463,17 +472,22 @@ impl Collector {
 
     /// Registers the producer's `transactional.id` with its transaction coordinator (aborting
     /// what an earlier producer with the same id left open, and fencing that producer) and
-    /// begins the first transaction.
+    /// begins the first transaction. After [`TxnError::TimedOut`], call it again.
     pub fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
-        retrying("initialising transactions", timeout, |left| {
-            self.producer.init_transactions(left)
-        })?;
+        self.retrying(
+            Some(Resumable::Init),
+            "initialising transactions",
+            timeout,
+            |left| self.producer.init_transactions(left),
+        )?;
         self.begin_transaction()
     }
 
     /// Commits the open transaction with the input `offsets` of `group`'s member (the group
     /// coordinator refuses them from a member fenced out of the group), then begins the next.
-    /// Every record sent must have been acknowledged ([`Collector::flush`]).
+    /// Every record sent must have been acknowledged ([`Collector::flush`]). After any error
+    /// the transaction must be ended with [`Collector::abort_transaction`] (a commit that timed
+    /// out may still succeed there).
     pub fn commit_transaction(
         &self,
         offsets: &TopicPartitionList,
@@ -483,27 +497,106 @@ impl Collector {
         let deadline = Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         if offsets.count() > 0 {
-            retrying(
+            self.retrying(
+                None,
                 "sending the input offsets to the transaction",
                 left(),
                 |t| self.producer.send_offsets_to_transaction(offsets, group, t),
             )?;
         }
-        retrying("committing the transaction", left(), |t| {
-            self.producer.commit_transaction(t)
-        })?;
+        self.resume_commit(left())?;
         self.begin_transaction()
     }
 
-    /// Aborts the open transaction: its records are never visible to `read_committed` readers.
-    /// Forgets the acknowledgements and delivery failures of its records, and begins the next.
-    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
-        retrying("aborting the transaction", timeout, |t| {
-            self.producer.abort_transaction(t)
-        })?;
+    /// Ends the open transaction without committing more than may already be committing, and
+    /// begins the next: a commit that timed out is resumed first (it may still commit: what it
+    /// held is then visible, and is read back as such), else the transaction is aborted and its
+    /// records are never visible to `read_committed` readers. Forgets the acknowledgements and
+    /// delivery failures of its records. After [`TxnError::TimedOut`], call it again.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<Ended, TxnError> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        match self.pending() {
+            Some(Resumable::Init) => {
+                return self.init_transactions(left()).map(|()| Ended::Aborted)
+            }
+            Some(Resumable::Commit) => match self.resume_commit(left()) {
+                Ok(()) => return self.next_transaction().map(|()| Ended::Committed),
+                // The commit failed for good: the transaction aborts below.
+                Err(TxnError::Abort(_)) => {}
+                Err(e) => return Err(e),
+            },
+            Some(Resumable::Abort) | None => {}
+        }
+        self.retrying(
+            Some(Resumable::Abort),
+            "aborting the transaction",
+            left(),
+            |t| self.producer.abort_transaction(t),
+        )?;
+        self.next_transaction().map(|()| Ended::Aborted)
+    }
+
+    /// Commits the open transaction, or resumes the commit that timed out.
+    fn resume_commit(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.retrying(
+            Some(Resumable::Commit),
+            "committing the transaction",
+            timeout,
+            |t| self.producer.commit_transaction(t),
+        )
+    }
+
+    /// Forgets what the ended transaction's records reported, and begins the next.
+    fn next_transaction(&self) -> Result<(), TxnError> {
         self.take_changelog_acks();
         self.take_first_error();
         self.begin_transaction()
+    }
+
+    /// The transactional call under way in the background, if one ran out of time.
+    fn pending(&self) -> Option<Resumable> {
+        *self
+            .pending
+            .lock()
+            .expect("invariant: no panics under this lock")
+    }
+
+    /// Runs a transactional call until it succeeds, fails for good, or `timeout` has passed;
+    /// librdkafka marks errors worth retrying (a coordinator that is moving, a request that
+    /// timed out) as retriable. A `resumable` call that runs out of time is remembered.
+    fn retrying(
+        &self,
+        resumable: Option<Resumable>,
+        what: &str,
+        timeout: Duration,
+        mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
+    ) -> Result<(), TxnError> {
+        let deadline = Instant::now() + timeout;
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match call(left) {
+                Ok(()) => break Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    if left.is_zero() {
+                        break Err(TxnError::TimedOut(format!("{what}: {e}")));
+                    }
+                    tracing::debug!(what, error = %e, "retrying");
+                    std::thread::sleep(Duration::from_millis(100).min(left));
+                }
+                Err(e) => break Err(TxnError::from_kafka(what, &e)),
+            }
+        };
+        if resumable.is_some() {
+            *self
+                .pending
+                .lock()
+                .expect("invariant: no panics under this lock") = match outcome {
+                Err(TxnError::TimedOut(_)) => resumable,
+                _ => None,
+            };
+        }
+        outcome
     }
 
     fn begin_transaction(&self) -> Result<(), TxnError> {
@@ -521,6 +614,32 @@ impl Collector {
     }
 }
 
+impl Drop for Collector {
+    /// Settles a transactional call still under way before the producer goes (librdkafka can
+    /// crash destroying a producer in the middle of one). One that does not settle in time
+    /// leaves the producer undestroyed: its threads outlive it, the process does not abort.
+    fn drop(&mut self) {
+        if let Some(call) = self.pending() {
+            let timeout = Duration::from_secs(5);
+            let outcome = match call {
+                Resumable::Init => self.init_transactions(timeout),
+                Resumable::Commit | Resumable::Abort => self.abort_transaction(timeout).map(drop),
+            };
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, "settling the last transactional call");
+            }
+        }
+        if self.pending().is_none() {
+            // SAFETY: `producer` is not used again: `self` is being dropped.
+            unsafe { ManuallyDrop::drop(&mut self.producer) };
+        } else {
+            tracing::warn!(
+                "a transactional call is still under way; the producer is left undestroyed"
+            );
+        }
+    }
+}
+
 /// A [`Collector`] whose records belong to one commit generation ([`Collector::tagged`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Tagged<'a> {
@@ -532,5 +651,173 @@ impl Tagged<'_> {
     /// Queues one record in this generation.
     pub fn send(&self, out: Outgoing<'_>, kind: SendKind) -> Result<(), CollectorError> {
         self.collector.send_in(out, kind, self.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    const TOPIC: &str = "txn-out";
+
+    fn transactional(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> Collector {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("transactional.id", "collector-test")
+            .set("transaction.timeout.ms", "60000")
+            .set("enable.idempotence", "true");
+        let collector = Collector::new(&config, Metrics::new(), Duration::from_secs(10))
+            .expect("creating the producer");
+        collector
+            .init_transactions(Duration::from_secs(10))
+            .expect("initialising transactions");
+        collector
+    }
+
+    fn send(collector: &Collector, value: &str) {
+        let out = Outgoing {
+            topic: TOPIC,
+            partition: Some(0),
+            key: Some(b"k"),
+            value: Some(value.as_bytes()),
+            headers: &[],
+            timestamp: None,
+        };
+        collector.send(out, SendKind::Output).expect("sending");
+    }
+
+    /// The values a `read_committed` reader sees on the topic. The mock cluster does not hide
+    /// aborted records (Apache Kafka does: the worker tests check that), so the tests look
+    /// for what must be visible only.
+    fn visible_values(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> Vec<String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "collector-test-reader")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("creating the reader");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(TOPIC, 0, rdkafka::Offset::Beginning)
+            .expect("valid offset");
+        consumer.assign(&tpl).expect("assigning");
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        values
+    }
+
+    /// A broker that goes away while a transaction aborts leaves the abort running in
+    /// librdkafka: it times out, is resumed once the broker is back, and the next transaction
+    /// commits. Dropping the producer meanwhile must not abort the process.
+    #[test]
+    fn an_abort_that_times_out_is_resumed() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(TOPIC, 1, 1).expect("topic");
+        let collector = transactional(&mock);
+        send(&collector, "aborted");
+        collector.flush(Duration::from_secs(10)).expect("flushing");
+        mock.broker_down(1).expect("broker down");
+        let first = collector.abort_transaction(Duration::from_millis(500));
+        assert!(
+            matches!(first, Err(TxnError::TimedOut(_))),
+            "an abort with its broker away times out, resumable: {first:?}"
+        );
+        assert_eq!(collector.pending(), Some(Resumable::Abort));
+        mock.broker_up(1).expect("broker up");
+        let ended = collector
+            .abort_transaction(Duration::from_secs(30))
+            .expect("the resumed abort completes");
+        assert_eq!(ended, Ended::Aborted);
+        assert_eq!(collector.pending(), None);
+        send(&collector, "committed");
+        collector.flush(Duration::from_secs(10)).expect("flushing");
+        collector
+            .commit_transaction(
+                &TopicPartitionList::new(),
+                &no_group(),
+                Duration::from_secs(30),
+            )
+            .expect("committing the next transaction");
+        assert!(visible_values(&mock).contains(&"committed".to_string()));
+    }
+
+    /// A commit that times out goes on in the background; ending the transaction afterwards
+    /// resumes it rather than abort over it (librdkafka refuses an abort then), and what it
+    /// held becomes visible.
+    #[test]
+    fn an_abort_after_a_commit_that_timed_out_resumes_the_commit() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(TOPIC, 1, 1).expect("topic");
+        let collector = transactional(&mock);
+        send(&collector, "held");
+        collector.flush(Duration::from_secs(10)).expect("flushing");
+        mock.broker_down(1).expect("broker down");
+        let commit = collector.commit_transaction(
+            &TopicPartitionList::new(),
+            &no_group(),
+            Duration::from_millis(500),
+        );
+        assert!(
+            matches!(commit, Err(TxnError::TimedOut(_))),
+            "a commit with its broker away times out, resumable: {commit:?}"
+        );
+        assert_eq!(collector.pending(), Some(Resumable::Commit));
+        mock.broker_up(1).expect("broker up");
+        let ended = collector
+            .abort_transaction(Duration::from_secs(30))
+            .expect("ending the transaction resumes its commit");
+        assert_eq!(ended, Ended::Committed);
+        assert_eq!(collector.pending(), None);
+        assert!(visible_values(&mock).contains(&"held".to_string()));
+    }
+
+    /// A collector dropped while its abort is still under way settles it first, or leaves the
+    /// producer undestroyed: either way the process goes on.
+    #[test]
+    fn dropping_a_collector_with_an_abort_under_way_does_not_crash() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(TOPIC, 1, 1).expect("topic");
+        let collector = transactional(&mock);
+        send(&collector, "aborted");
+        collector.flush(Duration::from_secs(10)).expect("flushing");
+        mock.broker_down(1).expect("broker down");
+        let abort = collector.abort_transaction(Duration::from_millis(500));
+        assert!(matches!(abort, Err(TxnError::TimedOut(_))), "{abort:?}");
+        drop(collector);
+        mock.broker_up(1).expect("broker up");
+        // A producer with the same transactional.id fences whatever is left of the old one.
+        let next = transactional(&mock);
+        send(&next, "after");
+        next.flush(Duration::from_secs(10)).expect("flushing");
+        next.commit_transaction(
+            &TopicPartitionList::new(),
+            &no_group(),
+            Duration::from_secs(30),
+        )
+        .expect("committing");
+        assert!(visible_values(&mock).contains(&"after".to_string()));
+    }
+
+    /// Group metadata for a commit without input offsets (none are sent).
+    fn no_group() -> ConsumerGroupMetadata {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "collector-test-group")
+            .create()
+            .expect("creating a consumer");
+        consumer.group_metadata().expect("group metadata")
     }
 }

@@ -9,9 +9,12 @@ use crate::{running, state_dir, UnderLoad, LONG, READY};
 const ROWS: u16 = 40;
 const COLS: u16 = 160;
 
+/// The character column where each header label starts, by label.
+type Columns = Vec<(String, usize)>;
+
 /// The rows of the table whose header row contains `header` (the rows after it, up to the
 /// table's bottom border), with the character column where each header label starts.
-fn table<'a>(screen: &'a str, header: &str) -> Option<(Vec<&'a str>, Vec<(String, usize)>)> {
+fn table<'a>(screen: &'a str, header: &str) -> Option<(Vec<&'a str>, Columns)> {
     let lines: Vec<&str> = screen.lines().collect();
     let at = lines.iter().position(|l| l.contains(header))?;
     let head: Vec<char> = lines[at].chars().collect();

@@ -28,7 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::pool::{CellState, TaskCell};
 use super::{Core, MemberConsumer};
-use crate::kafka::collector::{Collector, TxnError};
+use crate::kafka::collector::{Collector, Ended, TxnError};
 use crate::state::now_ms;
 use crate::task::TaskError;
 use crate::types::TaskId;
@@ -47,6 +47,14 @@ const FAILED_IN_A_ROW: u32 = 10;
 pub(super) enum Transactions {
     /// A transaction is open (possibly still empty).
     Open,
+    /// The failed transaction's end (its abort, or its commit that timed out) is still under
+    /// way in the background: the producer is asked again until it answers.
+    Aborting {
+        /// Why the transaction failed.
+        reason: String,
+        /// When to ask next.
+        next_attempt: Instant,
+    },
     /// The producer cannot go on; a new one is needed before anything is processed again.
     NeedProducer {
         /// Why.
@@ -54,6 +62,24 @@ pub(super) enum Transactions {
         /// When to try next.
         next_attempt: Instant,
     },
+    /// A new producer is registering its `transactional.id` (which fences the old one and
+    /// settles its transaction); the registration ran out of time and is asked again.
+    Initialising {
+        /// When to ask next.
+        next_attempt: Instant,
+    },
+}
+
+impl Transactions {
+    /// When the member should next try to bring its transactions back to [`Transactions::Open`].
+    fn next_attempt(&self) -> Option<Instant> {
+        match self {
+            Transactions::Open => None,
+            Transactions::Aborting { next_attempt, .. }
+            | Transactions::NeedProducer { next_attempt, .. }
+            | Transactions::Initialising { next_attempt } => Some(*next_attempt),
+        }
+    }
 }
 
 impl Core {
@@ -195,24 +221,19 @@ impl Core {
         // Every task that failed sending failed with this transaction: one abort answers them
         // all (a failure of another kind still stops the member).
         let _ = self.failures_now();
-        let replaced = match cause {
-            TxnError::Fatal(reason) => Some(reason),
-            // Bounded short: an abort that cannot complete (a commit whose outcome is still
-            // being settled, a broker away) is what a new producer resolves.
-            TxnError::Abort(_) => {
-                let timeout = self.commit_timeout().min(RECOVERY_STEP);
-                match self.collector.abort_transaction(timeout) {
-                    Ok(()) => None,
-                    Err(e) => Some(format!("aborting failed: {e}")),
-                }
-            }
-        };
-        if let Some(reason) = replaced {
-            self.txn = Transactions::NeedProducer {
+        self.txn = match cause {
+            TxnError::Fatal(reason) => Transactions::NeedProducer {
                 reason,
                 next_attempt: Instant::now(),
-            };
-        }
+            },
+            // Bounded short: an abort that cannot complete now (a commit whose outcome is
+            // still being settled, a broker away) is asked again on the next loop turns.
+            TxnError::Abort(reason) | TxnError::TimedOut(reason) => {
+                let timeout = self.commit_timeout().min(RECOVERY_STEP);
+                let outcome = self.collector.abort_transaction(timeout);
+                self.after_abort(reason, outcome)
+            }
+        };
         // No more input until the rewind (fetching it now would only drop it).
         if let Some(consumer) = self.group_consumer.upgrade() {
             let assigned: Vec<(Arc<str>, i32)> = self
@@ -241,43 +262,103 @@ impl Core {
         self.publish_status();
     }
 
-    /// Finishes what an abort started, a step per loop turn: a new producer if the old one
-    /// cannot go on, then the rewind of every input partition to the group's committed offset.
-    /// Until both are done no task opens ([`Core::ready_for_tasks`]).
+    /// Finishes what an abort started, a step per loop turn: the abort itself if it ran out of
+    /// time, a new producer if the old one cannot go on, then the rewind of every input
+    /// partition to the group's committed offset (read only once the failed transaction is
+    /// settled: a commit that timed out may still have committed). Until all are done no task
+    /// opens ([`Core::ready_for_tasks`]).
     pub(super) fn recover(&mut self, consumer: &MemberConsumer) {
-        if let Transactions::NeedProducer {
-            reason,
-            next_attempt,
-        } = &self.txn
-        {
-            if Instant::now() < *next_attempt {
+        // One attempt per turn (each may wait up to RECOVERY_STEP): the loop goes on polling
+        // the group meanwhile.
+        if let Some(next_attempt) = self.txn.next_attempt() {
+            if Instant::now() < next_attempt {
                 return;
             }
-            tracing::info!(member = self.member(), %reason, "replacing the transactional producer");
-            match Collector::new(
-                &self.producer_config,
-                self.setup.metrics.clone(),
-                self.commit_timeout(),
-            )
-            .map_err(|e| TxnError::Fatal(e.to_string()))
-            .and_then(|c| c.init_transactions(RECOVERY_STEP).map(|()| c))
-            {
-                Ok(collector) => {
-                    self.collector = Arc::new(collector);
-                    self.txn = Transactions::Open;
+            self.txn = match std::mem::replace(&mut self.txn, Transactions::Open) {
+                Transactions::Open => Transactions::Open,
+                Transactions::Aborting { reason, .. } => {
+                    let outcome = self.collector.abort_transaction(RECOVERY_STEP);
+                    self.after_abort(reason, outcome)
                 }
-                Err(e) => {
-                    tracing::warn!(member = self.member(), error = %e, "no transactional producer yet; trying again");
-                    self.txn = Transactions::NeedProducer {
-                        reason: e.to_string(),
-                        next_attempt: Instant::now() + RECOVERY_STEP,
-                    };
-                    return;
-                }
+                Transactions::NeedProducer { reason, .. } => self.new_producer(reason),
+                Transactions::Initialising { .. } => self.init_producer(),
+            };
+            if self.txn != Transactions::Open {
+                return;
             }
         }
         if self.rewind_pending {
             self.rewind_to_committed(consumer);
+        }
+    }
+
+    /// Where an abort's `outcome` leaves the transactions: open again, the abort to be asked
+    /// again, or a new producer needed.
+    fn after_abort(&self, reason: String, outcome: Result<Ended, TxnError>) -> Transactions {
+        match outcome {
+            Ok(Ended::Aborted) => Transactions::Open,
+            Ok(Ended::Committed) => {
+                // Its records and offsets are visible: the rewind and the restore read them.
+                tracing::info!(
+                    member = self.member(),
+                    "the failed transaction's commit went through after all"
+                );
+                Transactions::Open
+            }
+            Err(TxnError::TimedOut(e)) => {
+                tracing::warn!(member = self.member(), error = %e, "the aborted transaction is not settled yet; asking again");
+                Transactions::Aborting {
+                    reason,
+                    next_attempt: Instant::now(),
+                }
+            }
+            Err(TxnError::Abort(e) | TxnError::Fatal(e)) => Transactions::NeedProducer {
+                reason: format!("aborting failed: {e}"),
+                next_attempt: Instant::now(),
+            },
+        }
+    }
+
+    /// Replaces the producer that cannot go on (nothing of its is under way any more: the
+    /// old collector settles what is before it goes) and registers the new one.
+    fn new_producer(&mut self, reason: String) -> Transactions {
+        tracing::info!(member = self.member(), %reason, "replacing the transactional producer");
+        match Collector::new(
+            &self.producer_config,
+            self.setup.metrics.clone(),
+            self.commit_timeout(),
+        ) {
+            Ok(collector) => {
+                self.collector = Arc::new(collector);
+                self.init_producer()
+            }
+            Err(e) => {
+                tracing::warn!(member = self.member(), error = %e, "no transactional producer yet; trying again");
+                Transactions::NeedProducer {
+                    reason: e.to_string(),
+                    next_attempt: Instant::now() + RECOVERY_STEP,
+                }
+            }
+        }
+    }
+
+    /// Registers the new producer's `transactional.id`, or resumes the registration.
+    fn init_producer(&self) -> Transactions {
+        match self.collector.init_transactions(RECOVERY_STEP) {
+            Ok(()) => Transactions::Open,
+            Err(TxnError::TimedOut(e)) => {
+                tracing::warn!(member = self.member(), error = %e, "the new transactional producer is not registered yet; asking again");
+                Transactions::Initialising {
+                    next_attempt: Instant::now(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(member = self.member(), error = %e, "no transactional producer yet; trying again");
+                Transactions::NeedProducer {
+                    reason: e.to_string(),
+                    next_attempt: Instant::now() + RECOVERY_STEP,
+                }
+            }
         }
     }
 
