@@ -522,24 +522,15 @@ impl Worker {
                 pool: pool.clone(),
                 standbys: standbys.as_ref().map(|(s, _)| s.clone()),
             };
-            let member = match Member::new(setup) {
-                Ok(m) => m,
-                Err(e) => {
-                    stop.cancel();
-                    while members.join_next().await.is_some() {}
-                    cleaner_stop.cancel();
-                    let _ = cleaner.await;
-                    group_stop.cancel();
-                    let _ = group_refresher.await;
-                    standby_stop.cancel();
-                    if let Some((_, thread)) = standbys {
-                        let _ = thread.await;
-                    }
-                    return Err(e.into());
-                }
-            };
-            tracing::info!(member = index, app = %self.config.app.id, "member starting");
-            members.spawn_blocking(move || member.run());
+            let app = self.config.app.id.clone();
+            // Built on its thread too: making the member waits on the brokers (its
+            // transactional producer's registration), which no async thread should. One that
+            // cannot be made fails like one that stops.
+            members.spawn_blocking(move || {
+                let member = Member::new(setup)?;
+                tracing::info!(member = index, %app, "member starting");
+                member.run()
+            });
         }
         let mut first_error = None;
         while let Some(joined) = members.join_next().await {

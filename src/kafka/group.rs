@@ -176,16 +176,23 @@ impl GroupReader {
         let _ = client.consumer.poll(Duration::ZERO);
         if let Some(u) = &client.under_way {
             if u.since.elapsed() >= self.timeouts.replace_after {
+                // The new client first: if it cannot be made, the old one keeps its request
+                // (and its age, so the next refresh tries again) and gets no other.
+                let consumer = self.config.create().map_err(|e| {
+                    format!("replacing the group reader's client, whose coordinator has not answered: {e}")
+                })?;
                 tracing::warn!(
                     waited_s = u.since.elapsed().as_secs(),
-                    "the group's coordinator has not answered; replacing the group reader's client"
+                    "the group's coordinator has not answered; replaced the group reader's client"
                 );
-                client.under_way = None;
-                client.consumer = self.config.create().map_err(|e| e.to_string())?;
+                *client = ReaderClient {
+                    under_way: None,
+                    consumer,
+                };
             }
         }
         if client.under_way.is_none() {
-            client.under_way = Some(self.request(&client.consumer));
+            client.under_way = Some(self.request(&client.consumer)?);
         }
         let under_way = client
             .under_way
@@ -207,7 +214,7 @@ impl GroupReader {
     }
 
     /// Starts a description of the group, answered on the returned queue.
-    fn request(&self, consumer: &BaseConsumer) -> UnderWay {
+    fn request(&self, consumer: &BaseConsumer) -> Result<UnderWay, String> {
         let rk = consumer.client().native_ptr();
         let timeout = c_int::try_from(self.timeouts.request.as_millis()).unwrap_or(c_int::MAX);
         // SAFETY: `rk` is the live handle of `consumer`. The options are destroyed after the
@@ -222,18 +229,25 @@ impl GroupReader {
                 rd::rd_kafka_AdminOptions_destroy,
             );
             let mut errstr: [c_char; 256] = [0; 256];
-            rd::rd_kafka_AdminOptions_set_request_timeout(
+            // Refused, the request would get librdkafka's default timeout: the crash again.
+            if rd::rd_kafka_AdminOptions_set_request_timeout(
                 options.0,
                 timeout,
                 errstr.as_mut_ptr(),
                 errstr.len(),
-            );
+            ) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                return Err(format!(
+                    "setting the description's timeout: {}",
+                    text(errstr.as_ptr())
+                ));
+            }
             let mut groups = [self.group.as_ptr()];
             rd::rd_kafka_DescribeConsumerGroups(rk, groups.as_mut_ptr(), 1, options.0, queue.0);
-            UnderWay {
+            Ok(UnderWay {
                 queue,
                 since: Instant::now(),
-            }
+            })
         }
     }
 }

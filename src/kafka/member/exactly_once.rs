@@ -196,25 +196,12 @@ impl Core {
     /// ([`Core::recover`] finishes the job on the next loop turn).
     pub(super) fn abort_and_rewind(&mut self, cause: TxnError) {
         tracing::warn!(member = self.member(), error = %cause, "transaction failed; aborting it and going back to the last commit");
+        // Counted now, whatever its end: it did not commit when it should have.
         self.setup
             .metrics
             .transactions
             .with_label_values(&["aborted"])
             .inc();
-        self.failed_in_a_row += 1;
-        if self.failed_in_a_row >= FAILED_IN_A_ROW {
-            let id = self
-                .producer_config
-                .get("transactional.id")
-                .unwrap_or_default()
-                .to_string();
-            self.fail(format!(
-                "{FAILED_IN_A_ROW} transactions in a row failed without a commit (the last: \
-                 {cause}); a record the producer refuses every time, or another worker using \
-                 transactional.id {id:?} (a copy of this state.dir? give each worker its own \
-                 state.dir or app.instance_id)"
-            ));
-        }
         // Nothing more is sent for the aborted transaction's tasks: what they would send now
         // would go into the next one.
         self.hold_all();
@@ -222,10 +209,13 @@ impl Core {
         // all (a failure of another kind still stops the member).
         let _ = self.failures_now();
         self.txn = match cause {
-            TxnError::Fatal(reason) => Transactions::NeedProducer {
-                reason,
-                next_attempt: Instant::now(),
-            },
+            TxnError::Fatal(reason) => {
+                self.count_failed(&reason);
+                Transactions::NeedProducer {
+                    reason,
+                    next_attempt: Instant::now(),
+                }
+            }
             // Bounded short: an abort that cannot complete now (a commit whose outcome is
             // still being settled, a broker away) is asked again on the next loop turns.
             TxnError::Abort(reason) | TxnError::TimedOut(reason) => {
@@ -292,17 +282,42 @@ impl Core {
         }
     }
 
-    /// Where an abort's `outcome` leaves the transactions: open again, the abort to be asked
-    /// again, or a new producer needed.
-    fn after_abort(&self, reason: String, outcome: Result<Ended, TxnError>) -> Transactions {
+    /// Counts a transaction that ended without committing, and stops the member after
+    /// [`FAILED_IN_A_ROW`] of them without a commit between.
+    fn count_failed(&mut self, cause: &str) {
+        self.failed_in_a_row += 1;
+        if self.failed_in_a_row >= FAILED_IN_A_ROW {
+            let id = self
+                .producer_config
+                .get("transactional.id")
+                .unwrap_or_default()
+                .to_string();
+            self.fail(format!(
+                "{FAILED_IN_A_ROW} transactions in a row failed without a commit (the last: \
+                 {cause}); a record the producer refuses every time, or another worker using \
+                 transactional.id {id:?} (a copy of this state.dir? give each worker its own \
+                 state.dir or app.instance_id)"
+            ));
+        }
+    }
+
+    /// Where an abort's `outcome` leaves the transactions (open again, the abort to be asked
+    /// again, or a new producer needed), counting the failures in a row once the
+    /// transaction's fate is known.
+    fn after_abort(&mut self, reason: String, outcome: Result<Ended, TxnError>) -> Transactions {
         match outcome {
-            Ok(Ended::Aborted) => Transactions::Open,
+            Ok(Ended::Aborted) => {
+                self.count_failed(&reason);
+                Transactions::Open
+            }
             Ok(Ended::Committed) => {
-                // Its records and offsets are visible: the rewind and the restore read them.
+                // A commit after all (its records and offsets are visible: the rewind and the
+                // restore read them), though what it held in memory is gone with the tasks.
                 tracing::info!(
                     member = self.member(),
                     "the failed transaction's commit went through after all"
                 );
+                self.failed_in_a_row = 0;
                 Transactions::Open
             }
             Err(TxnError::TimedOut(e)) => {
@@ -312,10 +327,14 @@ impl Core {
                     next_attempt: Instant::now(),
                 }
             }
-            Err(TxnError::Abort(e) | TxnError::Fatal(e)) => Transactions::NeedProducer {
-                reason: format!("aborting failed: {e}"),
-                next_attempt: Instant::now(),
-            },
+            // The new producer's registration aborts it.
+            Err(TxnError::Abort(e) | TxnError::Fatal(e)) => {
+                self.count_failed(&reason);
+                Transactions::NeedProducer {
+                    reason: format!("aborting failed: {e}"),
+                    next_attempt: Instant::now(),
+                }
+            }
         }
     }
 

@@ -422,14 +422,27 @@ impl Member {
                 member: index,
                 source,
             })?;
+        // A registration that runs out of time (the transaction coordinator away) goes on in
+        // the member's loop; no task opens before it is done.
+        let mut txn = exactly_once::Transactions::Open;
         if let Some(id) = &transactional_id {
-            collector
-                .init_transactions(commit_timeout)
-                .map_err(|source| MemberError::Transactions {
-                    member: index,
-                    source,
-                })?;
-            tracing::info!(member = index, transactional_id = %id, "transactional producer ready");
+            match collector.init_transactions(commit_timeout) {
+                Ok(()) => {
+                    tracing::info!(member = index, transactional_id = %id, "transactional producer ready")
+                }
+                Err(TxnError::TimedOut(e)) => {
+                    tracing::warn!(member = index, transactional_id = %id, error = %e, "the transactional producer is not registered yet; asking again");
+                    txn = exactly_once::Transactions::Initialising {
+                        next_attempt: Instant::now(),
+                    };
+                }
+                Err(source) => {
+                    return Err(MemberError::Transactions {
+                        member: index,
+                        source,
+                    })
+                }
+            }
         }
         let restore = RestoreConsumer::new(&super::client::restore_consumer(
             &cfg,
@@ -486,7 +499,7 @@ impl Member {
             group_consumer: Weak::new(),
             fetched: fetched.clone(),
             producer_config,
-            txn: exactly_once::Transactions::Open,
+            txn,
             rewind_pending: false,
             rewind_fallback: HashMap::new(),
             failed_in_a_row: 0,
