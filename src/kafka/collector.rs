@@ -680,6 +680,37 @@ mod tests {
         collector
     }
 
+    /// A mock cluster with the test topic.
+    fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(TOPIC, 1, 1).expect("topic");
+        mock
+    }
+
+    /// A transactional collector whose open transaction holds `value`, acknowledged, and whose
+    /// only broker is then taken down.
+    fn sent_then_broker_down(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        value: &str,
+    ) -> Collector {
+        let collector = transactional(mock);
+        send(&collector, value);
+        collector.flush(Duration::from_secs(10)).expect("flushing");
+        mock.broker_down(1).expect("broker down");
+        collector
+    }
+
+    /// Sends `value` in the open transaction and commits it (no input offsets).
+    fn commit(collector: &Collector, value: &str, timeout: Duration) -> Result<(), TxnError> {
+        send(collector, value);
+        collector.flush(Duration::from_secs(10)).expect("flushing");
+        collector.commit_transaction(&no_offsets(), &no_group(), timeout)
+    }
+
+    fn no_offsets() -> TopicPartitionList {
+        TopicPartitionList::new()
+    }
+
     fn send(collector: &Collector, value: &str) {
         let out = Outgoing {
             topic: TOPIC,
@@ -721,15 +752,11 @@ mod tests {
 
     /// A broker that goes away while a transaction aborts leaves the abort running in
     /// librdkafka: it times out, is resumed once the broker is back, and the next transaction
-    /// commits. Dropping the producer meanwhile must not abort the process.
+    /// commits.
     #[test]
     fn an_abort_that_times_out_is_resumed() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic(TOPIC, 1, 1).expect("topic");
-        let collector = transactional(&mock);
-        send(&collector, "aborted");
-        collector.flush(Duration::from_secs(10)).expect("flushing");
-        mock.broker_down(1).expect("broker down");
+        let mock = cluster();
+        let collector = sent_then_broker_down(&mock, "aborted");
         let first = collector.abort_transaction(Duration::from_millis(500));
         assert!(
             matches!(first, Err(TxnError::TimedOut(_))),
@@ -742,14 +769,7 @@ mod tests {
             .expect("the resumed abort completes");
         assert_eq!(ended, Ended::Aborted);
         assert_eq!(collector.pending(), None);
-        send(&collector, "committed");
-        collector.flush(Duration::from_secs(10)).expect("flushing");
-        collector
-            .commit_transaction(
-                &TopicPartitionList::new(),
-                &no_group(),
-                Duration::from_secs(30),
-            )
+        commit(&collector, "committed", Duration::from_secs(30))
             .expect("committing the next transaction");
         assert!(visible_values(&mock).contains(&"committed".to_string()));
     }
@@ -759,17 +779,10 @@ mod tests {
     /// held becomes visible.
     #[test]
     fn an_abort_after_a_commit_that_timed_out_resumes_the_commit() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic(TOPIC, 1, 1).expect("topic");
-        let collector = transactional(&mock);
-        send(&collector, "held");
-        collector.flush(Duration::from_secs(10)).expect("flushing");
-        mock.broker_down(1).expect("broker down");
-        let commit = collector.commit_transaction(
-            &TopicPartitionList::new(),
-            &no_group(),
-            Duration::from_millis(500),
-        );
+        let mock = cluster();
+        let collector = sent_then_broker_down(&mock, "held");
+        let commit =
+            collector.commit_transaction(&no_offsets(), &no_group(), Duration::from_millis(500));
         assert!(
             matches!(commit, Err(TxnError::TimedOut(_))),
             "a commit with its broker away times out, resumable: {commit:?}"
@@ -788,26 +801,15 @@ mod tests {
     /// producer undestroyed: either way the process goes on.
     #[test]
     fn dropping_a_collector_with_an_abort_under_way_does_not_crash() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic(TOPIC, 1, 1).expect("topic");
-        let collector = transactional(&mock);
-        send(&collector, "aborted");
-        collector.flush(Duration::from_secs(10)).expect("flushing");
-        mock.broker_down(1).expect("broker down");
+        let mock = cluster();
+        let collector = sent_then_broker_down(&mock, "aborted");
         let abort = collector.abort_transaction(Duration::from_millis(500));
         assert!(matches!(abort, Err(TxnError::TimedOut(_))), "{abort:?}");
         drop(collector);
         mock.broker_up(1).expect("broker up");
         // A producer with the same transactional.id fences whatever is left of the old one.
         let next = transactional(&mock);
-        send(&next, "after");
-        next.flush(Duration::from_secs(10)).expect("flushing");
-        next.commit_transaction(
-            &TopicPartitionList::new(),
-            &no_group(),
-            Duration::from_secs(30),
-        )
-        .expect("committing");
+        commit(&next, "after", Duration::from_secs(30)).expect("committing");
         assert!(visible_values(&mock).contains(&"after".to_string()));
     }
 

@@ -679,6 +679,24 @@ mod tests {
         inner.tasks.get(&TASK)?.restore_points().unwrap()[0].1
     }
 
+    /// An embedded cluster with the standbys' topics, [`TASK`]'s changelog partition holding
+    /// `records` changes.
+    fn cluster_with(records: usize) -> EmbeddedCluster {
+        let cluster = EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("in", 2).unwrap();
+        cluster.create_topic(CHANGELOG, 2).unwrap();
+        produce(cluster.bootstrap(), 1, 0, records);
+        cluster
+    }
+
+    /// Makes the standbys keep [`TASK`] and drives them until its changelog is applied to
+    /// `next`.
+    fn keep_task(inner: &mut Inner, next: i64) {
+        inner.wanted = [TASK].into();
+        inner.reconcile(&BTreeSet::new());
+        apply_until(inner, next);
+    }
+
     /// Drives the standby (as its thread does) until it has applied the changelog to `next`.
     fn apply_until(inner: &mut Inner, next: i64) {
         wait("the standby applies the changelog", || {
@@ -744,16 +762,11 @@ mod tests {
     /// would restore in full.)
     #[test]
     fn a_standby_under_steady_writes_records_when_it_was_last_in_sync() {
-        let cluster = EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("in", 2).unwrap();
-        cluster.create_topic(CHANGELOG, 2).unwrap();
-        produce(cluster.bootstrap(), 1, 0, 500);
+        let cluster = cluster_with(500);
         let dir = tempfile::tempdir().unwrap();
         let standbys = Standbys::new(setup_for(cluster.bootstrap(), dir.path(), None)).unwrap();
         let mut inner = standbys.lock();
-        inner.wanted = [TASK].into();
-        inner.reconcile(&BTreeSet::new());
-        apply_until(&mut inner, 500);
+        keep_task(&mut inner, 500);
         let opened = written_checkpoint(&mut inner)
             .unwrap()
             .synced_at_ms
@@ -783,18 +796,13 @@ mod tests {
     /// trusted at the changelog's end unless it read the changelog again from the start.
     #[test]
     fn a_standby_killed_after_reading_a_late_tail_leaves_nothing_trusted() {
-        let cluster = EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("in", 2).unwrap();
-        cluster.create_topic(CHANGELOG, 2).unwrap();
-        produce(cluster.bootstrap(), 1, 0, 500);
+        let cluster = cluster_with(500);
         let dir = tempfile::tempdir().unwrap();
         let retention = Duration::from_secs(1);
         let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
         let standbys = Standbys::new(setup.clone()).unwrap();
         let mut inner = standbys.lock();
-        inner.wanted = [TASK].into();
-        inner.reconcile(&BTreeSet::new());
-        apply_until(&mut inner, 500);
+        keep_task(&mut inner, 500);
         inner.refresh_ends();
         let synced = written_checkpoint(&mut inner)
             .unwrap()
@@ -828,18 +836,13 @@ mod tests {
     /// changelog again from the start, and only then says it is in sync.
     #[test]
     fn a_standby_that_outlived_the_tombstone_retention_rebuilds() {
-        let cluster = EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("in", 2).unwrap();
-        cluster.create_topic(CHANGELOG, 2).unwrap();
-        produce(cluster.bootstrap(), 1, 0, 500);
+        let cluster = cluster_with(500);
         let dir = tempfile::tempdir().unwrap();
         let retention = Duration::from_secs(1);
         let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
         let standbys = Standbys::new(setup.clone()).unwrap();
         let mut inner = standbys.lock();
-        inner.wanted = [TASK].into();
-        inner.reconcile(&BTreeSet::new());
-        apply_until(&mut inner, 500);
+        keep_task(&mut inner, 500);
         inner.refresh_ends();
         let synced = written_checkpoint(&mut inner)
             .unwrap()
@@ -878,10 +881,7 @@ mod tests {
     /// that took it away for a moment, would wait for it for as long as the placement stands.
     #[test]
     fn a_standby_does_not_keep_a_task_from_a_worker_sharing_the_state_directory() {
-        let cluster = EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("in", 2).unwrap();
-        cluster.create_topic(CHANGELOG, 2).unwrap();
-        produce(cluster.bootstrap(), 1, 0, 100);
+        let cluster = cluster_with(100);
         let dir = tempfile::tempdir().unwrap();
         // Worker A runs the task; worker B, on the same state directory, is to keep its standby.
         let a = setup_for(cluster.bootstrap(), dir.path(), None);
@@ -959,18 +959,13 @@ mod tests {
     /// a fresh tail, not one read too late.
     #[test]
     fn a_standby_opened_at_the_end_of_its_changelog_is_in_sync_then() {
-        let cluster = EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("in", 2).unwrap();
-        cluster.create_topic(CHANGELOG, 2).unwrap();
-        produce(cluster.bootstrap(), 1, 0, 500);
+        let cluster = cluster_with(500);
         let dir = tempfile::tempdir().unwrap();
         let retention = Duration::from_secs(1);
         let setup = setup_for(cluster.bootstrap(), dir.path(), Some(retention));
         let standbys = Standbys::new(setup.clone()).unwrap();
         let mut inner = standbys.lock();
-        inner.wanted = [TASK].into();
-        inner.reconcile(&BTreeSet::new());
-        apply_until(&mut inner, 500);
+        keep_task(&mut inner, 500);
         inner.close(TASK);
         // The store was last known in sync long ago (its task idle, or its worker away).
         let mut task = Task::open_for(
@@ -1003,10 +998,7 @@ mod tests {
     /// it closes, and the task opens on the same directory with nothing left to restore.
     #[test]
     fn a_standby_tails_its_changelog_and_hands_its_state_over() {
-        let cluster = EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("in", 2).unwrap();
-        cluster.create_topic(CHANGELOG, 2).unwrap();
-        produce(cluster.bootstrap(), 1, 0, 500);
+        let cluster = cluster_with(500);
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::load_str(&format!(
             "[app]\nid = \"sb\"\n[kafka]\nbootstrap_servers = {:?}\n[state]\ndir = {:?}\nstandby_replicas = 1\n",
