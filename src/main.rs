@@ -278,8 +278,53 @@ fn main() -> ExitCode {
     match runtime.block_on(main_async(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `e` and its causes on one line, each cause once: many errors here (and librdkafka's) already
+/// say their cause in their own message, which the chain would repeat.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading metadata of topic \"nope\": {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("Meta data fetch error: BrokerTransportFailure")]
+    struct Inner;
+
+    /// A cause that the message already says is not said again; one it does not is.
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = anyhow::Error::new(Outer(Inner));
+        assert_eq!(
+            one_line(&e),
+            "reading metadata of topic \"nope\": Meta data fetch error: BrokerTransportFailure"
+        );
+        let e = anyhow::Error::new(Inner).context("starting");
+        assert_eq!(
+            one_line(&e),
+            "starting: Meta data fetch error: BrokerTransportFailure"
+        );
     }
 }

@@ -63,6 +63,8 @@ pub struct StatusBoard {
     /// The standby tasks this worker keeps (see `state.standby_replicas`).
     standbys: Mutex<Vec<TaskStatus>>,
     dbs: Mutex<BTreeMap<TaskId, Arc<TaskDb>>>,
+    /// What the worker waits for before its members start (brokers, source topics).
+    starting: Mutex<Option<String>>,
 }
 
 /// Why the worker is not ready, or `None` when it is.
@@ -79,7 +81,16 @@ impl StatusBoard {
             members: Mutex::new(vec![MemberStatus::default(); members]),
             standbys: Mutex::default(),
             dbs: Mutex::default(),
+            starting: Mutex::default(),
         }
+    }
+
+    /// Sets (or, with `None`, clears) what the starting worker waits for.
+    pub(crate) fn set_starting(&self, waiting_for: Option<String>) {
+        *self
+            .starting
+            .lock()
+            .expect("invariant: no panics under this lock") = waiting_for;
     }
 
     /// Replaces member `index`'s status.
@@ -131,6 +142,14 @@ impl StatusBoard {
 
     /// `None` when every member has joined and every task runs; the reason otherwise.
     pub fn not_ready(&self) -> Option<NotReady> {
+        if let Some(waiting) = self
+            .starting
+            .lock()
+            .expect("invariant: no panics under this lock")
+            .clone()
+        {
+            return Some(NotReady { reason: waiting });
+        }
         let members = self
             .members
             .lock()

@@ -402,6 +402,9 @@ pub struct KafkaConfig {
     /// `bootstrap_servers` (required): `host:port[,host:port...]`, or `embedded` for an
     /// in-process cluster to try things out.
     pub bootstrap_servers: String,
+    /// `startup_timeout_ms` (default 0 = wait as long as it takes): how long a starting worker
+    /// waits for its brokers to answer and its source topics to exist before it gives up.
+    pub startup_timeout_ms: u64,
     /// `[kafka.properties]` (default empty): librdkafka properties passed to every client
     /// verbatim. Values may be written as strings, integers, floats or booleans. Dotted keys may
     /// be quoted (`"security.protocol" = "ssl"`) or bare (`security.protocol = "ssl"`). Keys that

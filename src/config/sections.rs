@@ -71,10 +71,14 @@ fn kafka(cx: &mut Cx, top: &mut Table<'_>) -> KafkaConfig {
     let bootstrap_servers = t
         .req(cx, "bootstrap_servers", read::non_empty)
         .unwrap_or_default();
+    let startup_timeout_ms = t
+        .opt(cx, "startup_timeout_ms", read::non_negative)
+        .unwrap_or(0);
     let properties = t.opt_with(cx, "properties", properties).unwrap_or_default();
     t.finish(cx);
     KafkaConfig {
         bootstrap_servers,
+        startup_timeout_ms,
         properties,
     }
 }

@@ -108,7 +108,7 @@ fn entry(s: &AppState, w: WorkerView, tasks: Result<Value, String>) -> WorkerEnt
     let mut active: Vec<_> = w
         .partitions
         .iter()
-        .filter_map(|(topic, p)| s.cluster.keys.task_of(topic, *p))
+        .filter_map(|(topic, p)| s.cluster.keys.get()?.task_of(topic, *p))
         .collect();
     active.sort();
     active.dedup();

@@ -166,7 +166,7 @@ mod tests {
         let topology = Topology::new("t", ["in"], |_: &crate::TaskInfo| Nothing).store("s");
         let cluster = Arc::new(Cluster {
             watch: watch.clone(),
-            keys: KeyRouter::new(&[topology], &[("in".to_string(), 4)].into()),
+            keys: KeyRouter::new(&[topology], &[("in".to_string(), 4)].into()).into(),
             agent: agent(),
             group: "app".into(),
             outbound: Arc::new(tokio::sync::Semaphore::new(super::query::MAX_OUTBOUND)),

@@ -79,7 +79,14 @@ pub(crate) async fn state_value(
         Ok(b) => b,
         Err(e) => return served_by(json_error(StatusCode::BAD_REQUEST, e), &own),
     };
-    if s.cluster.keys.unkeyed(&store) {
+    let Some(keys) = s.cluster.keys.get() else {
+        let reason = s
+            .status
+            .not_ready()
+            .map_or_else(|| "the worker is starting".to_string(), |n| n.reason);
+        return served_by(json_error(StatusCode::SERVICE_UNAVAILABLE, reason), &own);
+    };
+    if keys.unkeyed(&store) {
         // Its keys (a dedup step's ids) are not the records' keys: the task holding one is
         // the task of a record key nobody asked about, so any task's answer may be wrong.
         return served_by(
@@ -93,7 +100,7 @@ pub(crate) async fn state_value(
             &own,
         );
     }
-    let Some(at) = s.cluster.keys.locate(&store, key.as_bytes()) else {
+    let Some(at) = keys.locate(&store, key.as_bytes()) else {
         return served_by(
             json_error(
                 StatusCode::NOT_FOUND,
@@ -293,8 +300,9 @@ pub(crate) fn agent() -> ureq::Agent {
 pub(crate) struct Cluster {
     /// The group's view and this worker's address.
     pub watch: Arc<crate::cluster::ClusterWatch>,
-    /// Store keys to tasks.
-    pub keys: super::route::KeyRouter,
+    /// Store keys to tasks; set once the worker knows its topics' partition counts (until
+    /// then, queries answer 503).
+    pub keys: std::sync::OnceLock<super::route::KeyRouter>,
     /// Forwards queries.
     pub agent: ureq::Agent,
     /// The group (`app.id`).
@@ -313,7 +321,7 @@ mod tests {
     fn calls_to_other_workers_are_bounded() {
         let cluster = Cluster {
             watch: Arc::new(crate::cluster::ClusterWatch::new("a:1")),
-            keys: super::super::route::KeyRouter::default(),
+            keys: Default::default(),
             agent: agent(),
             group: "g".into(),
             outbound: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND)),

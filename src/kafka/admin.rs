@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::quiet::QuietContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -13,6 +13,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::ClientError;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long reading the cluster's metadata may take: the first request of a starting worker,
+/// which, with the brokers away, is one attempt of its wait for them (see `worker::startup`).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A topic the worker wants to exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,9 +105,32 @@ pub enum AdminError {
     },
 }
 
+/// What a failed start-up step waits for, when waiting can help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Awaited {
+    /// The brokers, unreachable; librdkafka's reason.
+    Brokers(String),
+    /// A source topic that does not exist yet.
+    Topic(String),
+}
+
+impl AdminError {
+    /// What the worker would wait for to get past this error; `None` when waiting would not
+    /// help (the brokers answered, and refused).
+    pub fn awaited(&self) -> Option<Awaited> {
+        match self {
+            AdminError::Kafka { source, .. } if source.is_unreachable() => {
+                Some(Awaited::Brokers(source.to_string()))
+            }
+            AdminError::MissingSource(topic) => Some(Awaited::Topic(topic.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// Creates an admin client and answers metadata questions.
 pub struct Admin {
-    client: AdminClient<DefaultClientContext>,
+    client: AdminClient<QuietContext>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -116,10 +142,13 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// Connects (lazily) with the given settings.
     pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
-        let client = config.create().map_err(|source| AdminError::Kafka {
-            what: "creating the admin client".into(),
-            source: source.into(),
-        })?;
+        let client =
+            config
+                .create_with_context(QuietContext)
+                .map_err(|source| AdminError::Kafka {
+                    what: "creating the admin client".into(),
+                    source: source.into(),
+                })?;
         Ok(Self { client })
     }
 
@@ -131,7 +160,7 @@ impl Admin {
         let md = self
             .client
             .inner()
-            .fetch_metadata(None, TIMEOUT)
+            .fetch_metadata(None, METADATA_TIMEOUT)
             .map_err(|source| AdminError::Kafka {
                 what: format!("reading metadata of topic {topic:?}"),
                 source: source.into(),

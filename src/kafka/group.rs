@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{ClusterView, ClusterWatch, GroupMember};
 use crate::config::{Config, GroupProtocol};
 
+use super::quiet::QuietContext;
 use super::ClientError;
 
 /// How long librdkafka may work on one description: its longest. An admin request that times
@@ -75,7 +76,7 @@ const TIMEOUTS: Timeouts = Timeouts {
 struct ReaderClient {
     /// Declared first: dropped before the client it belongs to.
     under_way: Option<UnderWay>,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietContext>,
 }
 
 /// A description librdkafka is working on: the queue its answer comes to.
@@ -100,7 +101,7 @@ impl GroupReader {
         let group = CString::new(group).map_err(|e| {
             ClientError::from(rdkafka::error::KafkaError::ClientCreation(e.to_string()))
         })?;
-        let consumer = config.create()?;
+        let consumer = config.create_with_context(QuietContext)?;
         Ok(Self {
             config,
             group,
@@ -178,7 +179,7 @@ impl GroupReader {
             if u.since.elapsed() >= self.timeouts.replace_after {
                 // The new client first: if it cannot be made, the old one keeps its request
                 // (and its age, so the next refresh tries again) and gets no other.
-                let consumer = self.config.create().map_err(|e| {
+                let consumer = self.config.create_with_context(QuietContext).map_err(|e| {
                     format!("replacing the group reader's client, whose coordinator has not answered: {e}")
                 })?;
                 tracing::warn!(
@@ -214,7 +215,7 @@ impl GroupReader {
     }
 
     /// Starts a description of the group, answered on the returned queue.
-    fn request(&self, consumer: &BaseConsumer) -> Result<UnderWay, String> {
+    fn request(&self, consumer: &BaseConsumer<QuietContext>) -> Result<UnderWay, String> {
         let rk = consumer.client().native_ptr();
         let timeout = c_int::try_from(self.timeouts.request.as_millis()).unwrap_or(c_int::MAX);
         // SAFETY: `rk` is the live handle of `consumer`. The options are destroyed after the

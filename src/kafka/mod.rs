@@ -9,7 +9,8 @@
 //!   tracking for commits.
 //! - `restore`: the changelog reader that rebuilds task state; `standby`: the standby
 //!   replicas, which tail changelogs into warm copies of other workers' tasks.
-//! - `admin`: topic metadata and creation of internal topics.
+//! - `admin`: topic metadata and creation of internal topics; `quiet`: the context of clients
+//!   whose failures reach the caller as return values.
 //! - `group`: reads the consumer group's members and assignments for [`crate::cluster`].
 //! - `member`: one consumer-group member's poll loop and rebalance handling.
 //! - [`embedded`], [`reader`], [`tools`]: the embedded cluster, reading a topic to its end, and
@@ -22,6 +23,7 @@ pub mod embedded;
 pub(crate) mod group;
 pub(crate) mod member;
 pub(crate) mod properties;
+pub(crate) mod quiet;
 pub mod reader;
 pub(crate) mod restore;
 pub(crate) mod standby;
@@ -70,6 +72,34 @@ impl ClientError {
     /// rdkafka's error, for the decisions this module makes on it.
     pub(crate) fn kafka(&self) -> &rdkafka::error::KafkaError {
         &self.0
+    }
+
+    /// True when the error says the brokers could not be reached (or did not answer in time),
+    /// which waiting may cure, rather than that they refused the request.
+    pub fn is_unreachable(&self) -> bool {
+        use rdkafka::error::KafkaError as K;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let code = match &*self.0 {
+            K::MetadataFetch(c) | K::AdminOp(c) | K::Global(c) => *c,
+            K::AdminOpCreation(_) | K::ClientCreation(_) => return false,
+            other => match other.rdkafka_error_code() {
+                Some(c) => c,
+                None => return false,
+            },
+        };
+        matches!(
+            code,
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::Resolve
+                | C::NetworkException
+                | C::BrokerNotAvailable
+                | C::LeaderNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+        )
     }
 }
 

@@ -20,6 +20,7 @@ mod queries;
 mod rebalance;
 mod recovery;
 mod standby;
+mod startup;
 mod top;
 mod totals;
 

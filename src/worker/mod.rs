@@ -23,6 +23,8 @@ use crate::state::StateMemory;
 use crate::status::StatusBoard;
 use crate::validate::Checks;
 
+mod startup;
+
 /// How often each worker reads the group's members and assignments (for `/state` routing and
 /// `/cluster`).
 const GROUP_REFRESH: Duration = Duration::from_secs(1);
@@ -73,6 +75,14 @@ pub enum WorkerError {
     /// A member failed.
     #[error(transparent)]
     Member(#[from] MemberError),
+    /// What the worker waited for at start-up did not come within `kafka.startup_timeout_ms`.
+    #[error("gave up after {waited_s} s (kafka.startup_timeout_ms) waiting for {waiting}")]
+    StartupTimeout {
+        /// How long it waited.
+        waited_s: u64,
+        /// What it waited for.
+        waiting: String,
+    },
 }
 
 /// Builds a [`Worker`] from a configuration and the topologies it runs.
@@ -369,8 +379,73 @@ impl Worker {
         for warning in &self.config.warnings {
             tracing::warn!(key = %warning.path, "{}", warning.message);
         }
+        let http_stop = CancellationToken::new();
+        // Bound before anything waits on the brokers (`/health` answers and `/ready` says what
+        // the worker waits for), and before the members' consumers exist: their client ids
+        // carry the address other workers forward queries to (see `crate::cluster`).
+        let listener = match self.config.http.listen {
+            Some(addr) => Some(
+                crate::http::bind(addr)
+                    .await
+                    .map_err(|source| WorkerError::Http { addr, source })?,
+            ),
+            None => None,
+        };
+        let advertised = listener.as_ref().map(|(_, bound)| {
+            crate::http::advertised(self.config.http.advertised.as_deref(), *bound)
+        });
+        let config = match &advertised {
+            Some(a) if self.config.http.advertised.as_ref() != Some(a) => {
+                let mut c = (*self.config).clone();
+                c.http.advertised = Some(a.clone());
+                Arc::new(c)
+            }
+            _ => self.config.clone(),
+        };
+        // Who runs what in the group, read from the broker every second: `/state` routes with
+        // it and `/cluster` shows it (kept without HTTP too, for anything placing work).
+        let cluster = Arc::new(crate::http::Cluster {
+            watch: Arc::new(ClusterWatch::new(advertised.unwrap_or_default())),
+            keys: std::sync::OnceLock::new(),
+            agent: crate::http::agent(),
+            group: config.app.id.clone(),
+            outbound: Arc::new(tokio::sync::Semaphore::new(crate::http::MAX_OUTBOUND)),
+        });
+        let http = listener.map(|(listener, _)| {
+            crate::http::serve(
+                listener,
+                self.status.clone(),
+                self.metrics.clone(),
+                cluster.clone(),
+                http_stop.clone(),
+            )
+        });
+        let result = self.run_serving(shutdown, config, cluster).await;
+        http_stop.cancel();
+        if let Some(handle) = http {
+            let _ = handle.await;
+        }
+        result
+    }
+
+    /// [`Worker::run`] once HTTP is served: waits for the brokers and topics, then runs the
+    /// members.
+    async fn run_serving(
+        &self,
+        shutdown: CancellationToken,
+        config: Arc<Config>,
+        cluster: Arc<crate::http::Cluster>,
+    ) -> Result<(), WorkerError> {
         let mut embedded = None;
-        let prepared = self.prepare(&mut embedded).await?;
+        let Some(prepared) = self.prepare_patiently(&mut embedded, &shutdown).await? else {
+            // Stopped while waiting.
+            return Ok(());
+        };
+        let _ = cluster.keys.set(crate::http::KeyRouter::new(
+            &self.topologies,
+            &prepared.partitions,
+        ));
+        let watch = cluster.watch.clone();
         let partitions = Arc::new(prepared.partitions);
         let tombstone_retention = Arc::new(prepared.tombstone_retention);
         let bootstrap = prepared.bootstrap;
@@ -411,31 +486,6 @@ impl Worker {
             GroupReader::new(&self.config, &bootstrap).map_err(WorkerError::GroupReader)?;
         let pool = Pool::start(self.config.processing.threads).map_err(WorkerError::Threads)?;
         let stop = shutdown.child_token();
-        let http_stop = CancellationToken::new();
-        // Bound before the members' consumers exist: their client ids carry the address other
-        // workers forward queries to (see `crate::cluster`).
-        let listener = match self.config.http.listen {
-            Some(addr) => Some(
-                crate::http::bind(addr)
-                    .await
-                    .map_err(|source| WorkerError::Http { addr, source })?,
-            ),
-            None => None,
-        };
-        let advertised = listener.as_ref().map(|(_, bound)| {
-            crate::http::advertised(self.config.http.advertised.as_deref(), *bound)
-        });
-        let config = match &advertised {
-            Some(a) if self.config.http.advertised.as_ref() != Some(a) => {
-                let mut c = (*self.config).clone();
-                c.http.advertised = Some(a.clone());
-                Arc::new(c)
-            }
-            _ => self.config.clone(),
-        };
-        // Who runs what in the group, read from the broker every second: `/state` routes with
-        // it and `/cluster` shows it (kept without HTTP too, for anything placing work).
-        let watch = Arc::new(ClusterWatch::new(advertised.unwrap_or_default()));
         let group_stop = CancellationToken::new();
         let group_refresher = tokio::spawn(crate::kafka::group::refresh(
             group_reader,
@@ -445,22 +495,6 @@ impl Worker {
             GROUP_REFRESH,
             group_stop.clone(),
         ));
-        let http = listener.map(|(listener, _)| {
-            let cluster = Arc::new(crate::http::Cluster {
-                watch: watch.clone(),
-                keys: crate::http::KeyRouter::new(&self.topologies, &partitions),
-                agent: crate::http::agent(),
-                group: config.app.id.clone(),
-                outbound: Arc::new(tokio::sync::Semaphore::new(crate::http::MAX_OUTBOUND)),
-            });
-            crate::http::serve(
-                listener,
-                self.status.clone(),
-                self.metrics.clone(),
-                cluster,
-                http_stop.clone(),
-            )
-        });
         let cleaner_stop = CancellationToken::new();
         let cleaner = tokio::spawn(clean_state_periodically(
             self.config.state.dir.join(&self.config.app.id),
@@ -551,10 +585,6 @@ impl Worker {
         let _ = cleaner.await;
         group_stop.cancel();
         let _ = group_refresher.await;
-        http_stop.cancel();
-        if let Some(handle) = http {
-            let _ = handle.await;
-        }
         drop(embedded);
         match first_error {
             Some(e) => Err(e.into()),
