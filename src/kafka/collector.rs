@@ -193,7 +193,15 @@ impl CollectorContext {
     }
 }
 
-impl ClientContext for CollectorContext {}
+impl ClientContext for CollectorContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::logging::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::logging::error(&error, reason);
+    }
+}
 
 impl ProducerContext for CollectorContext {
     type DeliveryOpaque = usize;

@@ -21,6 +21,7 @@ pub mod client;
 pub(crate) mod collector;
 pub mod embedded;
 pub(crate) mod group;
+pub(crate) mod logging;
 pub(crate) mod member;
 pub(crate) mod properties;
 pub(crate) mod quiet;

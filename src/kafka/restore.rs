@@ -29,6 +29,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::logging::LoggedContext;
 use crate::state::{now_ms, Checkpoint};
 use crate::task::Task;
 
@@ -161,12 +162,12 @@ pub(crate) fn start_task_restore(
 
 /// The member's restore consumer.
 pub struct RestoreConsumer {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LoggedContext>,
     /// Asks for end offsets as a `read_uncommitted` client: a `read_committed` one (as
     /// `consumer` is) is told the last stable offset, which stops short of the records of any
     /// transaction still open on the changelog. A restore ends at the true end, once those
     /// transactions have ended, and a checkpoint is "beyond the end" only beyond that.
-    watermarks: BaseConsumer,
+    watermarks: BaseConsumer<LoggedContext>,
     parts: HashMap<(Arc<str>, i32), Progress>,
 }
 
@@ -184,8 +185,8 @@ impl RestoreConsumer {
         let mut uncommitted = config.clone();
         uncommitted.set("isolation.level", "read_uncommitted");
         Ok(Self {
-            consumer: config.create()?,
-            watermarks: uncommitted.create()?,
+            consumer: config.create_with_context(LoggedContext)?,
+            watermarks: uncommitted.create_with_context(LoggedContext)?,
             parts: HashMap::new(),
         })
     }

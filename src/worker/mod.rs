@@ -436,6 +436,7 @@ impl Worker {
         config: Arc<Config>,
         cluster: Arc<crate::http::Cluster>,
     ) -> Result<(), WorkerError> {
+        crate::kafka::logging::starting(&self.config.kafka.bootstrap_servers);
         let mut embedded = None;
         let Some(prepared) = self.prepare_patiently(&mut embedded, &shutdown).await? else {
             // Stopped while waiting.
@@ -486,6 +487,15 @@ impl Worker {
             GroupReader::new(&self.config, &bootstrap).map_err(WorkerError::GroupReader)?;
         let pool = Pool::start(self.config.processing.threads).map_err(WorkerError::Threads)?;
         let stop = shutdown.child_token();
+        // Once the worker stops (a signal, or a member failed), its connections close: that
+        // is no news.
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                crate::kafka::logging::shutting_down();
+            }
+        });
         let group_stop = CancellationToken::new();
         let group_refresher = tokio::spawn(crate::kafka::group::refresh(
             group_reader,
@@ -576,6 +586,7 @@ impl Worker {
                 first_error.get_or_insert(e);
             }
         }
+        stop.cancel();
         pool.stop();
         standby_stop.cancel();
         if let Some((_, thread)) = standbys {

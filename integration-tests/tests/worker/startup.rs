@@ -93,6 +93,13 @@ fn a_worker_started_before_its_broker_waits_and_processes_everything() {
         panic!("{e}");
     }
     assert_eq!(worker.terminate().code(), Some(0), "clean exit");
+    // Neither the wait, nor the broker's return, nor the shutdown's closed connections are
+    // errors.
+    let log = worker.logs();
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR")),
+        "error lines in a run without errors:\n{log}"
+    );
 }
 
 /// A source topic that does not exist yet is waited for, naming the pipeline key that asks

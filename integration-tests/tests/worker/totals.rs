@@ -45,6 +45,12 @@ fn one_worker_totals() {
 
     let status = worker.terminate();
     assert_eq!(status.code(), Some(0), "clean exit after SIGTERM: {status}");
+    // The shutdown closes every connection: no news, so no error lines.
+    let log = worker.logs();
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR")),
+        "error lines in a clean run:\n{log}"
+    );
 
     // Output unchanged after shutdown.
     view.refresh().unwrap();

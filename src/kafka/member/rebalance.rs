@@ -17,6 +17,14 @@ use crate::task::{Task, TaskState};
 use crate::types::TaskId;
 
 impl ClientContext for MemberContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::kafka::logging::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::kafka::logging::error(&error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
         fetched.clear();
