@@ -1,23 +1,27 @@
 //! `tributary generate`: writes the synthetic click records of [`tributary_generator`] to a
-//! Kafka topic.
+//! Kafka topic, or, with a template ([`TemplateOptions`]), records of any shape in JSON or Avro.
 //!
 //! The producer keeps many records in flight, paces them with a token bucket when a rate
 //! is given, and reports success only once every record has been acknowledged by the
 //! brokers. Topics can be created up front with a given partition count.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use tributary::avro::{value_subject, AvroCodec, AvroError};
 use tributary::kafka::tools::{
     create_topic, AwaitTopicError, CreateTopicError, DeliveryError, SendError, TopicProducer,
 };
 use tributary::kafka::ClientError;
 use tributary_generator::{
-    KeyDistribution, KeyTotal, RecordGenerator, Totals, DEFAULT_KEYS, DEFAULT_SEED,
+    KeyDistribution, KeyTotal, RecordGenerator, Template, TemplateError, TemplateGenerator, Totals,
+    DEFAULT_KEYS, DEFAULT_SEED,
 };
 
 /// How long to wait for metadata (and for a freshly created topic to appear).
@@ -50,6 +54,55 @@ pub struct GenerateOptions {
     pub progress: bool,
     /// Extra librdkafka producer properties, applied after (and so overriding) the defaults.
     pub producer_properties: Vec<(String, String)>,
+    /// Records of a template's shape instead of the click records; `keys` and `distribution`
+    /// are then the template's business (per field).
+    pub template: Option<TemplateOptions>,
+}
+
+/// How record values are written (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueFormat {
+    /// JSON text, fields in template order.
+    #[default]
+    Json,
+    /// Avro binary with the template's schema: plain, or in the Confluent wire format when a
+    /// schema registry is given.
+    Avro,
+}
+
+/// A template run (`--template FILE`): what the records look like and how they are written.
+#[derive(Debug, Clone)]
+pub struct TemplateOptions {
+    /// The parsed template.
+    pub template: Template,
+    /// Where it came from (the file), for messages.
+    pub origin: String,
+    /// How values are written.
+    pub format: ValueFormat,
+    /// `--schema-registry URL` (Avro only): register the template's schema under
+    /// `<topic>-value` and write the Confluent wire format (magic byte, schema id, datum).
+    pub schema_registry: Option<String>,
+}
+
+impl TemplateOptions {
+    /// Reads and checks the template in `path`; JSON values, no registry.
+    pub fn load(path: &Path) -> Result<Self, GenerateError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| GenerateError::Template {
+            origin: origin.clone(),
+            reason: format!("cannot be read: {e}"),
+        })?;
+        let template = Template::parse(&text).map_err(|e| GenerateError::Template {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(TemplateOptions {
+            template,
+            origin,
+            format: ValueFormat::Json,
+            schema_registry: None,
+        })
+    }
 }
 
 impl GenerateOptions {
@@ -67,6 +120,7 @@ impl GenerateOptions {
             seed: DEFAULT_SEED,
             progress: false,
             producer_properties: Vec::new(),
+            template: None,
         }
     }
 
@@ -92,6 +146,13 @@ impl GenerateOptions {
                 return Err(invalid(format!("partitions must be at least 1, got {p}")));
             }
         }
+        if let Some(t) = &self.template {
+            if t.schema_registry.is_some() && t.format != ValueFormat::Avro {
+                return Err(invalid(
+                    "a schema registry is only used with the avro format".into(),
+                ));
+            }
+        }
         self.distribution.check().map_err(invalid)
     }
 }
@@ -105,7 +166,8 @@ pub struct GenerateReport {
     /// Time from the first send to the last acknowledgement.
     pub elapsed: Duration,
     /// Per key (`user-<n>`): count and sum of amounts of the acknowledged records.
-    /// Keys that got no record are absent.
+    /// Keys that got no record are absent; empty for a template run (its records have no
+    /// amounts of their own).
     pub totals: BTreeMap<String, KeyTotal>,
 }
 
@@ -130,6 +192,25 @@ pub enum GenerateError {
         /// Topic the run was for.
         topic: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// The template cannot be read, or is not valid (the reason names the JSON path).
+    #[error("template {origin}: {reason}")]
+    Template {
+        /// The template file.
+        origin: String,
+        /// What is wrong, starting with the JSON path (`fields.amount.min: must be below max`).
+        reason: String,
+    },
+    /// Records cannot be written in Avro: no usable schema, the records do not fit it, or the
+    /// schema registry failed.
+    #[error("writing Avro records of template {origin} to topic {topic}: {reason}")]
+    Avro {
+        /// The template file.
+        origin: String,
+        /// The topic.
+        topic: String,
+        /// What went wrong (the field path, the registry and subject...).
         reason: String,
     },
     /// The producer or admin client could not be created (bad property, ...).
@@ -323,13 +404,7 @@ pub async fn generate(
     cancel: CancellationToken,
 ) -> Result<GenerateReport, GenerateError> {
     opts.validate()?;
-    let mut source =
-        RecordGenerator::new(opts.keys, &opts.distribution, opts.seed).map_err(|reason| {
-            GenerateError::InvalidOptions {
-                topic: opts.topic.clone(),
-                reason,
-            }
-        })?;
+    let mut source = Records::new(&opts).await?;
 
     if let Some(partitions) = opts.partitions {
         create_topic(
@@ -401,18 +476,170 @@ pub async fn generate(
     result
 }
 
-/// Outcome of one delivery: key index, amount and what the producer said.
-type Ack = (u64, u64, Result<(), DeliveryError>);
+/// Where the records come from, and how their values are written.
+enum Records {
+    /// The click records `{"user","amount","ts"}`, in JSON.
+    Clicks(RecordGenerator),
+    /// A template's records.
+    Template {
+        generator: TemplateGenerator,
+        encoder: Encoder,
+        origin: String,
+    },
+}
+
+/// How a template's values become bytes.
+enum Encoder {
+    Json,
+    /// Plain or registry Avro; the registry (if any) has been asked already, so encoding makes
+    /// no request.
+    Avro(Arc<AvroCodec>),
+}
+
+/// One record, ready to send.
+struct Outgoing {
+    key: Option<String>,
+    payload: Vec<u8>,
+    timestamp: i64,
+    /// Click records: key index and amount, counted in the report once acknowledged.
+    tally: Option<(u64, u64)>,
+}
+
+impl Records {
+    /// The record source of `opts`. For Avro, the template's schema is compiled and its first
+    /// record encoded (from a copy of the sequence) before anything is sent: a schema the
+    /// records do not fit, or a registry that does not take it, fails the run up front.
+    async fn new(opts: &GenerateOptions) -> Result<Self, GenerateError> {
+        let Some(t) = &opts.template else {
+            return RecordGenerator::new(opts.keys, &opts.distribution, opts.seed)
+                .map(Records::Clicks)
+                .map_err(|reason| GenerateError::InvalidOptions {
+                    topic: opts.topic.clone(),
+                    reason,
+                });
+        };
+        let generator = t.template.generator(opts.seed);
+        let encoder = match t.format {
+            ValueFormat::Json => Encoder::Json,
+            ValueFormat::Avro => {
+                let codec = Arc::new(avro_codec(t, &opts.topic)?);
+                let probe = generator
+                    .clone()
+                    .next_record(now_ms())
+                    .value
+                    .to_json_value();
+                let c = Arc::clone(&codec);
+                // Registering the schema is a blocking HTTP call.
+                tokio::task::spawn_blocking(move || c.encode(&probe))
+                    .await
+                    .expect("the encoding task does not panic")
+                    .map_err(|e| avro_error(t, &opts.topic, &e))?;
+                Encoder::Avro(codec)
+            }
+        };
+        Ok(Records::Template {
+            generator,
+            encoder,
+            origin: t.origin.clone(),
+        })
+    }
+
+    /// The next record, stamped `now` (epoch ms) unless its template names a timestamp field.
+    fn next(&mut self, now: i64, topic: &str) -> Result<Outgoing, GenerateError> {
+        match self {
+            Records::Clicks(g) => {
+                let sample = g.next_sample();
+                Ok(Outgoing {
+                    key: Some(sample.key_name()),
+                    payload: sample.to_json(now).into_bytes(),
+                    timestamp: now,
+                    tally: Some((sample.key, sample.amount)),
+                })
+            }
+            Records::Template {
+                generator,
+                encoder,
+                origin,
+            } => {
+                let record = generator.next_record(now);
+                let payload =
+                    match encoder {
+                        Encoder::Json => record.value.to_json_string().into_bytes(),
+                        Encoder::Avro(codec) => codec
+                            .encode(&record.value.to_json_value())
+                            .map_err(|e| GenerateError::Avro {
+                                origin: origin.clone(),
+                                topic: topic.to_string(),
+                                reason: avro_reason(&e),
+                            })?,
+                    };
+                Ok(Outgoing {
+                    key: record.key,
+                    payload,
+                    timestamp: record.timestamp.unwrap_or(now),
+                    tally: None,
+                })
+            }
+        }
+    }
+}
+
+/// The codec of a template's Avro records: its schema (given or derived), plain or through
+/// the registry under `<topic>-value`.
+fn avro_codec(t: &TemplateOptions, topic: &str) -> Result<AvroCodec, GenerateError> {
+    let schema = t
+        .template
+        .avro_schema()
+        .map_err(|e: TemplateError| GenerateError::Template {
+            origin: t.origin.clone(),
+            reason: e.to_string(),
+        })?
+        .to_string();
+    let label = if t.template.gives_avro_schema() {
+        "avro_schema"
+    } else {
+        "the Avro schema derived from its fields"
+    };
+    match &t.schema_registry {
+        None => AvroCodec::from_schema_text(&schema, label),
+        Some(url) => {
+            AvroCodec::with_registry_schema_text(url, value_subject(topic), &schema, label)
+        }
+    }
+    .map_err(|e| avro_error(t, topic, &e))
+}
+
+fn avro_error(t: &TemplateOptions, topic: &str, e: &AvroError) -> GenerateError {
+    GenerateError::Avro {
+        origin: t.origin.clone(),
+        topic: topic.to_string(),
+        reason: avro_reason(e),
+    }
+}
+
+fn avro_reason(e: &AvroError) -> String {
+    match e {
+        AvroError::Mismatch { .. } => format!("a record does not fit the schema: {e}"),
+        other => other.to_string(),
+    }
+}
+
+/// Outcome of one delivery: the click record's key index and amount, and what the producer
+/// said.
+type Ack = (Option<(u64, u64)>, Result<(), DeliveryError>);
 
 async fn produce_all(
     producer: &TopicProducer,
     opts: &GenerateOptions,
-    source: &mut RecordGenerator,
+    source: &mut Records,
     cancel: &CancellationToken,
     pb: &ProgressBar,
 ) -> Result<GenerateReport, GenerateError> {
     let start = Instant::now();
-    let mut totals = Totals::new(opts.keys);
+    let mut totals = Totals::new(match source {
+        Records::Clicks(_) => opts.keys,
+        Records::Template { .. } => 0,
+    });
     let mut acked: u64 = 0;
     let mut bucket = opts.rate.map(|r| TokenBucket::new(r, start));
     let mut inflight = FuturesUnordered::new();
@@ -420,10 +647,12 @@ async fn produce_all(
     let mut cancelled = false;
 
     let on_ack = |ack: Ack, totals: &mut Totals, acked: &mut u64| -> Result<(), GenerateError> {
-        let (key, amount, result) = ack;
+        let (tally, result) = ack;
         match result {
             Ok(()) => {
-                totals.add(key, amount);
+                if let Some((key, amount)) = tally {
+                    totals.add(key, amount);
+                }
                 *acked += 1;
                 pb.inc(1);
                 Ok(())
@@ -461,15 +690,17 @@ async fn produce_all(
             }
         }
 
-        let sample = source.next_sample();
-        let key = sample.key_name();
-        let ts = now_ms();
-        let payload = sample.to_json(ts);
+        let record = source.next(now_ms(), &opts.topic)?;
         loop {
-            match producer.send(&opts.topic, key.as_bytes(), payload.as_bytes(), ts) {
+            match producer.send(
+                &opts.topic,
+                record.key.as_deref().map(str::as_bytes),
+                &record.payload,
+                record.timestamp,
+            ) {
                 Ok(delivery) => {
-                    let (k, a) = (sample.key, sample.amount);
-                    inflight.push(delivery.map(move |r| (k, a, r)));
+                    let tally = record.tally;
+                    inflight.push(delivery.map(move |r| (tally, r)));
                     sent += 1;
                     break;
                 }
@@ -726,6 +957,330 @@ mod tests {
                 msg.contains("127.0.0.1:1") && msg.contains("nowhere"),
                 "{msg}"
             );
+        }
+    }
+
+    /// `--template`: the example templates in JSON and Avro, read back as written and by a
+    /// worker; errors found before anything is sent.
+    mod template {
+        use std::collections::BTreeSet;
+        use std::path::PathBuf;
+
+        use serde_json::Value;
+        use tributary::kafka::embedded::EmbeddedCluster;
+        use tributary::kafka::reader::for_each_record;
+        use tributary::testkit::MockSchemaRegistry;
+        use tributary::Worker;
+
+        use super::*;
+
+        fn example_path(file: &str) -> PathBuf {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config/templates")
+                .join(file)
+        }
+
+        fn example(file: &str) -> TemplateOptions {
+            TemplateOptions::load(&example_path(file)).unwrap_or_else(|e| panic!("{e}"))
+        }
+
+        fn inline(text: &str, format: ValueFormat) -> TemplateOptions {
+            TemplateOptions {
+                template: Template::parse(text).unwrap_or_else(|e| panic!("{e}")),
+                origin: "test.json".into(),
+                format,
+                schema_registry: None,
+            }
+        }
+
+        /// `(key, value)` of every record the template generates with `seed`, the timestamp
+        /// field removed (it follows the wall clock), sorted.
+        fn expected(t: &Template, seed: u64, n: u64) -> Vec<(Option<String>, Value)> {
+            let mut g = t.generator(seed);
+            let ts = t
+                .timestamp_field()
+                .expect("the examples name their timestamp");
+            let mut out: Vec<_> = (0..n)
+                .map(|_| {
+                    let r = g.next_record(0);
+                    let mut v = r.value.to_json_value();
+                    v.as_object_mut().unwrap().remove(ts);
+                    (r.key, v)
+                })
+                .collect();
+            out.sort_by_key(|(k, v)| (k.clone(), v.to_string()));
+            out
+        }
+
+        /// Every record of `topic` as `(key, JSON value)` with the timestamp field `ts` checked
+        /// to lie in `[from, to]` and removed, sorted; `decode` turns value bytes into JSON.
+        fn read_back(
+            brokers: &str,
+            topic: &str,
+            ts: &str,
+            (from, to): (i64, i64),
+            decode: impl Fn(&[u8]) -> Value,
+        ) -> Vec<(Option<String>, Value)> {
+            let mut out = Vec::new();
+            for_each_record(brokers, topic, Duration::from_millis(500), |key, value| {
+                let key = key.map(|k| String::from_utf8(k.to_vec()).unwrap());
+                let mut v = decode(value.expect("a value"));
+                let at = v[ts].as_i64().unwrap_or_else(|| panic!("{ts} in {v}"));
+                assert!((from..=to).contains(&at), "{ts} {at} not in [{from}, {to}]");
+                v.as_object_mut().unwrap().remove(ts);
+                out.push((key, v));
+            })
+            .unwrap();
+            out.sort_by_key(|(k, v)| (k.clone(), v.to_string()));
+            out
+        }
+
+        /// Both examples, in JSON: every record arrives, keyed by its key field, with every
+        /// field of the template and the values the seed gives; timestamps are the wall clock
+        /// less at most the jitter and lateness.
+        #[tokio::test]
+        async fn each_example_template_is_written_and_read_back() {
+            let mock = EmbeddedCluster::start(1).unwrap();
+            let brokers = mock.bootstrap().to_string();
+            for (file, topic, key_field, oldest) in [
+                ("orders.json", "gen-orders", "customer_id", 60_200),
+                ("sensors.json", "gen-sensors", "sensor", 31_000),
+            ] {
+                mock.create_topic(topic, 3).unwrap();
+                let t = example(file);
+                let template = t.template.clone();
+                let mut opts = GenerateOptions::new(brokers.clone(), topic, 2000);
+                opts.seed = 11;
+                opts.template = Some(t);
+                let from = now_ms() - oldest;
+                let report = generate(opts, CancellationToken::new()).await.unwrap();
+                let to = now_ms();
+                assert_eq!(report.records, 2000, "{file}");
+                assert!(report.totals.is_empty());
+
+                let b = brokers.clone();
+                let got = tokio::task::spawn_blocking(move || {
+                    read_back(&b, topic, "ts", (from, to), |bytes| {
+                        serde_json::from_slice(bytes).expect("a JSON value")
+                    })
+                })
+                .await
+                .unwrap();
+                for (key, value) in &got {
+                    assert_eq!(
+                        key.as_deref(),
+                        value[key_field].as_str(),
+                        "{file}: the key is the key field"
+                    );
+                }
+                assert_eq!(got, expected(&template, 11, 2000), "{file}");
+            }
+        }
+
+        /// Writes a config for one worker on the mock cluster with the given pipelines.
+        fn worker(dir: &Path, brokers: &str, pipelines: &str) -> Worker {
+            let state = dir.join("state");
+            let toml = format!(
+                "[app]\nid = \"gen-avro\"\n[kafka]\nbootstrap_servers = \"{brokers}\"\n\
+                 [group]\nsession_timeout_ms = 6000\n[processing]\ncommit_interval_ms = 100\n\
+                 [state]\ndir = \"{}\"\n[http]\nlisten = \"off\"\n{pipelines}",
+                state.display()
+            );
+            let path = dir.join("worker.toml");
+            std::fs::write(&path, toml).unwrap();
+            let config = tributary::config::load_with_env(&[path], std::iter::empty())
+                .unwrap_or_else(|issues| panic!("{issues:#?}"));
+            Worker::builder(config)
+                .pipelines_from_config()
+                .and_then(|b| b.build())
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+
+        /// Records in `topic` (every partition, to the end).
+        fn count(brokers: &str, topic: &str) -> usize {
+            let mut n = 0;
+            for_each_record(brokers, topic, Duration::from_millis(200), |_, _| n += 1).unwrap();
+            n
+        }
+
+        /// `--format avro`, plain (the template's schema, no framing) and through a schema
+        /// registry (the Confluent wire format): a worker with `source.format = "avro"` reads
+        /// both, with the schema file and with the registry, and its JSON output is exactly
+        /// what the template generated.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn avro_records_are_read_by_a_worker() {
+            const N: u64 = 500;
+            let mock = EmbeddedCluster::start(1).unwrap();
+            for topic in ["avro-plain", "avro-reg", "plain-out", "reg-out"] {
+                mock.create_topic(topic, 2).unwrap();
+            }
+            let brokers = mock.bootstrap().to_string();
+            let registry = MockSchemaRegistry::start().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+
+            let from = now_ms() - 60_200;
+            let mut plain = example("orders.json");
+            plain.format = ValueFormat::Avro;
+            let template = plain.template.clone();
+            let mut registered = plain.clone();
+            registered.schema_registry = Some(registry.url().to_string());
+            for (topic, t) in [("avro-plain", plain), ("avro-reg", registered)] {
+                let mut opts = GenerateOptions::new(brokers.clone(), topic, N);
+                opts.seed = 3;
+                opts.template = Some(t);
+                let report = generate(opts, CancellationToken::new()).await.unwrap();
+                assert_eq!(report.records, N);
+            }
+            let ids = registry.versions("avro-reg-value");
+            assert_eq!(
+                ids.len(),
+                1,
+                "the schema is registered once under <topic>-value"
+            );
+            let b = brokers.clone();
+            let headers = tokio::task::spawn_blocking(move || {
+                let mut headers = BTreeSet::new();
+                for_each_record(&b, "avro-reg", Duration::from_millis(200), |_, v| {
+                    headers.insert(v.unwrap()[..5].to_vec());
+                })
+                .unwrap();
+                headers
+            })
+            .await
+            .unwrap();
+            let mut header = vec![0];
+            header.extend_from_slice(&ids[0].to_be_bytes());
+            assert_eq!(
+                headers,
+                BTreeSet::from([header]),
+                "every record starts with the magic byte and the schema id"
+            );
+
+            let schema = dir.path().join("order.avsc");
+            std::fs::write(&schema, template.avro_schema().unwrap().to_string()).unwrap();
+            let pipelines = format!(
+                "[[pipeline]]\nname = \"plain\"\n\
+                 source = {{ topics = [\"avro-plain\"], format = \"avro\", schema = \"{}\" }}\n\
+                 sink = {{ topic = \"plain-out\" }}\n\
+                 [[pipeline]]\nname = \"reg\"\n\
+                 source = {{ topics = [\"avro-reg\"], format = \"avro\", registry_url = \"{}\" }}\n\
+                 sink = {{ topic = \"reg-out\" }}\n",
+                schema.display(),
+                registry.url()
+            );
+            let worker = worker(dir.path(), &brokers, &pipelines);
+            let shutdown = CancellationToken::new();
+            let run = tokio::spawn(worker.run(shutdown.clone()));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let b = brokers.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    count(&b, "plain-out") as u64 >= N && count(&b, "reg-out") as u64 >= N
+                })
+                .await
+                .unwrap();
+                if done {
+                    break;
+                }
+                assert!(!run.is_finished(), "the worker stopped: {:?}", run.await);
+                assert!(
+                    Instant::now() < deadline,
+                    "the worker did not process every record"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            shutdown.cancel();
+            run.await.unwrap().expect("the worker stops cleanly");
+            let to = now_ms();
+
+            let want = expected(&template, 3, N);
+            for out in ["plain-out", "reg-out"] {
+                let b = brokers.clone();
+                let got = tokio::task::spawn_blocking(move || {
+                    read_back(&b, out, "ts", (from, to), |bytes| {
+                        serde_json::from_slice(bytes).expect("the worker writes JSON")
+                    })
+                })
+                .await
+                .unwrap();
+                assert_eq!(got, want, "{out}");
+            }
+        }
+
+        /// Problems with a template, its Avro schema or the registry stop the run before it
+        /// connects to Kafka (the brokers here do not exist), each naming the place.
+        #[tokio::test]
+        async fn template_problems_are_reported_before_sending() {
+            let run = |t: TemplateOptions| async move {
+                let mut opts = GenerateOptions::new("127.0.0.1:1", "orders", 10);
+                opts.template = Some(t);
+                generate(opts, CancellationToken::new())
+                    .await
+                    .unwrap_err()
+                    .to_string()
+            };
+            let fields = r#"{"fields": {"zip-code": {"type": "integer", "min": 1, "max": 2}}}"#;
+            let err = run(inline(fields, ValueFormat::Avro)).await;
+            assert_eq!(
+                err,
+                "template test.json: fields.zip-code: \"zip-code\" is not a valid Avro field name \
+                 (letters, digits and _, not starting with a digit): rename it, or give the \
+                 schema as \"avro_schema\""
+            );
+
+            let misfit = r#"{"avro_schema": {"type": "record", "name": "R", "fields": [{"name": "qty", "type": "string"}]},
+                "fields": {"qty": {"type": "integer", "min": 1, "max": 2}}}"#;
+            let err = run(inline(misfit, ValueFormat::Avro)).await;
+            assert!(
+                err.starts_with(
+                    "writing Avro records of template test.json to topic orders: a record does \
+                     not fit the schema: qty: "
+                ),
+                "{err}"
+            );
+
+            let broken = r#"{"avro_schema": {"type": "record", "name": "R"},
+                "fields": {"qty": {"type": "integer", "min": 1, "max": 2}}}"#;
+            let err = run(inline(broken, ValueFormat::Avro)).await;
+            assert!(
+                err.starts_with(
+                    "writing Avro records of template test.json to topic orders: avro_schema: "
+                ),
+                "{err}"
+            );
+
+            let mut t = example("orders.json");
+            t.format = ValueFormat::Avro;
+            t.schema_registry = Some("http://127.0.0.1:1".into());
+            let err = run(t).await;
+            assert!(
+                err.contains("subject orders-value") && err.contains("http://127.0.0.1:1"),
+                "{err}"
+            );
+
+            let mut t = example("orders.json");
+            t.schema_registry = Some("http://127.0.0.1:1".into());
+            let err = run(t).await;
+            assert!(
+                err.contains("a schema registry is only used with the avro format"),
+                "{err}"
+            );
+        }
+
+        /// docs/generate.md shows both example templates as they are in config/templates.
+        #[test]
+        fn the_docs_show_the_example_templates() {
+            let docs = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/generate.md"),
+            )
+            .unwrap();
+            for file in ["orders.json", "sensors.json"] {
+                let text = std::fs::read_to_string(example_path(file)).unwrap();
+                assert!(
+                    docs.contains(&format!("```json\n{text}```")),
+                    "docs/generate.md does not show config/templates/{file} as it is"
+                );
+            }
         }
     }
 }

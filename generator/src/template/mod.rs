@@ -323,6 +323,11 @@ impl Template {
         }
     }
 
+    /// Whether the template gives its own `avro_schema` (rather than having one derived).
+    pub fn gives_avro_schema(&self) -> bool {
+        self.avro_schema.is_some()
+    }
+
     /// The deterministic record sequence of this template with `seed`.
     pub fn generator(&self, seed: u64) -> TemplateGenerator {
         TemplateGenerator {
