@@ -102,6 +102,10 @@ enum Command {
         /// registry and write the Confluent wire format (magic byte, schema id, datum).
         #[arg(long, value_name = "URL", requires = "template")]
         schema_registry: Option<String>,
+        /// With --format avro: also write the Avro schema the records are written with to
+        /// FILE (for a pipeline's `source.schema`).
+        #[arg(long, value_name = "FILE", requires = "template")]
+        schema_out: Option<PathBuf>,
     },
     /// Run the whole system on an embedded Kafka cluster, kill a member mid-way, check totals.
     Demo {
@@ -231,6 +235,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
             template,
             format,
             schema_registry,
+            schema_out,
         } => {
             let template = match template {
                 None => None,
@@ -240,6 +245,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
                         FormatArg::Avro => ValueFormat::Avro,
                     },
                     schema_registry,
+                    schema_out,
                     ..TemplateOptions::load(&path)?
                 }),
             };

@@ -6,7 +6,7 @@
 //! brokers. Topics can be created up front with a given partition count.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +82,9 @@ pub struct TemplateOptions {
     /// `--schema-registry URL` (Avro only): register the template's schema under
     /// `<topic>-value` and write the Confluent wire format (magic byte, schema id, datum).
     pub schema_registry: Option<String>,
+    /// `--schema-out FILE` (Avro only): also write the Avro schema the records are written
+    /// with to this file, for a pipeline's `source.schema`.
+    pub schema_out: Option<PathBuf>,
 }
 
 impl TemplateOptions {
@@ -101,6 +104,7 @@ impl TemplateOptions {
             origin,
             format: ValueFormat::Json,
             schema_registry: None,
+            schema_out: None,
         })
     }
 }
@@ -150,6 +154,11 @@ impl GenerateOptions {
             if t.schema_registry.is_some() && t.format != ValueFormat::Avro {
                 return Err(invalid(
                     "a schema registry is only used with the avro format".into(),
+                ));
+            }
+            if t.schema_out.is_some() && t.format != ValueFormat::Avro {
+                return Err(invalid(
+                    "a schema file is only written with the avro format".into(),
                 ));
             }
         }
@@ -522,7 +531,8 @@ impl Records {
         let encoder = match t.format {
             ValueFormat::Json => Encoder::Json,
             ValueFormat::Avro => {
-                let codec = Arc::new(avro_codec(t, &opts.topic)?);
+                let (codec, schema) = avro_codec(t, &opts.topic)?;
+                let codec = Arc::new(codec);
                 let probe = generator
                     .clone()
                     .next_record(now_ms())
@@ -534,6 +544,14 @@ impl Records {
                     .await
                     .expect("the encoding task does not panic")
                     .map_err(|e| avro_error(t, &opts.topic, &e))?;
+                if let Some(path) = &t.schema_out {
+                    let text = serde_json::to_string_pretty(&schema).expect("a JSON value");
+                    std::fs::write(path, text + "\n").map_err(|e| GenerateError::Avro {
+                        origin: t.origin.clone(),
+                        topic: opts.topic.clone(),
+                        reason: format!("writing the schema to {}: {e}", path.display()),
+                    })?;
+                }
                 Encoder::Avro(codec)
             }
         };
@@ -584,29 +602,31 @@ impl Records {
     }
 }
 
-/// The codec of a template's Avro records: its schema (given or derived), plain or through
-/// the registry under `<topic>-value`.
-fn avro_codec(t: &TemplateOptions, topic: &str) -> Result<AvroCodec, GenerateError> {
+/// The codec of a template's Avro records, and its schema (given or derived): plain or
+/// through the registry under `<topic>-value`.
+fn avro_codec(
+    t: &TemplateOptions,
+    topic: &str,
+) -> Result<(AvroCodec, serde_json::Value), GenerateError> {
     let schema = t
         .template
         .avro_schema()
         .map_err(|e: TemplateError| GenerateError::Template {
             origin: t.origin.clone(),
             reason: e.to_string(),
-        })?
-        .to_string();
+        })?;
+    let text = schema.to_string();
     let label = if t.template.gives_avro_schema() {
         "avro_schema"
     } else {
         "the Avro schema derived from its fields"
     };
-    match &t.schema_registry {
-        None => AvroCodec::from_schema_text(&schema, label),
-        Some(url) => {
-            AvroCodec::with_registry_schema_text(url, value_subject(topic), &schema, label)
-        }
+    let codec = match &t.schema_registry {
+        None => AvroCodec::from_schema_text(&text, label),
+        Some(url) => AvroCodec::with_registry_schema_text(url, value_subject(topic), &text, label),
     }
-    .map_err(|e| avro_error(t, topic, &e))
+    .map_err(|e| avro_error(t, topic, &e))?;
+    Ok((codec, schema))
 }
 
 fn avro_error(t: &TemplateOptions, topic: &str, e: &AvroError) -> GenerateError {
@@ -990,6 +1010,7 @@ mod tests {
                 origin: "test.json".into(),
                 format,
                 schema_registry: None,
+                schema_out: None,
             }
         }
 
@@ -1124,6 +1145,9 @@ mod tests {
             let template = plain.template.clone();
             let mut registered = plain.clone();
             registered.schema_registry = Some(registry.url().to_string());
+            // The plain run writes the schema file the worker reads them with.
+            let schema = dir.path().join("order.avsc");
+            plain.schema_out = Some(schema.clone());
             for (topic, t) in [("avro-plain", plain), ("avro-reg", registered)] {
                 let mut opts = GenerateOptions::new(brokers.clone(), topic, N);
                 opts.seed = 3;
@@ -1156,8 +1180,9 @@ mod tests {
                 "every record starts with the magic byte and the schema id"
             );
 
-            let schema = dir.path().join("order.avsc");
-            std::fs::write(&schema, template.avro_schema().unwrap().to_string()).unwrap();
+            let written: Value =
+                serde_json::from_str(&std::fs::read_to_string(&schema).unwrap()).unwrap();
+            assert_eq!(written, template.avro_schema().unwrap(), "--schema-out");
             let pipelines = format!(
                 "[[pipeline]]\nname = \"plain\"\n\
                  source = {{ topics = [\"avro-plain\"], format = \"avro\", schema = \"{}\" }}\n\
@@ -1265,6 +1290,104 @@ mod tests {
                 err.contains("a schema registry is only used with the avro format"),
                 "{err}"
             );
+            let mut t = example("orders.json");
+            t.schema_out = Some("order.avsc".into());
+            let err = run(t).await;
+            assert!(
+                err.contains("a schema file is only written with the avro format"),
+                "{err}"
+            );
+        }
+
+        /// The two pipelines of docs/generate.md, run on the example templates' records in the
+        /// test kit (the orders pipeline on JSON instead of Avro): every record that passes the
+        /// filter is counted in a window or dropped as late; the sensor readings' lateness is
+        /// within the grace, the orders' is not.
+        #[test]
+        fn the_docs_pipelines_run_on_the_example_records() {
+            use tributary::testkit::TestDriver;
+            let docs = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/generate.md"),
+            )
+            .unwrap();
+            let blocks: Vec<&str> = docs
+                .split("```toml\n")
+                .skip(1)
+                .map(|b| b.split("```").next().unwrap())
+                .collect();
+            assert_eq!(blocks.len(), 2, "the orders and the sensors pipeline");
+            // (pipeline block, template, source topic, sink topic, pipeline name, filter)
+            type Passes = fn(&Value) -> bool;
+            let cases: [(&str, &str, &str, &str, &str, Passes); 2] = [
+                (
+                    blocks[0],
+                    "orders.json",
+                    "orders",
+                    "spend-per-customer",
+                    "spend",
+                    |v| v["status"] != "new",
+                ),
+                (
+                    blocks[1],
+                    "sensors.json",
+                    "readings",
+                    "sensor-minutes",
+                    "sensor-minutes",
+                    |v| v["calibrated"] == true,
+                ),
+            ];
+            for (block, file, source, sink, name, passes) in cases {
+                let block = block.replace(
+                    r#"format = "avro", registry_url = "http://127.0.0.1:8081""#,
+                    r#"format = "json""#,
+                );
+                let toml = format!(
+                    "[app]\nid = \"docs\"\n[kafka]\nbootstrap_servers = \"embedded\"\n{block}"
+                );
+                let cfg =
+                    tributary::config::load_str(&toml).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+                let mut d = TestDriver::from_config(&cfg)
+                    .unwrap_or_else(|e| panic!("{file}: {e:?}"))
+                    .partitions(3);
+                let mut g = example(file).template.generator(42);
+                let mut passed = 0;
+                for i in 0..2000 {
+                    let r = g.next_record(1_767_225_600_000 + i * 50);
+                    if passes(&r.value.to_json_value()) {
+                        passed += 1;
+                    }
+                    let ts = r.timestamp.expect("the examples stamp their records");
+                    d.pipe(source, r.key.as_deref(), &r.value.to_json_string(), ts)
+                        .unwrap_or_else(|e| panic!("{file}: {e}"));
+                }
+                // The last update of each key's window has its count.
+                let mut last: BTreeMap<(String, i64), Value> = BTreeMap::new();
+                for out in d.read(sink) {
+                    let v = out.json();
+                    let start = v["window_start"].as_i64().unwrap();
+                    last.insert((out.key_str().unwrap().to_string(), start), v);
+                }
+                let count_field = if file == "orders.json" {
+                    "orders"
+                } else {
+                    "readings"
+                };
+                let counted: u64 = last
+                    .values()
+                    .map(|v| v[count_field].as_u64().unwrap())
+                    .sum();
+                let late = d.late_records(name);
+                assert_eq!(
+                    counted + late,
+                    passed,
+                    "{file}: counted {counted}, late {late}"
+                );
+                if file == "orders.json" {
+                    assert!(late > 0, "a minute late is beyond the 5 s grace");
+                } else {
+                    assert_eq!(late, 0, "30 s late is within the 45 s grace");
+                }
+            }
         }
 
         /// docs/generate.md shows both example templates as they are in config/templates.
