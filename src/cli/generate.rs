@@ -1127,7 +1127,8 @@ mod tests {
         /// `--format avro`, plain (the template's schema, no framing) and through a schema
         /// registry (the Confluent wire format): a worker with `source.format = "avro"` reads
         /// both, with the schema file and with the registry, and its JSON output is exactly
-        /// what the template generated.
+        /// what the template generated. The registry pipeline also shows each record's Kafka
+        /// timestamp (`timestamp`, with no `source.time`): the template's `ts`.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn avro_records_are_read_by_a_worker() {
             const N: u64 = 500;
@@ -1189,7 +1190,8 @@ mod tests {
                  sink = {{ topic = \"plain-out\" }}\n\
                  [[pipeline]]\nname = \"reg\"\n\
                  source = {{ topics = [\"avro-reg\"], format = \"avro\", registry_url = \"{}\" }}\n\
-                 sink = {{ topic = \"reg-out\" }}\n",
+                 sink = {{ topic = \"reg-out\" }}\n\
+                 steps = [ {{ map = \"{{'order': value, 'at': timestamp}}\" }} ]\n",
                 schema.display(),
                 registry.url()
             );
@@ -1219,17 +1221,26 @@ mod tests {
             let to = now_ms();
 
             let want = expected(&template, 3, N);
-            for out in ["plain-out", "reg-out"] {
-                let b = brokers.clone();
-                let got = tokio::task::spawn_blocking(move || {
-                    read_back(&b, out, "ts", (from, to), |bytes| {
-                        serde_json::from_slice(bytes).expect("the worker writes JSON")
-                    })
+            let b = brokers.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                read_back(&b, "plain-out", "ts", (from, to), |bytes| {
+                    serde_json::from_slice(bytes).expect("the worker writes JSON")
                 })
-                .await
-                .unwrap();
-                assert_eq!(got, want, "{out}");
-            }
+            })
+            .await
+            .unwrap();
+            assert_eq!(got, want, "plain-out");
+            let b = brokers.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                read_back(&b, "reg-out", "ts", (from, to), |bytes| {
+                    let out: Value = serde_json::from_slice(bytes).expect("JSON");
+                    assert_eq!(out["at"], out["order"]["ts"], "record timestamp = ts");
+                    out["order"].clone()
+                })
+            })
+            .await
+            .unwrap();
+            assert_eq!(got, want, "reg-out");
         }
 
         /// Problems with a template, its Avro schema or the registry stop the run before it
