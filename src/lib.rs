@@ -70,6 +70,8 @@
 //!   [`cluster`]: who runs what in the group, as every worker sees it.
 //! - [`kafka`]: the errors of the Kafka layer, and plain Kafka access for tools and tests (the
 //!   embedded cluster, reading a topic, the worker's client settings).
+//! - [`avro`]: the Avro record format, plain or in the Confluent Schema Registry wire format:
+//!   the codec of `format = "avro"`, which `tributary generate --format avro` writes with.
 //!
 //! The rest is internal (each module's docs are in the source):
 //!
@@ -82,7 +84,6 @@
 //! - `task`: one partition's processor, stores, queue and offsets; `timers` its stream time,
 //!   timers and idle advance.
 //! - `state`: RocksDB per task, the write-back cache and typed stores; no Kafka types.
-//! - `avro`: the Avro record format, plain or in the Confluent Schema Registry wire format.
 //! - `http`: `/health`, `/ready`, `/metrics`, `/tasks`, `/state` (any worker answers for any
 //!   key, forwarding to the owner) and `/cluster`; `kafka::group` reads the group's members
 //!   and assignments for it.
@@ -101,7 +102,7 @@
 //! the acknowledged changelog offsets into RocksDB. A crash at any point loses nothing; records
 //! after the last commit are processed again.
 
-pub(crate) mod avro;
+pub mod avro;
 pub mod cluster;
 pub mod config;
 pub(crate) mod http;

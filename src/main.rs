@@ -13,7 +13,7 @@ use tributary::{Worker, WorkerError};
 use tributary_generator::KeyDistribution;
 
 use crate::cli::demo::{self, DemoOptions};
-use crate::cli::generate::{self, GenerateOptions};
+use crate::cli::generate::{self, GenerateOptions, TemplateOptions, ValueFormat};
 use crate::cli::top::{self, TopOptions};
 
 /// The worker allocates and frees small values per record on several processing threads;
@@ -61,7 +61,8 @@ enum Command {
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
     },
-    /// Write synthetic JSON records {"user","amount","ts"} keyed by user.
+    /// Write synthetic JSON records {"user","amount","ts"} keyed by user, or records of a
+    /// template's shape (--template, docs/generate.md).
     Generate {
         /// Bootstrap servers.
         #[arg(long)]
@@ -76,13 +77,13 @@ enum Command {
         #[arg(long)]
         rate: Option<u64>,
         /// Number of distinct keys.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, conflicts_with = "template")]
         keys: u64,
         /// Create the topic with this many partitions if it is missing.
         #[arg(long)]
         partitions: Option<i32>,
         /// Key choice: `uniform` or `zipf:<exponent>` (e.g. zipf:1.1).
-        #[arg(long, default_value = "uniform")]
+        #[arg(long, default_value = "uniform", conflicts_with = "template")]
         distribution: String,
         /// Random seed (same seed, same records).
         #[arg(long, default_value_t = 42)]
@@ -90,6 +91,21 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// A JSON template of typed random fields: each record is one of its values, keyed
+        /// by its `key` field (docs/generate.md). Keys and distributions are set per field.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
+        /// How template records are written: `json` or `avro` (the template's schema).
+        #[arg(long, value_enum, default_value_t = FormatArg::Json, requires = "template")]
+        format: FormatArg,
+        /// With --format avro: register the schema under `<topic>-value` in this schema
+        /// registry and write the Confluent wire format (magic byte, schema id, datum).
+        #[arg(long, value_name = "URL", requires = "template")]
+        schema_registry: Option<String>,
+        /// With --format avro: also write the Avro schema the records are written with to
+        /// FILE (for a pipeline's `source.schema`).
+        #[arg(long, value_name = "FILE", requires = "template")]
+        schema_out: Option<PathBuf>,
     },
     /// Run the whole system on an embedded Kafka cluster, kill a member mid-way, check totals.
     Demo {
@@ -110,6 +126,13 @@ enum Command {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
         interval_ms: u64,
     },
+}
+
+/// `generate --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    Json,
+    Avro,
 }
 
 fn init_tracing() {
@@ -209,7 +232,23 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
             distribution,
             seed,
             quiet,
+            template,
+            format,
+            schema_registry,
+            schema_out,
         } => {
+            let template = match template {
+                None => None,
+                Some(path) => Some(TemplateOptions {
+                    format: match format {
+                        FormatArg::Json => ValueFormat::Json,
+                        FormatArg::Avro => ValueFormat::Avro,
+                    },
+                    schema_registry,
+                    schema_out,
+                    ..TemplateOptions::load(&path)?
+                }),
+            };
             let opts = GenerateOptions {
                 brokers,
                 topic,
@@ -221,6 +260,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 progress: !quiet,
                 producer_properties: Vec::new(),
+                template,
             };
             let shutdown = shutdown_on_signals()?;
             let wanted = opts.records;

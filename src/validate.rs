@@ -132,6 +132,7 @@ mod tests {
         for good in [
             "murmur2",
             "round_robin",
+            "random",
             "field:user",
             "range:a,m,t",
             "range:b",
@@ -143,7 +144,11 @@ mod tests {
             );
         }
         for (bad, part) in [
-            ("hash", "unknown partitioner \"hash\""),
+            (
+                "hash",
+                "unknown partitioner \"hash\": use murmur2, round_robin, random, field:<name> or range:<b1,b2,...>",
+            ),
+            ("random:x", "unknown partitioner \"random:x\""),
             ("field:", "unknown partitioner \"field:\""),
             ("range:", "must not be empty"),
             ("range:a,,b", "must not be empty"),

@@ -1601,3 +1601,71 @@ async fn crc32_is_where_librdkafka_s_default_partitioner_puts_a_key() {
     }
     assert!(murmur2_differs > 0, "the two partitioners differ");
 }
+
+/// `sink.partitioner = "random"` in a running worker: every record of one key arrives once, and
+/// they are spread over all six partitions of the sink (100 expected on each; all six get some
+/// unless the choice is not random: a partition stays empty with probability below 1e-46).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_partitioner_spreads_one_key_over_every_partition() {
+    init_tracing();
+    const INPUT: &str = "random-in";
+    const SINK: &str = "random-out";
+    const N: usize = 600;
+    let cluster = cluster(&[(INPUT, 1), (SINK, 6)]);
+    let bootstrap = cluster.bootstrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"spread\"\nsource = {{ topics = [\"{INPUT}\"] }}\n\
+         sink = {{ topic = \"{SINK}\", partitioner = \"random\" }}\n"
+    );
+    let config = load_config(
+        dir.path(),
+        &bootstrap,
+        state.path(),
+        &Settings {
+            app: "random",
+            threads: 1,
+            processing: "",
+            pipeline: &pipeline,
+        },
+    );
+    let worker = Worker::builder(config)
+        .pipelines_from_config()
+        .expect("the pipeline compiles")
+        .build()
+        .expect("worker builds");
+    let input: Vec<In> = (0..N)
+        .map(|i| In::new("one-key", format!(r#"{{"n":{i}}}"#)))
+        .collect();
+    produce(&bootstrap, INPUT, &input).await;
+    let mut run = Running::start(worker);
+    let mut sink = blocking(|| Reader::open(&bootstrap, SINK, 6));
+    run.wait_until("every record is out", |_| {
+        sink.poll_for(Duration::from_millis(100));
+        sink.records.len() >= N
+    })
+    .await;
+    run.stop().await.expect("the worker stops cleanly");
+    blocking(|| sink.read_to_end());
+
+    let mut seen: Vec<u64> = sink
+        .records
+        .iter()
+        .map(|r| {
+            assert_eq!(r.key_str(), "one-key");
+            let v: Value = serde_json::from_str(&r.value_str()).unwrap();
+            v["n"].as_u64().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N as u64).collect::<Vec<_>>(), "every record once");
+    let mut per_partition = [0usize; 6];
+    for r in &sink.records {
+        per_partition[usize::try_from(r.partition).unwrap()] += 1;
+    }
+    assert!(
+        per_partition.iter().all(|&n| n > 0),
+        "records per partition: {per_partition:?}"
+    );
+}

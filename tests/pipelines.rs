@@ -631,6 +631,17 @@ fn sink_partitioners_place_records() {
     let parts: Vec<i32> = d.read("out").iter().map(|r| r.partition).collect();
     let first = parts[0];
     assert_eq!(parts, [first, (first + 1) % 3, (first + 2) % 3, first]);
+
+    // One key, 300 records: all three partitions get some (100 expected on each).
+    let mut d = pipeline("random");
+    for _ in 0..300 {
+        send(&mut d, "same-key", "x");
+    }
+    let mut per_partition = [0; 3];
+    for r in d.read("out") {
+        per_partition[usize::try_from(r.partition).unwrap()] += 1;
+    }
+    assert!(per_partition.iter().all(|&n| n > 0), "{per_partition:?}");
 }
 
 #[test]

@@ -8,6 +8,9 @@
 //!
 //! Keys and amounts are a pure function of the seed ([`RecordGenerator`]); only `ts` is the
 //! wall clock. Amounts are integers, so the `f64` sums of [`KeyTotal`] are exact.
+//!
+//! Records of any other shape come from a JSON template of typed random fields
+//! ([`template`], `tributary generate --template FILE`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +18,11 @@ use std::str::FromStr;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod json;
+pub mod template;
+
+pub use template::{Datum, Template, TemplateError, TemplateGenerator, TemplateRecord};
 
 /// Number of distinct keys when none is given (`--keys`).
 pub const DEFAULT_KEYS: u64 = 1000;

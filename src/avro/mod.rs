@@ -4,9 +4,10 @@
 //! [`AvroCodec`] turns record bytes into a [`serde_json::Value`] (what the pipeline steps work
 //! on) and back. It has two modes:
 //!
-//! - **Plain** ([`AvroCodec::from_schema_file`]): the record value is the Avro binary datum of
-//!   the schema in the file, with no framing.
-//! - **Registry** ([`AvroCodec::with_registry`]): the Confluent wire format. Byte 0 is the magic
+//! - **Plain** ([`AvroCodec::from_schema_file`], [`AvroCodec::from_schema_text`]): the record
+//!   value is the Avro binary datum of the schema, with no framing.
+//! - **Registry** ([`AvroCodec::with_registry`], [`AvroCodec::with_registry_schema_text`]): the
+//!   Confluent wire format. Byte 0 is the magic
 //!   byte 0, bytes 1..5 the schema id (big-endian u32), then the Avro binary datum. Decoding
 //!   fetches the writer schema by id (`GET /schemas/ids/{id}`) once per id and caches it; when a
 //!   reader schema file is given, the datum is resolved from the writer's schema to the reader's
@@ -77,6 +78,9 @@ pub enum AvroError {
     /// The schema file could not be read or is not a valid Avro schema.
     #[error("schema file {}: {reason}", .path.display())]
     SchemaFile { path: PathBuf, reason: String },
+    /// A schema given as text is not a valid Avro schema; `origin` says where it came from.
+    #[error("{origin}: {reason}")]
+    SchemaText { origin: String, reason: String },
     /// A request to the schema registry failed, or its answer is unusable. `what` names the
     /// request (`schema id 7`, `registering subject clicks-value`).
     #[error("{what}: registry {url}: {reason}")]
@@ -128,9 +132,9 @@ enum Mode {
 struct RegistryMode {
     registry: Registry,
     subject: String,
-    /// The schema file, if given: the reader schema for decoding and the schema registered
-    /// for encoding.
-    file: Option<FileSchema>,
+    /// The schema file (or text), if given: the reader schema for decoding and the schema
+    /// registered for encoding.
+    file: Option<OwnSchema>,
     /// Writer schemas by id, fetched on first sight. A failed fetch is not remembered: the
     /// next record with that id asks again.
     writers: Mutex<HashMap<u32, Arc<Writer>>>,
@@ -145,9 +149,11 @@ struct Writer {
     resolve_to: Option<Arc<Compiled>>,
 }
 
-struct FileSchema {
-    path: PathBuf,
-    /// The file's text, sent to the registry as is (canonical form would drop logical types).
+/// A schema of our own: from a file, or given as text.
+struct OwnSchema {
+    /// Where it came from, for messages: `schema file <path>`, or the text's origin.
+    origin: String,
+    /// The schema's text, sent to the registry as is (canonical form would drop logical types).
     text: String,
     compiled: Arc<Compiled>,
 }
@@ -169,6 +175,17 @@ impl AvroCodec {
         })
     }
 
+    /// Plain Avro binary with the schema in `text` (Avro schema JSON); `origin` names it in
+    /// errors (`the template's schema`).
+    pub fn from_schema_text(text: &str, origin: &str) -> Result<Self, AvroError> {
+        let own = parse_schema_text(text, origin)?;
+        Ok(AvroCodec {
+            mode: Mode::Plain {
+                schema: own.compiled,
+            },
+        })
+    }
+
     /// The Confluent wire format against the schema registry at `url` (`http://host:port`,
     /// optionally with a path prefix). `subject` is where the encoding schema is registered or
     /// looked up (see [`value_subject`]). `schema`, if given, is the reader schema for decoding
@@ -179,8 +196,29 @@ impl AvroCodec {
         subject: String,
         schema: Option<&Path>,
     ) -> Result<Self, AvroError> {
-        let registry = Registry::new(url)?;
         let file = schema.map(read_schema_file).transpose()?;
+        Self::registry_mode(url, subject, file)
+    }
+
+    /// Like [`AvroCodec::with_registry`] with the schema given as `text` (Avro schema JSON)
+    /// instead of a file: it is registered under `subject` on the first encode. `origin` names
+    /// it in errors (`the template's schema`).
+    pub fn with_registry_schema_text(
+        url: &str,
+        subject: String,
+        text: &str,
+        origin: &str,
+    ) -> Result<Self, AvroError> {
+        let own = parse_schema_text(text, origin)?;
+        Self::registry_mode(url, subject, Some(own))
+    }
+
+    fn registry_mode(
+        url: &str,
+        subject: String,
+        file: Option<OwnSchema>,
+    ) -> Result<Self, AvroError> {
+        let registry = Registry::new(url)?;
         Ok(AvroCodec {
             mode: Mode::Registry(Box::new(RegistryMode {
                 registry,
@@ -264,11 +302,7 @@ impl RegistryMode {
         }
         let (id, schema) = match &self.file {
             Some(file) => {
-                let what = format!(
-                    "registering schema file {} under subject {}",
-                    file.path.display(),
-                    self.subject
-                );
+                let what = format!("registering {} under subject {}", file.origin, self.subject);
                 let id = self.registry.register(&self.subject, &file.text, &what)?;
                 (id, Arc::clone(&file.compiled))
             }
@@ -357,19 +391,35 @@ fn write_datum(
     Ok(out)
 }
 
-fn read_schema_file(path: &Path) -> Result<FileSchema, AvroError> {
+fn read_schema_file(path: &Path) -> Result<OwnSchema, AvroError> {
     let err = |reason: String| AvroError::SchemaFile {
         path: path.to_path_buf(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let schema = Schema::parse_str(&text).map_err(|e| err(e.to_string()))?;
-    let compiled = Compiled::new(schema).map_err(err)?;
-    Ok(FileSchema {
-        path: path.to_path_buf(),
+    let compiled = compile(&text).map_err(err)?;
+    Ok(OwnSchema {
+        origin: format!("schema file {}", path.display()),
         text,
-        compiled: Arc::new(compiled),
+        compiled,
     })
+}
+
+fn parse_schema_text(text: &str, origin: &str) -> Result<OwnSchema, AvroError> {
+    let compiled = compile(text).map_err(|reason| AvroError::SchemaText {
+        origin: origin.to_string(),
+        reason,
+    })?;
+    Ok(OwnSchema {
+        origin: origin.to_string(),
+        text: text.to_string(),
+        compiled,
+    })
+}
+
+fn compile(text: &str) -> Result<Arc<Compiled>, String> {
+    let schema = Schema::parse_str(text).map_err(|e| e.to_string())?;
+    Compiled::new(schema).map(Arc::new)
 }
 
 /// Locks a cache; a panic elsewhere while it was held leaves it usable (its contents are

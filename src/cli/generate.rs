@@ -1,11 +1,14 @@
 //! `tributary generate`: writes the synthetic click records of [`tributary_generator`] to a
-//! Kafka topic.
+//! Kafka topic, or, with a template ([`TemplateOptions`]), records of any shape in JSON or Avro.
 //!
 //! The producer keeps many records in flight, paces them with a token bucket when a rate
 //! is given, and reports success only once every record has been acknowledged by the
 //! brokers. Topics can be created up front with a given partition count.
 
+mod records;
+
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -17,8 +20,10 @@ use tributary::kafka::tools::{
 };
 use tributary::kafka::ClientError;
 use tributary_generator::{
-    KeyDistribution, KeyTotal, RecordGenerator, Totals, DEFAULT_KEYS, DEFAULT_SEED,
+    KeyDistribution, KeyTotal, Template, Totals, DEFAULT_KEYS, DEFAULT_SEED,
 };
+
+use records::Records;
 
 /// How long to wait for metadata (and for a freshly created topic to appear).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +55,59 @@ pub struct GenerateOptions {
     pub progress: bool,
     /// Extra librdkafka producer properties, applied after (and so overriding) the defaults.
     pub producer_properties: Vec<(String, String)>,
+    /// Records of a template's shape instead of the click records; `keys` and `distribution`
+    /// are then the template's business (per field).
+    pub template: Option<TemplateOptions>,
+}
+
+/// How record values are written (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueFormat {
+    /// JSON text, fields in template order.
+    #[default]
+    Json,
+    /// Avro binary with the template's schema: plain, or in the Confluent wire format when a
+    /// schema registry is given.
+    Avro,
+}
+
+/// A template run (`--template FILE`): what the records look like and how they are written.
+#[derive(Debug, Clone)]
+pub struct TemplateOptions {
+    /// The parsed template.
+    pub template: Template,
+    /// Where it came from (the file), for messages.
+    pub origin: String,
+    /// How values are written.
+    pub format: ValueFormat,
+    /// `--schema-registry URL` (Avro only): register the template's schema under
+    /// `<topic>-value` and write the Confluent wire format (magic byte, schema id, datum).
+    pub schema_registry: Option<String>,
+    /// `--schema-out FILE` (Avro only): also write the Avro schema the records are written
+    /// with to this file, for a pipeline's `source.schema`.
+    pub schema_out: Option<PathBuf>,
+}
+
+impl TemplateOptions {
+    /// Reads and checks the template in `path`; JSON values, no registry.
+    pub fn load(path: &Path) -> Result<Self, GenerateError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| GenerateError::Template {
+            origin: origin.clone(),
+            reason: format!("cannot be read: {e}"),
+        })?;
+        let template = Template::parse(&text).map_err(|e| GenerateError::Template {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(TemplateOptions {
+            template,
+            origin,
+            format: ValueFormat::Json,
+            schema_registry: None,
+            schema_out: None,
+        })
+    }
 }
 
 impl GenerateOptions {
@@ -67,6 +125,7 @@ impl GenerateOptions {
             seed: DEFAULT_SEED,
             progress: false,
             producer_properties: Vec::new(),
+            template: None,
         }
     }
 
@@ -92,6 +151,18 @@ impl GenerateOptions {
                 return Err(invalid(format!("partitions must be at least 1, got {p}")));
             }
         }
+        if let Some(t) = &self.template {
+            if t.schema_registry.is_some() && t.format != ValueFormat::Avro {
+                return Err(invalid(
+                    "a schema registry is only used with the avro format".into(),
+                ));
+            }
+            if t.schema_out.is_some() && t.format != ValueFormat::Avro {
+                return Err(invalid(
+                    "a schema file is only written with the avro format".into(),
+                ));
+            }
+        }
         self.distribution.check().map_err(invalid)
     }
 }
@@ -105,7 +176,8 @@ pub struct GenerateReport {
     /// Time from the first send to the last acknowledgement.
     pub elapsed: Duration,
     /// Per key (`user-<n>`): count and sum of amounts of the acknowledged records.
-    /// Keys that got no record are absent.
+    /// Keys that got no record are absent; empty for a template run (its records have no
+    /// amounts of their own).
     pub totals: BTreeMap<String, KeyTotal>,
 }
 
@@ -130,6 +202,25 @@ pub enum GenerateError {
         /// Topic the run was for.
         topic: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// The template cannot be read, or is not valid (the reason names the JSON path).
+    #[error("template {origin}: {reason}")]
+    Template {
+        /// The template file.
+        origin: String,
+        /// What is wrong, starting with the JSON path (`fields.amount.min: must be below max`).
+        reason: String,
+    },
+    /// Records cannot be written in Avro: no usable schema, the records do not fit it, or the
+    /// schema registry failed.
+    #[error("writing Avro records of template {origin} to topic {topic}: {reason}")]
+    Avro {
+        /// The template file.
+        origin: String,
+        /// The topic.
+        topic: String,
+        /// What went wrong (the field path, the registry and subject...).
         reason: String,
     },
     /// The producer or admin client could not be created (bad property, ...).
@@ -323,13 +414,7 @@ pub async fn generate(
     cancel: CancellationToken,
 ) -> Result<GenerateReport, GenerateError> {
     opts.validate()?;
-    let mut source =
-        RecordGenerator::new(opts.keys, &opts.distribution, opts.seed).map_err(|reason| {
-            GenerateError::InvalidOptions {
-                topic: opts.topic.clone(),
-                reason,
-            }
-        })?;
+    let mut source = Records::new(&opts).await?;
 
     if let Some(partitions) = opts.partitions {
         create_topic(
@@ -401,18 +486,19 @@ pub async fn generate(
     result
 }
 
-/// Outcome of one delivery: key index, amount and what the producer said.
-type Ack = (u64, u64, Result<(), DeliveryError>);
+/// Outcome of one delivery: the click record's key index and amount, and what the producer
+/// said.
+type Ack = (Option<(u64, u64)>, Result<(), DeliveryError>);
 
 async fn produce_all(
     producer: &TopicProducer,
     opts: &GenerateOptions,
-    source: &mut RecordGenerator,
+    source: &mut Records,
     cancel: &CancellationToken,
     pb: &ProgressBar,
 ) -> Result<GenerateReport, GenerateError> {
     let start = Instant::now();
-    let mut totals = Totals::new(opts.keys);
+    let mut totals = Totals::new(if source.tallies() { opts.keys } else { 0 });
     let mut acked: u64 = 0;
     let mut bucket = opts.rate.map(|r| TokenBucket::new(r, start));
     let mut inflight = FuturesUnordered::new();
@@ -420,10 +506,12 @@ async fn produce_all(
     let mut cancelled = false;
 
     let on_ack = |ack: Ack, totals: &mut Totals, acked: &mut u64| -> Result<(), GenerateError> {
-        let (key, amount, result) = ack;
+        let (tally, result) = ack;
         match result {
             Ok(()) => {
-                totals.add(key, amount);
+                if let Some((key, amount)) = tally {
+                    totals.add(key, amount);
+                }
                 *acked += 1;
                 pb.inc(1);
                 Ok(())
@@ -461,15 +549,17 @@ async fn produce_all(
             }
         }
 
-        let sample = source.next_sample();
-        let key = sample.key_name();
-        let ts = now_ms();
-        let payload = sample.to_json(ts);
+        let record = source.next(now_ms(), &opts.topic)?;
         loop {
-            match producer.send(&opts.topic, key.as_bytes(), payload.as_bytes(), ts) {
+            match producer.send(
+                &opts.topic,
+                record.key.as_deref().map(str::as_bytes),
+                &record.payload,
+                record.timestamp,
+            ) {
                 Ok(delivery) => {
-                    let (k, a) = (sample.key, sample.amount);
-                    inflight.push(delivery.map(move |r| (k, a, r)));
+                    let tally = record.tally;
+                    inflight.push(delivery.map(move |r| (tally, r)));
                     sent += 1;
                     break;
                 }
@@ -534,6 +624,8 @@ async fn produce_all(
 
 #[cfg(test)]
 mod tests {
+    use tributary_generator::RecordGenerator;
+
     use super::*;
 
     #[test]
@@ -728,4 +820,7 @@ mod tests {
             );
         }
     }
+
+    /// `--template` (in `generate/tests/template.rs`).
+    mod template;
 }

@@ -829,8 +829,9 @@ pub struct SinkConfig {
     /// `format` (default `"json"`): how record values are encoded.
     pub format: Format,
     /// `partitioner` (default `"murmur2"`): `murmur2` (hash of the key, as the Java client),
-    /// `round_robin`, `field:<name>` (hash of a value field) or `range:<b1,b2,...>` (by key,
-    /// with bounds in strictly increasing string order).
+    /// `round_robin`, `random` (a uniformly random partition per record), `field:<name>` (hash
+    /// of a value field) or `range:<b1,b2,...>` (by key, with bounds in strictly increasing
+    /// string order).
     pub partitioner: String,
     /// `schema` (optional): path to an Avro schema file; Avro needs this or `registry_url`.
     pub schema: Option<PathBuf>,

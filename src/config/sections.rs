@@ -405,7 +405,8 @@ fn check_avro(cx: &mut Cx, t: &Table<'_>, format: Format, has_schema: bool) {
     }
 }
 
-/// `sink.partitioner`: `murmur2`, `round_robin`, `field:<name>` or `range:<b1,b2,...>`.
+/// `sink.partitioner`: `murmur2`, `round_robin`, `random`, `field:<name>` or
+/// `range:<b1,b2,...>`.
 fn partitioner(checks: &dyn ValueChecks, value: &Value) -> Result<String, String> {
     let s = read::string(value)?;
     checks.partitioner(&s).map(|()| s)

@@ -39,7 +39,7 @@ listen = "127.0.0.1:9464"              # /health /ready /metrics /state
 [[pipeline]]
 name = "clicks-per-user"
 source = { topics = ["clicks"], format = "json" }       # format: json | avro | string | bytes
-sink = { topic = "clicks-per-user", format = "json" }   # partitioner: murmur2 (default) | round_robin | field:<name> | range:<bounds>
+sink = { topic = "clicks-per-user", format = "json" }   # partitioner: murmur2 (default) | round_robin | random | field:<name> | range:<bounds>
 
 [[pipeline.steps]]
 filter = "amount > 50"                                  # CEL expression over the record

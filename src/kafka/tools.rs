@@ -231,18 +231,21 @@ impl TopicProducer {
         }
     }
 
-    /// Queues a record; the future resolves once the brokers acknowledged it (or did not).
+    /// Queues a record (with no key when `key` is `None`); the future resolves once the
+    /// brokers acknowledged it (or did not).
     pub fn send(
         &self,
         topic: &str,
-        key: &[u8],
+        key: Option<&[u8]>,
         payload: &[u8],
         timestamp_ms: i64,
     ) -> Result<impl Future<Output = Result<(), DeliveryError>> + Send + 'static, SendError> {
-        let record = FutureRecord::to(topic)
-            .key(key)
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
             .timestamp(timestamp_ms);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
         match self.producer.send_result(record) {
             Ok(delivery) => Ok(delivery.map(|r| match r {
                 Ok(Ok(_)) => Ok(()),

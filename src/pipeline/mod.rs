@@ -441,8 +441,16 @@ impl StageProcessor {
                             .flatten(),
                         _ => None,
                     };
+                    // `random` draws from the processing thread's generator: tasks share
+                    // no state, and cloned processors do not repeat each other's choices.
                     partitioner
-                        .partition(key.as_deref(), field.as_deref(), counter, n)
+                        .partition(
+                            key.as_deref(),
+                            field.as_deref(),
+                            counter,
+                            &mut rand::rng(),
+                            n,
+                        )
                         .map_err(|e| ProcessError::record("sink.partitioner", e))?
                 };
                 let mut out = OutputRecord::new(topic.clone(), key, bytes);

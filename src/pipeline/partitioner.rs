@@ -4,6 +4,8 @@
 //! `toPositive(hash) % partitions`), so a key lands where a Java producer (or Kafka Streams)
 //! would put it and joins against Java-produced topics stay co-partitioned.
 
+use rand::{Rng, RngCore};
+
 use crate::config::{ConfigIssue, KeyPartitioner};
 
 /// A parsed `sink.partitioner`.
@@ -13,6 +15,8 @@ pub(crate) enum Partitioner {
     Murmur2,
     /// `round_robin`: each task cycles through the partitions.
     RoundRobin,
+    /// `random`: each record goes to a partition drawn uniformly at random.
+    Random,
     /// `field:<name>`: murmur2 hash of one top-level field of the value (as key text).
     Field(String),
     /// `range:<b1,b2,...>`: keys below `b1` go to partition 0, keys in `[b1, b2)` to 1, ...,
@@ -21,11 +25,12 @@ pub(crate) enum Partitioner {
 }
 
 impl Partitioner {
-    /// Parses `murmur2`, `round_robin`, `field:<name>` or `range:<b1,b2,...>`.
+    /// Parses `murmur2`, `round_robin`, `random`, `field:<name>` or `range:<b1,b2,...>`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
             None if s == "murmur2" => Ok(Self::Murmur2),
             None if s == "round_robin" => Ok(Self::RoundRobin),
+            None if s == "random" => Ok(Self::Random),
             Some(("field", field)) if !field.trim().is_empty() => {
                 Ok(Self::Field(field.trim().to_string()))
             }
@@ -43,7 +48,7 @@ impl Partitioner {
                 Ok(Self::Range(bounds))
             }
             _ => Err(format!(
-                "unknown partitioner {s:?}: use murmur2, round_robin, field:<name> or range:<b1,b2,...>"
+                "unknown partitioner {s:?}: use murmur2, round_robin, random, field:<name> or range:<b1,b2,...>"
             )),
         }
     }
@@ -67,13 +72,14 @@ impl Partitioner {
     }
 
     /// The partition for a record, given its key, the field's key text for `field:` (looked up
-    /// by the caller), the round-robin counter, and the topic's partition count. `Ok(None)`
-    /// leaves the choice to the producer (murmur2 with no key).
+    /// by the caller), the round-robin counter, the random source of `random`, and the topic's
+    /// partition count. `Ok(None)` leaves the choice to the producer (murmur2 with no key).
     pub fn partition(
         &self,
         key: Option<&[u8]>,
         field: Option<&[u8]>,
         counter: &mut u64,
+        rng: &mut dyn RngCore,
         partitions: i32,
     ) -> Result<Option<i32>, String> {
         let n = partitions.max(1);
@@ -84,6 +90,7 @@ impl Partitioner {
                 *counter = counter.wrapping_add(1);
                 Some(p)
             }
+            Self::Random => Some(rng.random_range(0..n)),
             Self::Field(name) => {
                 let f = field.ok_or_else(|| {
                     format!(
@@ -158,7 +165,15 @@ pub fn key_partition(partitioner: KeyPartitioner, key: &[u8], partitions: i32) -
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
     use super::*;
+
+    /// A fixed random source: the partitioners other than `random` must not depend on it.
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(7)
+    }
 
     /// The vectors of the Java client's `UtilsTest.testMurmur2`.
     #[test]
@@ -193,6 +208,7 @@ mod tests {
             Partitioner::parse("round_robin"),
             Ok(Partitioner::RoundRobin)
         );
+        assert_eq!(Partitioner::parse("random"), Ok(Partitioner::Random));
         assert_eq!(
             Partitioner::parse("field:user"),
             Ok(Partitioner::Field("user".into()))
@@ -208,6 +224,8 @@ mod tests {
             "range:b,a",
             "range:a,,b",
             "round_robin:x",
+            "random:x",
+            "Random",
         ] {
             assert!(Partitioner::parse(bad).is_err(), "{bad}");
         }
@@ -217,13 +235,16 @@ mod tests {
     fn range_sends_key_ranges_to_ordered_partitions() {
         let p = Partitioner::parse("range:g,p").unwrap();
         let mut c = 0;
-        let at = |k: &str, c: &mut u64| p.partition(Some(k.as_bytes()), None, c, 3).unwrap();
+        let at = |k: &str, c: &mut u64| {
+            p.partition(Some(k.as_bytes()), None, c, &mut rng(), 3)
+                .unwrap()
+        };
         assert_eq!(at("alice", &mut c), Some(0));
         assert_eq!(at("g", &mut c), Some(1));
         assert_eq!(at("mallory", &mut c), Some(1));
         assert_eq!(at("p", &mut c), Some(2));
         assert_eq!(at("zed", &mut c), Some(2));
-        assert!(p.partition(None, None, &mut c, 3).is_err());
+        assert!(p.partition(None, None, &mut c, &mut rng(), 3).is_err());
         assert!(p.check("out", 2).is_err());
         assert!(p.check("out", 3).is_ok());
     }
@@ -233,16 +254,22 @@ mod tests {
         let p = Partitioner::RoundRobin;
         let mut c = 0;
         let got: Vec<_> = (0..5)
-            .map(|_| p.partition(None, None, &mut c, 3).unwrap().unwrap())
+            .map(|_| {
+                p.partition(None, None, &mut c, &mut rng(), 3)
+                    .unwrap()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(got, [0, 1, 2, 0, 1]);
         let f = Partitioner::Field("user".into());
         assert_eq!(
-            f.partition(Some(b"ignored"), Some(b"21"), &mut c, 7)
+            f.partition(Some(b"ignored"), Some(b"21"), &mut c, &mut rng(), 7)
                 .unwrap(),
             Some(partition_for_key(b"21", 7))
         );
-        assert!(f.partition(Some(b"k"), None, &mut c, 7).is_err());
+        assert!(f
+            .partition(Some(b"k"), None, &mut c, &mut rng(), 7)
+            .is_err());
     }
 
     #[test]
@@ -250,9 +277,37 @@ mod tests {
         let mut c = 0;
         assert_eq!(
             Partitioner::Murmur2
-                .partition(None, None, &mut c, 4)
+                .partition(None, None, &mut c, &mut rng(), 4)
                 .unwrap(),
             None
+        );
+    }
+
+    /// 10,000 records over 6 partitions: each partition gets its share (1667 expected, a
+    /// standard deviation of 37; the bound of 1000 is 18 of them away), whatever the key, and
+    /// the choice does not follow the key (the same key lands on every partition).
+    #[test]
+    fn random_spreads_records_over_every_partition() {
+        let p = Partitioner::parse("random").unwrap();
+        let mut counts = [0u32; 6];
+        let mut c = 0;
+        let mut source = rand::rng();
+        for i in 0..10_000u32 {
+            let key = if i % 2 == 0 {
+                Some(&b"same-key"[..])
+            } else {
+                None
+            };
+            let at = p.partition(key, None, &mut c, &mut source, 6).unwrap();
+            counts[usize::try_from(at.expect("random always chooses")).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&n| n >= 1000), "{counts:?}");
+        assert_eq!(counts.iter().sum::<u32>(), 10_000);
+        assert_eq!(c, 0, "the round-robin counter is not used");
+        // One partition: always 0.
+        assert_eq!(
+            p.partition(None, None, &mut c, &mut source, 1).unwrap(),
+            Some(0)
         );
     }
 }
