@@ -305,18 +305,31 @@ impl GroupProgress {
     /// The sum of the group's committed offsets on partitions `0..partitions` of `topic` (0 if
     /// they cannot be read).
     pub fn committed(&self, topic: &str, partitions: i32) -> u64 {
+        self.committed_by_partition(topic, partitions)
+            .map(|offsets| offsets.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// The group's committed offset of each partition `0..partitions` of `topic`, in partition
+    /// order (0 where none is committed); `None` if they cannot be read.
+    pub fn committed_by_partition(&self, topic: &str, partitions: i32) -> Option<Vec<u64>> {
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        match self.consumer.committed_offsets(tpl, Duration::from_secs(2)) {
-            Ok(c) => c
-                .elements()
-                .iter()
-                .filter_map(|e| e.offset().to_raw())
-                .map(|o| o.max(0) as u64)
-                .sum(),
-            Err(_) => 0,
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(2))
+            .ok()?;
+        let mut offsets = vec![0; usize::try_from(partitions.max(0)).unwrap_or(0)];
+        for e in committed.elements() {
+            let slot = usize::try_from(e.partition())
+                .ok()
+                .and_then(|p| offsets.get_mut(p));
+            if let (Some(slot), Some(offset)) = (slot, e.offset().to_raw()) {
+                *slot = offset.max(0) as u64;
+            }
         }
+        Some(offsets)
     }
 }
