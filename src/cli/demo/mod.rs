@@ -311,7 +311,9 @@ async fn drive(
             event(&display.multi, line);
         }
         display.show(produced, &tracker, &names);
-        if !killed && produced >= opts.records / 2 {
+        // Half-way, once the group has settled (every partition owned and running), so that
+        // the victim has partitions to hand over.
+        if !killed && produced >= opts.records / 2 && tracker.settled() {
             let victim = &mut workers[1];
             victim.kill();
             killed = true;
@@ -327,7 +329,7 @@ async fn drive(
             event(
                 &display.multi,
                 format!(
-                    "generated {} records over {} keys; waiting until the workers have \
+                    "all {} records generated, over {} keys; waiting until the workers have \
                      processed and committed them all",
                     report.records,
                     report.totals.len()
@@ -337,7 +339,7 @@ async fn drive(
             generated = Some(report);
         }
         if let Some(report) = &generated {
-            if committed_sum >= report.records && tracker.takeover_done() {
+            if committed_sum >= report.records && tracker.takeover_complete() {
                 break;
             }
             if Instant::now() >= drain_deadline {

@@ -111,10 +111,15 @@ impl Tracker {
         self.furthest.iter().sum()
     }
 
-    /// True once every partition has a running owner again after the kill (or there was no
-    /// kill).
-    pub fn takeover_done(&self) -> bool {
-        self.kill.as_ref().is_none_or(|k| k.done)
+    /// True once a worker was killed and every partition has a running owner again.
+    pub fn takeover_complete(&self) -> bool {
+        self.kill.as_ref().is_some_and(|k| k.done)
+    }
+
+    /// True when the last read found every partition owned and none restoring.
+    pub fn settled(&self) -> bool {
+        let owned: BTreeSet<i32> = self.owned.values().flatten().copied().collect();
+        (0..self.partitions).all(|p| owned.contains(&p)) && self.restoring.is_empty()
     }
 
     /// Notes that `victim` was killed at `at`; returns the line announcing it.
@@ -211,17 +216,28 @@ impl Tracker {
                 .filter(|((w, p), _)| w == name && !restoring_now.contains(p))
                 .map(|((_, p), since)| (*p, *since))
                 .collect();
-            for (p, since) in ended {
-                self.restoring.remove(&(name.clone(), p));
-                if self.owned[name].contains(&p) {
-                    events.push(format!(
-                        "restore: {name} has partition {p}'s state back from the changelog \
-                         (within {:.1} s; {} changelog records restored by {name} in all); \
-                         partition {p} is processed again",
-                        sample.at.saturating_duration_since(since).as_secs_f64(),
-                        view.restored
-                    ));
-                }
+            let taken_over = |p: i32| {
+                self.kill
+                    .as_ref()
+                    .is_some_and(|k| !k.done && k.partitions.contains(&p))
+            };
+            let told: Vec<(i32, Instant)> = ended
+                .iter()
+                .copied()
+                .filter(|(p, _)| taken_over(*p) && self.owned[name].contains(p))
+                .collect();
+            for (p, _) in &ended {
+                self.restoring.remove(&(name.clone(), *p));
+            }
+            // Restores at start-up (empty changelogs) go untold: the story is the takeover's.
+            for (p, since) in told {
+                events.push(format!(
+                    "restore: {name} has partition {p}'s state back from the changelog \
+                     (within {:.1} s; {} changelog records restored by {name} in all); \
+                     partition {p} is processed again",
+                    sample.at.saturating_duration_since(since).as_secs_f64(),
+                    view.restored
+                ));
             }
         }
         for (name, state) in &sample.workers {
@@ -488,6 +504,8 @@ mod tests {
         );
         assert_eq!(tr.processed(), 400);
         assert_eq!(tr.group_line(), "4 of 4 partitions owned");
+        assert!(tr.settled());
+        assert!(!tr.takeover_complete());
 
         let kill = tr.killed("worker-2", at(1), 400);
         assert!(
@@ -515,7 +533,8 @@ mod tests {
             tr.worker_line("worker-1"),
             "2 partitions (0, 1), 600 records processed"
         );
-        assert!(!tr.takeover_done());
+        assert!(!tr.takeover_complete());
+        assert!(!tr.settled());
         tr.update(sample(
             at(7),
             Some(vec![50; 4]),
@@ -593,7 +612,8 @@ mod tests {
             "takeover complete 8.0 s after the kill: worker-1 owns 4 partitions (0, 1, 2, 3); \
              180 changelog records restored; processing goes on"
         );
-        assert!(tr.takeover_done());
+        assert!(tr.takeover_complete());
+        assert!(tr.settled());
         assert_eq!(
             tr.processed(),
             450 + 450 + 100 + 100,
@@ -660,6 +680,17 @@ mod tests {
                  changelog records restored; processing goes on"
             ]
         );
+    }
+
+    /// Start-up restores (empty changelogs) are not events: the story is the takeover's.
+    #[test]
+    fn restores_at_start_up_go_untold() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new("clicks", 1, SESSION);
+        let events = tr.update(sample(t0, None, vec![up(vec![task(0, "restoring", 0)], 0)]));
+        assert_eq!(events, ["rebalance: worker-1 now owns 1 partition (0)"]);
+        let events = tr.update(sample(t0, None, vec![up(vec![task(0, "running", 5)], 0)]));
+        assert!(events.is_empty(), "{events:?}");
     }
 
     #[test]
