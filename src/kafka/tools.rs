@@ -57,8 +57,11 @@ pub async fn create_topic(
 ) -> Result<(), CreateTopicError> {
     // Producer-only settings are accepted by an admin client (a producer-type client in
     // librdkafka).
+    // Its metadata requests must not create the topic (librdkafka's default for a
+    // producer-type client, and the mock cluster obliges, with its own partition count).
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
         client_config(brokers, properties)
+            .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| CreateTopicError::Client(ClientError::from(e)))?,
     );
@@ -77,6 +80,32 @@ pub async fn create_topic(
         .as_deref()
         .filter(|id| id.starts_with("mockCluster"))
     {
+        // An existing topic is used as it is, here too: the embedded cluster's worker creates
+        // its source topics, so `--partitions` on one of them must not fail.
+        let exists = {
+            let admin = Arc::clone(&admin);
+            let name = topic.to_string();
+            tokio::task::spawn_blocking(move || {
+                admin
+                    .inner()
+                    .fetch_metadata(Some(&name), metadata_timeout)
+                    .ok()
+                    .and_then(|md| {
+                        md.topics()
+                            .iter()
+                            .find(|t| t.name() == name && t.error().is_none())
+                            .map(|t| t.partitions().len())
+                    })
+                    .filter(|&n| n > 0)
+            })
+            .await
+            .expect("metadata task panicked")
+        };
+        let _ = tokio::task::spawn_blocking(move || drop(admin)).await;
+        if let Some(n) = exists {
+            tracing::info!(topic, partitions = n, "topic already exists");
+            return Ok(());
+        }
         return Err(unsupported(format!(
             "cluster {id} is librdkafka's in-process mock cluster, which does not implement CreateTopics"
         )));

@@ -6,3 +6,4 @@
 //! Run: `cargo test -p integration-tests --test newcomer`.
 
 mod demo;
+mod quickstart;
