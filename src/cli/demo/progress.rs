@@ -280,11 +280,11 @@ impl Tracker {
                     .count();
                 let _ = write!(line, ": took {} from {}", list(&taken), kill.victim);
                 if restoring > 0 {
-                    let _ = write!(
-                        line,
-                        ", restoring its state from the changelog ({} records left)",
-                        view.restore_remaining
-                    );
+                    line.push_str(", restoring its state from the changelog");
+                    // The estimate is known once the restore has read its first records.
+                    if view.restore_remaining > 0 {
+                        let _ = write!(line, " ({} records left)", view.restore_remaining);
+                    }
                 } else {
                     let _ = write!(
                         line,
@@ -418,11 +418,13 @@ impl Tracker {
                 if !restoring.is_empty() {
                     let _ = write!(
                         line,
-                        ", {} restoring: {} changelog records restored, {} to go",
+                        ", {} restoring: {} changelog records restored",
                         restoring.len(),
                         view.restored,
-                        view.restore_remaining
                     );
+                    if view.restore_remaining > 0 {
+                        let _ = write!(line, ", {} to go", view.restore_remaining);
+                    }
                 } else if view.restored > 0 {
                     let _ = write!(line, ", {} changelog records restored", view.restored);
                 }
@@ -689,6 +691,11 @@ mod tests {
         let mut tr = Tracker::new("clicks", 1, SESSION);
         let events = tr.update(sample(t0, None, vec![up(vec![task(0, "restoring", 0)], 0)]));
         assert_eq!(events, ["rebalance: worker-1 now owns 1 partition (0)"]);
+        assert_eq!(
+            tr.worker_line("worker-1"),
+            "1 partition (0), 0 records processed, 1 restoring: 0 changelog records restored",
+            "no estimate of the records left yet: none shown"
+        );
         let events = tr.update(sample(t0, None, vec![up(vec![task(0, "running", 5)], 0)]));
         assert!(events.is_empty(), "{events:?}");
     }
