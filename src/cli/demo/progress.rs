@@ -66,8 +66,6 @@ pub(super) struct Tracker {
     owned: BTreeMap<String, BTreeSet<i32>>,
     /// Restores seen in progress: (worker, partition) -> when first seen.
     restoring: BTreeMap<(String, i32), Instant>,
-    /// Changelog records each worker had restored at the last read that reached it.
-    restored: BTreeMap<String, u64>,
     kill: Option<Kill>,
     /// The last sample, for the status lines.
     last: Option<Sample>,
@@ -100,7 +98,6 @@ impl Tracker {
             anchors: BTreeMap::new(),
             owned: BTreeMap::new(),
             restoring: BTreeMap::new(),
-            restored: BTreeMap::new(),
             kill: None,
             last: None,
         }
@@ -155,36 +152,7 @@ impl Tracker {
             let WorkerState::Up(view) = state else {
                 continue;
             };
-            let processing: BTreeSet<i32> = view
-                .tasks
-                .iter()
-                .filter(|t| t.active() && !t.restoring())
-                .map(|t| t.partition)
-                .collect();
-            self.anchors
-                .retain(|(w, p), _| w != name || processing.contains(p));
-            for t in view
-                .tasks
-                .iter()
-                .filter(|t| processing.contains(&t.partition))
-            {
-                let position = t.positions.get(&self.input).copied().unwrap_or(0).max(0) as u64;
-                let consumed = view.consumed.get(&t.partition).copied().unwrap_or(0);
-                let anchor = self
-                    .anchors
-                    .entry((name.clone(), t.partition))
-                    .or_insert((position, consumed));
-                if anchor.0 != position {
-                    *anchor = (position, consumed);
-                }
-                let live = anchor.0 + consumed.saturating_sub(anchor.1);
-                if let Some(slot) = usize::try_from(t.partition)
-                    .ok()
-                    .and_then(|p| self.furthest.get_mut(p))
-                {
-                    *slot = (*slot).max(live);
-                }
-            }
+            self.advance(name, view);
             let now: BTreeSet<i32> = view
                 .tasks
                 .iter()
@@ -196,49 +164,7 @@ impl Tracker {
                 events.push(self.ownership_event(name, &before, &now, view));
             }
             self.owned.insert(name.clone(), now);
-            self.restored.insert(name.clone(), view.restored);
-            // Restores that ended since the last read (ones that began and ended between
-            // two reads show in the ownership line and in the worker's restored count).
-            let restoring_now: BTreeSet<i32> = view
-                .tasks
-                .iter()
-                .filter(|t| t.restoring())
-                .map(|t| t.partition)
-                .collect();
-            for p in &restoring_now {
-                self.restoring
-                    .entry((name.clone(), *p))
-                    .or_insert(sample.at);
-            }
-            let ended: Vec<(i32, Instant)> = self
-                .restoring
-                .iter()
-                .filter(|((w, p), _)| w == name && !restoring_now.contains(p))
-                .map(|((_, p), since)| (*p, *since))
-                .collect();
-            let taken_over = |p: i32| {
-                self.kill
-                    .as_ref()
-                    .is_some_and(|k| !k.done && k.partitions.contains(&p))
-            };
-            let told: Vec<(i32, Instant)> = ended
-                .iter()
-                .copied()
-                .filter(|(p, _)| taken_over(*p) && self.owned[name].contains(p))
-                .collect();
-            for (p, _) in &ended {
-                self.restoring.remove(&(name.clone(), *p));
-            }
-            // Restores at start-up (empty changelogs) go untold: the story is the takeover's.
-            for (p, since) in told {
-                events.push(format!(
-                    "restore: {name} has partition {p}'s state back from the changelog \
-                     (within {:.1} s; {} changelog records restored by {name} in all); \
-                     partition {p} is processed again",
-                    sample.at.saturating_duration_since(since).as_secs_f64(),
-                    view.restored
-                ));
-            }
+            events.extend(self.restores_ended(name, view, sample.at));
         }
         for (name, state) in &sample.workers {
             if *state == WorkerState::Killed {
@@ -252,6 +178,82 @@ impl Tracker {
         }
         self.last = Some(sample);
         events
+    }
+
+    /// Moves the furthest positions of `name`'s running tasks on: their positions in
+    /// `/tasks`, carried forward by the records consumed since they last changed.
+    fn advance(&mut self, name: &str, view: &WorkerView) {
+        let processing: BTreeSet<i32> = view
+            .tasks
+            .iter()
+            .filter(|t| t.active() && !t.restoring())
+            .map(|t| t.partition)
+            .collect();
+        self.anchors
+            .retain(|(w, p), _| w != name || processing.contains(p));
+        for t in view
+            .tasks
+            .iter()
+            .filter(|t| processing.contains(&t.partition))
+        {
+            let position = t.positions.get(&self.input).copied().unwrap_or(0).max(0) as u64;
+            let consumed = view.consumed.get(&t.partition).copied().unwrap_or(0);
+            let anchor = self
+                .anchors
+                .entry((name.to_string(), t.partition))
+                .or_insert((position, consumed));
+            if anchor.0 != position {
+                *anchor = (position, consumed);
+            }
+            let live = anchor.0 + consumed.saturating_sub(anchor.1);
+            if let Some(slot) = usize::try_from(t.partition)
+                .ok()
+                .and_then(|p| self.furthest.get_mut(p))
+            {
+                *slot = (*slot).max(live);
+            }
+        }
+    }
+
+    /// Notes `name`'s restores; returns a line for each restore of a taken-over partition
+    /// that ended since the last read (one that began and ended between two reads shows in
+    /// the ownership line and in the worker's restored count instead). Restores at start-up
+    /// (empty changelogs) go untold: the story is the takeover's.
+    fn restores_ended(&mut self, name: &str, view: &WorkerView, at: Instant) -> Vec<String> {
+        let restoring_now: BTreeSet<i32> = view
+            .tasks
+            .iter()
+            .filter(|t| t.restoring())
+            .map(|t| t.partition)
+            .collect();
+        for p in &restoring_now {
+            self.restoring.entry((name.to_string(), *p)).or_insert(at);
+        }
+        let ended: Vec<(i32, Instant)> = self
+            .restoring
+            .iter()
+            .filter(|((w, p), _)| w == name && !restoring_now.contains(p))
+            .map(|((_, p), since)| (*p, *since))
+            .collect();
+        let mut lines = Vec::new();
+        for (p, since) in ended {
+            self.restoring.remove(&(name.to_string(), p));
+            let taken_over = self
+                .kill
+                .as_ref()
+                .is_some_and(|k| !k.done && k.partitions.contains(&p));
+            let owned = self.owned.get(name).is_some_and(|o| o.contains(&p));
+            if taken_over && owned {
+                lines.push(format!(
+                    "restore: {name} has partition {p}'s state back from the changelog \
+                     (within {:.1} s; {} changelog records restored by {name} in all); \
+                     partition {p} is processed again",
+                    at.saturating_duration_since(since).as_secs_f64(),
+                    view.restored
+                ));
+            }
+        }
+        lines
     }
 
     fn ownership_event(
