@@ -11,8 +11,8 @@
 //! `TRIBUTARY_<SECTION>__<KEY>` variables override both. The processor reads `[[pipeline]]` number 0 for its topics: the source topics
 //! (`source.topics`) and the output topic (`sink.topic`, default `<app.id>-counts`). With
 //! `bootstrap_servers = "embedded"` the worker starts an in-process cluster and creates the
-//! topics, so the example runs without a broker; the log line "started the embedded cluster"
-//! gives its address, to feed it with
+//! topics, so the example runs without a broker; the log line "embedded Kafka cluster at
+//! <address>" gives its address, to feed it with
 //! `tributary generate --brokers <address> --topic <source topic> --records 1000`.
 //!
 //! SIGINT (Ctrl-C) or SIGTERM finishes the record at hand, commits and leaves the group; the

@@ -254,7 +254,7 @@ pub enum GenerateError {
         brokers: String,
     },
     /// The brokers do not support CreateTopics (librdkafka's in-process mock cluster, for one).
-    #[error("brokers {brokers} do not support creating topics (CreateTopics), so topic {topic} could not be created: {reason}; create it beforehand (on the embedded mock cluster with MockCluster::create_topic) and run without a partition count")]
+    #[error("brokers {brokers} do not support creating topics (CreateTopics), so topic {topic} could not be created: {reason}; create it beforehand and run without a partition count (on the embedded cluster, `bootstrap_servers = \"embedded\"`, the worker creates its source topics when it starts)")]
     CreateTopicUnsupported {
         /// The topic.
         topic: String,
@@ -805,6 +805,24 @@ mod tests {
                 msg.contains("gen-created") && msg.contains("CreateTopics"),
                 "{msg}"
             );
+        }
+
+        /// The embedded cluster's worker creates its source topics; `--partitions` on one of
+        /// them uses it as it is, as on any cluster, instead of failing on CreateTopics.
+        #[tokio::test]
+        async fn a_partition_count_for_an_existing_topic_on_mock_cluster_is_fine() {
+            let mock = EmbeddedCluster::start(1).unwrap();
+            mock.create_topic("gen-existing", 3).unwrap();
+            let brokers = mock.bootstrap().to_string();
+            let mut opts = GenerateOptions::new(brokers.clone(), "gen-existing", 30);
+            opts.partitions = Some(6);
+            let report = generate(opts, CancellationToken::new()).await.unwrap();
+            assert_eq!(report.records, 30);
+            let (count, _) =
+                tokio::task::spawn_blocking(move || consume_totals(&brokers, "gen-existing"))
+                    .await
+                    .unwrap();
+            assert_eq!(count, 30);
         }
 
         #[tokio::test]

@@ -8,7 +8,7 @@
 //! `/tasks` and `/metrics`, and the screen says so.
 
 mod fetch;
-mod model;
+pub(super) mod model; // `sum_metric` serves the demo too
 mod view;
 
 use std::sync::mpsc::{self, RecvTimeoutError};

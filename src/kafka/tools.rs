@@ -57,8 +57,11 @@ pub async fn create_topic(
 ) -> Result<(), CreateTopicError> {
     // Producer-only settings are accepted by an admin client (a producer-type client in
     // librdkafka).
+    // Its metadata requests must not create the topic (librdkafka's default for a
+    // producer-type client, and the mock cluster obliges, with its own partition count).
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
         client_config(brokers, properties)
+            .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| CreateTopicError::Client(ClientError::from(e)))?,
     );
@@ -77,6 +80,32 @@ pub async fn create_topic(
         .as_deref()
         .filter(|id| id.starts_with("mockCluster"))
     {
+        // An existing topic is used as it is, here too: the embedded cluster's worker creates
+        // its source topics, so `--partitions` on one of them must not fail.
+        let exists = {
+            let admin = Arc::clone(&admin);
+            let name = topic.to_string();
+            tokio::task::spawn_blocking(move || {
+                admin
+                    .inner()
+                    .fetch_metadata(Some(&name), metadata_timeout)
+                    .ok()
+                    .and_then(|md| {
+                        md.topics()
+                            .iter()
+                            .find(|t| t.name() == name && t.error().is_none())
+                            .map(|t| t.partitions().len())
+                    })
+                    .filter(|&n| n > 0)
+            })
+            .await
+            .expect("metadata task panicked")
+        };
+        let _ = tokio::task::spawn_blocking(move || drop(admin)).await;
+        if let Some(n) = exists {
+            tracing::info!(topic, partitions = n, "topic already exists");
+            return Ok(());
+        }
         return Err(unsupported(format!(
             "cluster {id} is librdkafka's in-process mock cluster, which does not implement CreateTopics"
         )));
@@ -308,18 +337,31 @@ impl GroupProgress {
     /// The sum of the group's committed offsets on partitions `0..partitions` of `topic` (0 if
     /// they cannot be read).
     pub fn committed(&self, topic: &str, partitions: i32) -> u64 {
+        self.committed_by_partition(topic, partitions)
+            .map(|offsets| offsets.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// The group's committed offset of each partition `0..partitions` of `topic`, in partition
+    /// order (0 where none is committed); `None` if they cannot be read.
+    pub fn committed_by_partition(&self, topic: &str, partitions: i32) -> Option<Vec<u64>> {
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        match self.consumer.committed_offsets(tpl, Duration::from_secs(2)) {
-            Ok(c) => c
-                .elements()
-                .iter()
-                .filter_map(|e| e.offset().to_raw())
-                .map(|o| o.max(0) as u64)
-                .sum(),
-            Err(_) => 0,
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(2))
+            .ok()?;
+        let mut offsets = vec![0; usize::try_from(partitions.max(0)).unwrap_or(0)];
+        for e in committed.elements() {
+            let slot = usize::try_from(e.partition())
+                .ok()
+                .and_then(|p| offsets.get_mut(p));
+            if let (Some(slot), Some(offset)) = (slot, e.offset().to_raw()) {
+                *slot = offset.max(0) as u64;
+            }
         }
+        Some(offsets)
     }
 }

@@ -317,9 +317,9 @@ impl Worker {
         if cfg.kafka.bootstrap_servers == "embedded" {
             let cluster = EmbeddedCluster::start(1).map_err(WorkerError::Embedded)?;
             let bootstrap = cluster.bootstrap().to_string();
-            tracing::info!(%bootstrap, "started the embedded cluster");
             let partitions = self.source_partitions(|_| Ok(EMBEDDED_PARTITIONS))?;
             let specs = self.topic_specs(&partitions);
+            let mut sources = Vec::new();
             for t in self.topologies.iter() {
                 for s in &t.sources {
                     if !specs.iter().any(|spec| &spec.name == s) && !counts.contains_key(s) {
@@ -327,6 +327,7 @@ impl Worker {
                             .create_topic(s, EMBEDDED_PARTITIONS)
                             .map_err(WorkerError::Embedded)?;
                         counts.insert(s.clone(), EMBEDDED_PARTITIONS);
+                        sources.push(s.as_str());
                     }
                 }
             }
@@ -337,6 +338,15 @@ impl Worker {
                         .map_err(WorkerError::Embedded)?;
                 }
             }
+            // The one line a newcomer needs to feed it (README.md, "Five-minute quickstart"):
+            // the address in the message itself, where it reads and copies plainly.
+            sources.sort_unstable();
+            tracing::info!(
+                "embedded Kafka cluster at {bootstrap}; source topics {} ({EMBEDDED_PARTITIONS} \
+                 partitions each): feed them with `tributary generate --brokers {bootstrap} \
+                 --topic <topic>`",
+                sources.join(", ")
+            );
             *embedded = Some(cluster);
             return Ok(Prepared {
                 bootstrap,
