@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::quiet::QuietContext;
+use super::quiet::AdminContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -64,6 +64,22 @@ pub enum AdminError {
         #[source]
         source: ClientError,
     },
+    /// The brokers could not be reached (or did not answer in time): librdkafka's last word
+    /// about them.
+    #[error("the brokers cannot be reached: {reason}")]
+    Unreachable {
+        /// Why, as librdkafka said last.
+        reason: String,
+    },
+    /// The brokers refused the client: its security settings do not match theirs.
+    #[error(
+        "the brokers refused the connection: {reason} (check the security settings in \
+         kafka.properties: security.protocol, sasl.*, ssl.*)"
+    )]
+    Refused {
+        /// Why, as librdkafka said.
+        reason: String,
+    },
     /// A source topic is missing.
     #[error("source topic {0:?} does not exist (create it before starting the worker)")]
     MissingSource(String),
@@ -119,6 +135,7 @@ impl AdminError {
     /// help (the brokers answered, and refused).
     pub fn awaited(&self) -> Option<Awaited> {
         match self {
+            AdminError::Unreachable { reason } => Some(Awaited::Brokers(reason.clone())),
             AdminError::Kafka { source, .. } if source.is_unreachable() => {
                 Some(Awaited::Brokers(source.to_string()))
             }
@@ -130,7 +147,7 @@ impl AdminError {
 
 /// Creates an admin client and answers metadata questions.
 pub struct Admin {
-    client: AdminClient<QuietContext>,
+    client: AdminClient<AdminContext>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -142,40 +159,51 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// Connects (lazily) with the given settings.
     pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
-        let client =
-            config
-                .create_with_context(QuietContext)
-                .map_err(|source| AdminError::Kafka {
-                    what: "creating the admin client".into(),
-                    source: source.into(),
-                })?;
+        let client = config
+            .create_with_context(AdminContext::default())
+            .map_err(|source| AdminError::Kafka {
+                what: "creating the admin client".into(),
+                source: source.into(),
+            })?;
         Ok(Self { client })
     }
 
     /// Partition count of `topic`, or `None` if it does not exist.
-    ///
-    /// Asks for the metadata of every topic: a request naming the topic would let a broker
-    /// with automatic topic creation create it, with its default partition count.
     pub fn partitions(&self, topic: &str) -> Result<Option<i32>, AdminError> {
-        let md = self
-            .client
-            .inner()
-            .fetch_metadata(None, METADATA_TIMEOUT)
-            .map_err(|source| AdminError::Kafka {
-                what: format!("reading metadata of topic {topic:?}"),
-                source: source.into(),
-            })?;
+        Ok(self.topics()?.get(topic).copied())
+    }
+
+    /// The partition count of every topic that exists (and that the client may see).
+    ///
+    /// Asks for the metadata of every topic: a request naming a topic would let a broker with
+    /// automatic topic creation create it, with its default partition count.
+    pub fn topics(&self) -> Result<BTreeMap<String, i32>, AdminError> {
+        let md = match self.client.inner().fetch_metadata(None, METADATA_TIMEOUT) {
+            Ok(md) => md,
+            Err(source) => {
+                let source = ClientError::from(source);
+                if !source.is_unreachable() {
+                    return Err(AdminError::Kafka {
+                        what: "reading the cluster's metadata".into(),
+                        source,
+                    });
+                }
+                let failure = self.client.inner().context().last_failure();
+                return Err(match failure {
+                    Some(f) if f.refused => AdminError::Refused { reason: f.reason },
+                    Some(f) => AdminError::Unreachable { reason: f.reason },
+                    None => AdminError::Unreachable {
+                        reason: source.to_string(),
+                    },
+                });
+            }
+        };
         Ok(md
             .topics()
             .iter()
-            .find(|t| t.name() == topic)
-            .and_then(|t| {
-                if t.error().is_some() || t.partitions().is_empty() {
-                    None
-                } else {
-                    Some(t.partitions().len() as i32)
-                }
-            }))
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect())
     }
 
     /// Partition count of a topic that must exist.

@@ -51,11 +51,15 @@ pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     use RDKafkaLogLevel as L;
     match level {
         L::Emerg | L::Alert | L::Critical | L::Error => match connection_problem(message) {
-            Some(line) if SHUTTING_DOWN.load(Ordering::Relaxed) => {
+            // Stopping closes every connection; a broker that cannot be reached is still news.
+            Some((Problem::Disconnected, line)) if SHUTTING_DOWN.load(Ordering::Relaxed) => {
                 tracing::debug!(target: "librdkafka", "{line}")
             }
-            Some(line) => tracing::warn!(target: "librdkafka", "{line}"),
-            None => tracing::error!(target: "librdkafka", "{fac}: {message}"),
+            // A hint of librdkafka's about the setting to fix stays an error.
+            Some((_, line)) if !message.contains("security.protocol") => {
+                tracing::warn!(target: "librdkafka", "{line}")
+            }
+            _ => tracing::error!(target: "librdkafka", "{fac}: {message}"),
         },
         L::Warning => tracing::warn!(target: "librdkafka", "{fac}: {message}"),
         L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac}: {message}"),
@@ -89,49 +93,107 @@ pub(crate) fn error(error: &KafkaError, reason: &str) {
     }
 }
 
-/// A connection failure or loss in librdkafka's words (`<name>: Connect to ipv4#<addr>
-/// failed: <cause> (after 0ms in state CONNECT)`, `<name>: <addr>/<id>: Disconnected: <cause>
-/// (after ...)`), said once, plainly: which broker, why, and the setting that leads to it.
-fn connection_problem(message: &str) -> Option<String> {
-    let (what, rest) = if let Some(at) = message.find("Connect to ") {
-        (
-            "cannot connect to broker",
-            &message[at + "Connect to ".len()..],
-        )
-    } else if let Some(at) = message.find(": Disconnected") {
-        ("lost the connection to broker", &message[..at])
+/// What went wrong with a broker connection, in librdkafka's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    /// `<broker>: Connect to ipv4#<ip:port> failed: <cause>`.
+    Connect,
+    /// `<broker>: Failed to resolve '<host:port>': <cause>`.
+    Resolve,
+    /// `<broker>: Disconnected: <cause>` (or without a cause): expected while the worker
+    /// stops.
+    Disconnected,
+}
+
+/// A connection failure or loss (`<name>: Connect to ipv4#<addr> failed: <cause> (after 0ms
+/// in state CONNECT)`, `<name>: Disconnected: <cause> (after ...)`, `<name>: Failed to
+/// resolve '<host:port>': <cause>`), said once, plainly: which broker (as configured, not the
+/// address it resolved to), why, and the setting that leads to it.
+fn connection_problem(message: &str) -> Option<(Problem, String)> {
+    let (problem, what, broker, cause) = parse(message)?;
+    let bootstrap = BOOTSTRAP.lock().unwrap_or_else(|p| p.into_inner());
+    let source = if broker.from_bootstrap
+        || bootstrap
+            .split(',')
+            .map(|s| s.trim().rsplit("://").next().unwrap_or(s))
+            .any(|s| s == broker.address)
+    {
+        "kafka.bootstrap_servers"
     } else {
-        return None;
+        "advertised by the cluster: its advertised.listeners"
     };
-    let address = broker_address(rest)?;
-    let cause = if let Some(at) = message.find(" failed: ") {
-        &message[at + " failed: ".len()..]
-    } else if let Some(at) = message.find(": Disconnected") {
-        message[at + ": Disconnected".len()..].trim_start_matches([':', ' '])
-    } else {
-        ""
+    Some((
+        problem,
+        format!("{what} {} ({source}): {cause}", broker.address),
+    ))
+}
+
+/// `message` in plain words when it is about a broker connection (`cannot connect to broker
+/// kafka:9092: Connection refused`), else as it is.
+pub(crate) fn plain(message: &str) -> String {
+    match parse(message) {
+        Some((_, what, broker, cause)) => format!("{what} {}: {cause}", broker.address),
+        None => message.to_string(),
+    }
+}
+
+/// A broker as librdkafka names it in a message.
+struct Broker<'a> {
+    /// `host:port` as configured or advertised (not the address it resolved to).
+    address: &'a str,
+    /// Named `<host:port>/bootstrap`: it came from `kafka.bootstrap_servers`.
+    from_bootstrap: bool,
+}
+
+/// The parts of a connection message: the problem, what it means, the broker, the cause.
+fn parse(message: &str) -> Option<(Problem, &'static str, Broker<'_>, &str)> {
+    let (problem, marker, what) = [
+        (
+            Problem::Connect,
+            ": Connect to ",
+            "cannot connect to broker",
+        ),
+        (
+            Problem::Resolve,
+            ": Failed to resolve ",
+            "cannot resolve broker",
+        ),
+        (
+            Problem::Disconnected,
+            ": Disconnected",
+            "lost the connection to broker",
+        ),
+    ]
+    .into_iter()
+    .find(|(_, marker, _)| message.contains(marker))?;
+    let at = message.find(marker)?;
+    // `GroupCoordinator: 127.0.0.1:9092`, `kafka:9092/bootstrap`, `sasl_ssl://kafka:9093/1`.
+    let name = message[..at].rsplit(": ").next()?.trim();
+    let name = name.rsplit("://").next().unwrap_or(name);
+    let from_bootstrap = name.ends_with("/bootstrap");
+    let address = name.split('/').next().unwrap_or(name);
+    if !address.contains(':') {
+        return None;
+    }
+    let rest = &message[at + marker.len()..];
+    let cause = match problem {
+        Problem::Connect => rest.split_once(" failed: ").map_or("", |(_, c)| c),
+        Problem::Resolve => rest.split_once("': ").map_or(rest, |(_, c)| c),
+        Problem::Disconnected => rest.trim_start_matches([':', ' ']),
     };
     // librdkafka's own bookkeeping ("(after 0ms in state CONNECT, 2 identical error(s)
     // suppressed)") says nothing a reader can act on.
     let cause = cause.split("(after ").next().unwrap_or(cause).trim();
     let cause = if cause.is_empty() { "closed" } else { cause };
-    let bootstrap = BOOTSTRAP.lock().unwrap_or_else(|p| p.into_inner());
-    let source = if bootstrap.split(',').any(|s| s.trim() == address) {
-        "kafka.bootstrap_servers"
-    } else {
-        "advertised by the cluster: its advertised.listeners"
-    };
-    Some(format!("{what} {address} ({source}): {cause}"))
-}
-
-/// The `host:port` in a librdkafka broker reference: `ipv4#127.0.0.1:9092 failed: ...`,
-/// `GroupCoordinator: 127.0.0.1:9092`, `127.0.0.1:9092/1`, `sasl_ssl://host:9093/bootstrap`.
-fn broker_address(text: &str) -> Option<String> {
-    let text = text.split(" failed").next().unwrap_or(text);
-    let last = text.rsplit([' ', '#']).find(|s| !s.is_empty())?;
-    let last = last.rsplit("://").next().unwrap_or(last);
-    let address = last.split('/').next().unwrap_or(last).trim_end_matches(':');
-    address.contains(':').then(|| address.to_string())
+    Some((
+        problem,
+        what,
+        Broker {
+            address,
+            from_bootstrap,
+        },
+        cause,
+    ))
 }
 
 #[cfg(test)]
@@ -140,37 +202,45 @@ mod tests {
 
     #[test]
     fn connection_failures_read_as_one_plain_line() {
-        starting("127.0.0.1:33121");
+        starting("kafka:9092,SSL://other:9093");
+        let line = |m: &str| connection_problem(m).map(|(_, l)| l);
         assert_eq!(
-            connection_problem(
-                "127.0.0.1:33121/bootstrap: Connect to ipv4#127.0.0.1:33121 failed: Connection \
+            line(
+                "kafka:9092/bootstrap: Connect to ipv4#172.18.0.3:9092 failed: Connection \
                  refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)"
             )
             .as_deref(),
-            Some("cannot connect to broker 127.0.0.1:33121 (kafka.bootstrap_servers): Connection refused")
+            Some(
+                "cannot connect to broker kafka:9092 (kafka.bootstrap_servers): Connection refused"
+            )
         );
         assert_eq!(
-            connection_problem(
-                "GroupCoordinator: 127.0.0.1:34963: Disconnected: connection closed by peer: \
+            line(
+                "GroupCoordinator: broker-3:9092: Disconnected: connection closed by peer: \
                  receive 0 after POLLIN (after 3005ms in state UP)"
             )
             .as_deref(),
             Some(
-                "lost the connection to broker 127.0.0.1:34963 (advertised by the cluster: its \
+                "lost the connection to broker broker-3:9092 (advertised by the cluster: its \
                  advertised.listeners): connection closed by peer: receive 0 after POLLIN"
             )
         );
         assert_eq!(
-            connection_problem("broker-2:9092/2: Disconnected (after 600000ms in state UP)")
-                .as_deref(),
-            Some(
-                "lost the connection to broker broker-2:9092 (advertised by the cluster: its \
-                 advertised.listeners): closed"
-            )
+            line("sasl_ssl://other:9093/1: Disconnected (after 600000ms in state UP)").as_deref(),
+            Some("lost the connection to broker other:9093 (kafka.bootstrap_servers): closed")
         );
         assert_eq!(
-            connection_problem("Topic foo partition count changed"),
-            None
+            line(
+                "kafka:9092/bootstrap: Failed to resolve 'kafka:9092': Name or service not \
+                 known (after 1ms in state CONNECT)"
+            )
+            .as_deref(),
+            Some("cannot resolve broker kafka:9092 (kafka.bootstrap_servers): Name or service not known")
         );
+        assert_eq!(
+            connection_problem("kafka:9092/1: Disconnected").map(|(p, _)| p),
+            Some(Problem::Disconnected)
+        );
+        assert_eq!(line("Topic foo partition count changed"), None);
     }
 }

@@ -356,8 +356,21 @@ impl Worker {
             });
         }
         let bootstrap = cfg.kafka.bootstrap_servers.clone();
-        let admin = Admin::new(&crate::kafka::client::admin(cfg, &bootstrap))?;
-        let partitions = self.source_partitions(|s| admin.source_partitions(s))?;
+        let admin = Arc::new(Admin::new(&crate::kafka::client::admin(cfg, &bootstrap))?);
+        // Off the async threads: with the brokers away this waits seconds, and HTTP (`/health`,
+        // `/ready`) is served meanwhile, possibly by the only async thread there is.
+        let existing = {
+            let admin = admin.clone();
+            tokio::task::spawn_blocking(move || admin.topics())
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+        };
+        let partitions = self.source_partitions(|s| {
+            existing
+                .get(s)
+                .copied()
+                .ok_or_else(|| AdminError::MissingSource(s.to_string()))
+        })?;
         let specs = self.topic_specs(&partitions);
         admin.ensure(&specs).await?;
         let topics = self
@@ -448,8 +461,9 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         crate::kafka::logging::starting(&self.config.kafka.bootstrap_servers);
         let mut embedded = None;
-        let Some(prepared) = self.prepare_patiently(&mut embedded, &shutdown).await? else {
-            // Stopped while waiting.
+        let prepared = self.prepare_patiently(&mut embedded, &shutdown).await?;
+        let Some(prepared) = prepared.filter(|_| !shutdown.is_cancelled()) else {
+            // Stopped while waiting (or during the attempt that then succeeded).
             return Ok(());
         };
         let _ = cluster.keys.set(crate::http::KeyRouter::new(

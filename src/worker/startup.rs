@@ -52,15 +52,18 @@ impl Worker {
                     waiting,
                 });
             }
-            tracing::warn!(
-                "waiting for {waiting}; trying again in {} s",
-                backoff.as_secs()
-            );
             self.status
                 .set_starting(Some(format!("waiting for {waiting}")));
+            // Not past the limit: the last attempt starts before it (and an attempt lasts at
+            // most about 10 s).
+            let pause = limit.map_or(backoff, |limit| backoff.min(limit.saturating_sub(waited)));
+            tracing::warn!(
+                "waiting for {waiting}; trying again in {} s",
+                pause.as_secs_f64().ceil()
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

@@ -253,6 +253,15 @@ fn the_readme_quickstart_works_as_written() {
         "the worker's line reads as the README shows it"
     );
 
+    // The README's port is the config's: the commands must work for a reader who runs them
+    // as written, without the port this test gives the worker.
+    let config =
+        std::fs::read_to_string(integration_tests::repo_root().join("config/pipelines.toml"))
+            .expect("reading config/pipelines.toml");
+    assert!(
+        config.contains(&format!("listen = \"127.0.0.1:{CONFIG_PORT}\"")),
+        "config/pipelines.toml listens where the README says (port {CONFIG_PORT})"
+    );
     let substitute = |command: &str| {
         command.replace(&qs.sample_address, &address).replace(
             &format!("localhost:{CONFIG_PORT}"),

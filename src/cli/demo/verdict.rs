@@ -44,7 +44,9 @@ pub(super) fn compare(
         };
         if count == want.count && total == want.sum {
             v.exact += 1;
-        } else if count >= want.count && total >= want.sum {
+        } else if count > want.count && total >= want.sum {
+            // Records counted twice. (A count that matches with another sum is not: a record
+            // lost and another counted twice. That is a loss, below.)
             v.duplicates += count - want.count;
             v.over.push(line());
         } else {
@@ -77,7 +79,7 @@ impl Verdict {
     pub fn conclusion(&self, unclean: &[String]) -> String {
         if !self.nothing_lost() {
             return format!(
-                "FAILED: records were lost: {} key(s) under-counted, {} key(s) missing",
+                "FAILED: records were lost: {} key(s) under-counted or inconsistent, {} key(s) missing",
                 self.under.len(),
                 self.missing.len()
             );
@@ -104,6 +106,29 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One record lost and another of the same key counted twice leave the count right and
+    /// the sum wrong: a loss, never "exact".
+    #[test]
+    fn a_right_count_with_a_wrong_sum_is_a_loss() {
+        let want: BTreeMap<String, KeyTotal> = [(
+            "k".to_string(),
+            KeyTotal {
+                count: 2,
+                sum: 30.0,
+            },
+        )]
+        .into();
+        let got: HashMap<Vec<u8>, Vec<u8>> =
+            [(b"k".to_vec(), br#"{"count":2,"total":40}"#.to_vec())].into();
+        let v = compare(&want, &got);
+        assert!(!v.nothing_lost(), "{v:?}");
+        assert!(
+            v.conclusion(&[]).starts_with("FAILED"),
+            "{}",
+            v.conclusion(&[])
+        );
+    }
 
     fn expected() -> BTreeMap<String, KeyTotal> {
         [

@@ -75,7 +75,15 @@ impl DemoWorker {
         let exe = std::env::current_exe().map_err(setup("locating this binary"))?;
         let log = std::fs::File::create(dir.join(format!("{name}.log")))
             .map_err(setup("creating a log file"))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // The demo's config is the whole story: a TRIBUTARY_* variable of the user's shell
+        // (a bootstrap address, a guarantee) would change what it shows.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TRIBUTARY_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
             .args(["run", "-c"])
             .arg(config)
             .env("TRIBUTARY_STATE__DIR", dir.join(&name))
