@@ -9,6 +9,29 @@ use integration_tests::{
 
 use crate::{state_dir, wait_for_totals, LONG, READY};
 
+/// Asserts that `log` has no error line (`what` says why there should be none).
+fn assert_no_errors(log: &str, what: &str) {
+    assert!(!log.lines().any(|l| l.contains("ERROR")), "{what}:\n{log}");
+}
+
+/// A worker whose brokers never answer (nothing listens at its bootstrap address), with
+/// `kafka_keys` added to its `[kafka]` table; its state directory, and that address.
+fn worker_without_brokers(kafka_keys: &str) -> (WorkerProcess, tempfile::TempDir, String) {
+    let state = state_dir();
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let cfg = TotalsConfig::new(
+        &unique_name("app-nobody"),
+        &nobody,
+        "in",
+        "out",
+        state.path(),
+    );
+    let toml = cfg
+        .to_toml()
+        .replace("[kafka]\n", &format!("[kafka]\n{kafka_keys}"));
+    (WorkerProcess::spawn_named("worker", &toml), state, nobody)
+}
+
 /// What `/ready` answers, as (status, body).
 fn ready(w: &WorkerProcess) -> Option<(u16, String)> {
     w.get("/ready").ok()
@@ -80,10 +103,7 @@ fn a_worker_started_before_its_broker_waits_and_processes_everything() {
         worker.logs()
     );
     let log = worker.logs();
-    assert!(
-        !log.lines().any(|l| l.contains("ERROR")),
-        "waiting for the brokers is not an error:\n{log}"
-    );
+    assert_no_errors(&log, "waiting for the brokers is not an error");
     broker.restart();
     worker.wait_ready(READY);
     let mut view = KeyedView::open(&broker.bootstrap(), &output).unwrap();
@@ -96,10 +116,7 @@ fn a_worker_started_before_its_broker_waits_and_processes_everything() {
     // Neither the wait, nor the broker's return, nor the shutdown's closed connections are
     // errors.
     let log = worker.logs();
-    assert!(
-        !log.lines().any(|l| l.contains("ERROR")),
-        "error lines in a run without errors:\n{log}"
-    );
+    assert_no_errors(&log, "error lines in a run without errors");
 }
 
 /// A source topic that does not exist yet is waited for, naming the pipeline key that asks
@@ -154,19 +171,7 @@ fn a_missing_source_topic_is_waited_for() {
 /// one line saying what it waited for, with the cause once.
 #[test]
 fn a_worker_gives_up_after_the_startup_timeout_with_one_line() {
-    let state = state_dir();
-    let nobody = format!("127.0.0.1:{}", free_port());
-    let cfg = TotalsConfig::new(
-        &unique_name("app-nobody"),
-        &nobody,
-        "in",
-        "out",
-        state.path(),
-    );
-    let toml = cfg
-        .to_toml()
-        .replace("[kafka]\n", "[kafka]\nstartup_timeout_ms = 3000\n");
-    let mut worker = WorkerProcess::spawn_named("worker", &toml);
+    let (mut worker, _state, nobody) = worker_without_brokers("startup_timeout_ms = 3000\n");
     let status = worker
         .wait_exit(LONG)
         .unwrap_or_else(|| panic!("still waiting:\n{}", worker.logs()));
@@ -188,25 +193,13 @@ fn a_worker_gives_up_after_the_startup_timeout_with_one_line() {
     // The cause, once (librdkafka's chains repeat it).
     let cause = last.rsplit("(kafka.bootstrap_servers): ").next().unwrap();
     assert_eq!(last.matches(cause).count(), 1, "{last}");
-    assert!(
-        !log.lines().any(|l| l.contains("ERROR")),
-        "no librdkafka error lines:\n{log}"
-    );
+    assert_no_errors(&log, "no librdkafka error lines");
 }
 
 /// A worker waiting for its brokers stops on SIGTERM, exit 0.
 #[test]
 fn a_waiting_worker_stops_on_sigterm() {
-    let state = state_dir();
-    let nobody = format!("127.0.0.1:{}", free_port());
-    let cfg = TotalsConfig::new(
-        &unique_name("app-nobody"),
-        &nobody,
-        "in",
-        "out",
-        state.path(),
-    );
-    let mut worker = WorkerProcess::spawn_named("worker", &cfg.to_toml());
+    let (mut worker, _state, _) = worker_without_brokers("");
     let waiting = wait_until(LONG, Duration::from_millis(250), || {
         worker.logs().contains("waiting for the brokers at")
     });
